@@ -1,0 +1,51 @@
+"""insideout_jax: RGB photos + X-ray CT fused into one Gaussian-splat model (InsideOut, in JAX).
+
+Conventions, stated once for the whole package:
+
+- Units: millimetres in the CT frame, radians for angles; the RGB (SfM) frame is arbitrary until
+  hierarchical fitting maps it into the CT frame.
+- Quaternions are (w, x, y, z). Cameras are world → camera (COLMAP). Images are HWC float32 in
+  [0, 1]. Volumes are indexed [z, y, x] with ``spacing_zyx`` and ``origin_xyz`` (centre of voxel
+  [0, 0, 0]). X-ray projections are line integrals −ln(I/I0), [V, nv, nu].
+
+Dimension glossary used in docstrings: C capacity of a splat set, N active splats, V views,
+H × W image, nv × nu detector, T tiles, K SH coefficients = (degree + 1)², F feature channels,
+E ellipsoids of a phantom.
+"""
+
+from insideout_jax.cameras import (
+    PinholeCamera,
+    XrayGeometry,
+    camera_center,
+    look_at,
+    make_pinhole,
+    make_xray_geometry,
+    pinhole_from_colmap,
+    pinhole_rays,
+    project_points,
+    transform_camera,
+    xray_project,
+    xray_project_jacobian,
+    xray_rays,
+)
+from insideout_jax.splats import (
+    RadSplats,
+    RGBSplats,
+    concatenate,
+    covariance,
+    rad_splats_from_points,
+    rgb_splats_from_points,
+    select_active,
+    splat_covariances,
+    transform_splats,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PinholeCamera", "XrayGeometry", "camera_center", "look_at", "make_pinhole",
+    "make_xray_geometry", "pinhole_from_colmap", "pinhole_rays", "project_points",
+    "transform_camera", "xray_project", "xray_project_jacobian", "xray_rays",
+    "RGBSplats", "RadSplats", "concatenate", "covariance", "rad_splats_from_points",
+    "rgb_splats_from_points", "select_active", "splat_covariances", "transform_splats",
+]
