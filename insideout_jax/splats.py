@@ -351,7 +351,7 @@ def concatenate(a: Splats, b: Splats) -> Splats:
     if type(a) is not type(b):
         raise ValueError(f"cannot concatenate {type(a).__name__} with {type(b).__name__}")
     la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-    for x, y in zip(la, lb):
+    for x, y in zip(la, lb, strict=True):
         if x.shape[1:] != y.shape[1:]:
             raise ValueError(f"per-splat field shapes differ: {x.shape[1:]} vs {y.shape[1:]}")
     return jax.tree_util.tree_map(lambda x, y: jnp.concatenate([x, y], axis=0), a, b)

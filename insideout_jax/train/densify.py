@@ -1,0 +1,164 @@
+"""Adaptive density control (3DGS clone / split / prune, opacity reset) in fixed-capacity buffers.
+
+Runs on the host between jitted training blocks (every few hundred iterations), so its index
+bookkeeping is NumPy; the arrays it returns keep a static capacity, which grows only in large steps
+(× ``grow_factor``) when the free slots run out, so the training step recompiles rarely.
+
+For :class:`RadSplats` the operations **preserve mass** (∫ρG): a clone halves the density of both
+copies; a split into two children with scales / φ multiplies each child's density by φ³ / 2.
+Nothing is dropped silently: when even ``max_capacity`` cannot hold every candidate, the candidates
+with the largest gradient are densified and the rest are counted in the returned ``skipped``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from insideout_jax.splats import RadSplats, RGBSplats, quat_to_rotmat
+from insideout_jax.train.optim import remap_optimizer_state, split_params
+
+__all__ = ["DensifyConfig", "densify_and_prune", "reset_opacity"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DensifyConfig:
+    """Densification constants (3DGS defaults, Kerbl et al. 2023, ``arguments/__init__.py``).
+
+    Attributes:
+      grad_threshold: average positional-gradient norm above which a splat is densified (units of
+        the statistic the trainer accumulates).
+      percent_dense: splats with largest scale ≤ percent_dense · extent are cloned, else split.
+      min_opacity: prune below this opacity (RGB) or below ``min_density`` (radiative).
+      min_density: prune radiative splats whose peak density is below this (1/mm).
+      max_scale_fraction: prune splats larger than this fraction of the scene extent.
+      split_factor: φ, scale divisor of split children (3DGS: 1.6).
+      grow_factor: capacity multiplier when free slots run out.
+      max_capacity: never grow beyond this many slots.
+    """
+
+    grad_threshold: float = 0.0002
+    percent_dense: float = 0.01
+    min_opacity: float = 0.005
+    min_density: float = 1e-5
+    max_scale_fraction: float = 0.1
+    split_factor: float = 1.6
+    grow_factor: float = 1.5
+    max_capacity: int = 2_000_000
+
+
+def _pad_rows(x: np.ndarray, cap: int, fill) -> np.ndarray:
+    out = np.empty((cap,) + x.shape[1:], x.dtype)
+    out[: len(x)] = x
+    out[len(x):] = fill
+    return out
+
+
+def densify_and_prune(key: jax.Array, splats: RGBSplats | RadSplats, opt_state,
+                      optimizer: optax.GradientTransformation, avg_grad: jax.Array, *,
+                      scene_extent: float, cfg: DensifyConfig = DensifyConfig()):
+    """One densification step.
+
+    Args:
+      key: PRNG key (split positions).
+      splats: the current set (capacity C).
+      opt_state: the optimizer state for ``split_params(splats)[0]``.
+      optimizer: the transformation that made ``opt_state``.
+      avg_grad: [C] average positional-gradient norm since the last step (0 for unseen).
+      scene_extent: scene radius in scene units (3DGS: camera extent).
+      cfg: constants.
+
+    Returns:
+      (splats, opt_state, info) with info = dict(cloned, split, pruned, skipped, capacity).
+    """
+    params, active = split_params(splats)
+    p = {k: np.asarray(v) for k, v in params.items()}
+    act = np.asarray(active).copy()
+    cap = len(act)
+    grad = np.asarray(avg_grad, np.float64)
+    max_scale = np.exp(p["log_scales"]).max(axis=1)
+    radiative = isinstance(splats, RadSplats)
+
+    weak = (np.exp(p["log_densities"]) < cfg.min_density if radiative
+            else 1.0 / (1.0 + np.exp(-p["opacity_logits"])) < cfg.min_opacity)
+    prune = act & (weak | (max_scale > cfg.max_scale_fraction * scene_extent))
+    act &= ~prune
+    cand = act & (grad >= cfg.grad_threshold)
+    small = max_scale <= cfg.percent_dense * scene_extent
+    order = np.argsort(-grad[cand], kind="stable")
+    cand_idx = np.flatnonzero(cand)[order]  # largest gradient first
+
+    free = int((~act).sum())
+    need = len(cand_idx)
+    if need > free:
+        new_cap = min(cfg.max_capacity, max(int(np.ceil(cap * cfg.grow_factor)), cap + need - free))
+        new_cap = max(new_cap, cap)
+    else:
+        new_cap = cap
+    room = free + (new_cap - cap)
+    skipped = max(0, need - room)
+    cand_idx = cand_idx[: need - skipped]
+
+    fill = {k: 0.0 for k in p}
+    fill["quats"] = np.array([1, 0, 0, 0], np.float32)
+    fill["opacity_logits"] = -10.0
+    if radiative:
+        fill["log_densities"] = -30.0
+    p = {k: _pad_rows(v, new_cap, fill[k]) for k, v in p.items()}
+    act = _pad_rows(act, new_cap, False)
+    src = np.arange(new_cap)
+    src[cap:] = 0
+    fresh = np.zeros(new_cap, bool)
+    fresh[cap:] = True
+    fresh[np.flatnonzero(prune)] = True
+
+    targets = np.flatnonzero(~act)[: len(cand_idx)]
+    is_clone = small[cand_idx]
+    phi = cfg.split_factor
+    sp_idx = cand_idx[~is_clone]
+    rot = np.asarray(quat_to_rotmat(jnp.asarray(p["quats"][sp_idx]))) if len(sp_idx) else None
+    z = np.asarray(jax.random.normal(key, (2, len(sp_idx), 3)))
+    for k in p:  # copy parents into their new slots
+        p[k][targets] = p[k][cand_idx]
+    src[targets] = cand_idx
+    fresh[targets] = True
+    act[targets] = True
+    if len(sp_idx):
+        sp_t = targets[~is_clone]
+        scales = np.exp(p["log_scales"][sp_idx])
+        offs = np.einsum("nij,knj->kni", rot, scales[None] * z)
+        mu = p["means"][sp_idx].copy()
+        p["means"][sp_idx] = mu + offs[0]
+        p["means"][sp_t] = mu + offs[1]
+        for slot in (sp_idx, sp_t):
+            p["log_scales"][slot] -= np.log(phi)
+            if radiative:
+                p["log_densities"][slot] += np.log(phi**3 / 2.0)
+        fresh[sp_idx] = True
+    if radiative and np.any(is_clone):
+        for slot in (cand_idx[is_clone], targets[is_clone]):
+            p["log_densities"][slot] -= np.log(2.0)
+
+    new_params = {k: jnp.asarray(v) for k, v in p.items()}
+    new_state = remap_optimizer_state(optimizer, opt_state, jnp.asarray(src), jnp.asarray(fresh))
+    out = type(splats)(**new_params, active=jnp.asarray(act))
+    info = dict(cloned=int(is_clone.sum()), split=int((~is_clone).sum()), pruned=int(prune.sum()),
+                skipped=int(skipped), capacity=int(new_cap))
+    return out, new_state, info
+
+
+def reset_opacity(splats: RGBSplats | RadSplats, opt_state,
+                  optimizer: optax.GradientTransformation, *, max_opacity: float = 0.01):
+    """3DGS opacity reset: opacity ← min(opacity, max_opacity); its Adam moments restart."""
+    cap_logit = float(np.log(max_opacity / (1.0 - max_opacity)))
+    new = splats.replace(opacity_logits=jnp.minimum(splats.opacity_logits, cap_logit))
+    def zero_opacity_moments(path, x):
+        last = path[-1] if path else None
+        is_field = isinstance(last, jax.tree_util.DictKey) and last.key == "opacity_logits"
+        return jnp.zeros_like(x) if is_field else x
+
+    return new, jax.tree_util.tree_map_with_path(zero_opacity_moments, opt_state)

@@ -1,0 +1,113 @@
+"""Optimizer per-field rates, moment remapping, densification (mass preserving for radiative)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from insideout_jax import splats as S
+from insideout_jax.train.densify import DensifyConfig, densify_and_prune, reset_opacity
+from insideout_jax.train.optim import make_optimizer, mask_gradients, merge_params, split_params
+
+RATES = dict(means=1e-2, log_scales=5e-3, quats=1e-3, opacity_logits=5e-2, sh=2.5e-3)
+
+
+def _rgb(n=6, cap=8):
+    pts = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+    return S.rgb_splats_from_points(pts, sh_degree=1, capacity=cap)
+
+
+def _mass(sp):
+    a = np.asarray(sp.active)
+    rho = np.exp(np.asarray(sp.log_densities, np.float64))
+    vol = np.exp(np.asarray(sp.log_scales, np.float64)).prod(1)
+    return float((rho * vol)[a].sum())
+
+
+def test_adam_per_field_rates_and_frozen_fields():
+    sp = _rgb()
+    params, active = split_params(sp)
+    opt = make_optimizer(RATES, frozen=("sh",))
+    state = opt.init(params)
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    grads = mask_gradients(grads, active)
+    upd, state = opt.update(grads, state, params)
+    new = optax.apply_updates(params, upd)
+    # Adam's first step moves each coordinate by −lr (unit gradient, bias-corrected)
+    np.testing.assert_allclose(new["means"][:6] - params["means"][:6], -1e-2, atol=3e-6)
+    np.testing.assert_allclose(new["opacity_logits"][:6] - params["opacity_logits"][:6], -5e-2,
+                               rtol=1e-5)
+    np.testing.assert_array_equal(new["sh"], params["sh"])  # frozen
+    np.testing.assert_array_equal(new["means"][6:], params["means"][6:])  # inactive slots
+    back = merge_params(sp, new, active)
+    assert isinstance(back, S.RGBSplats)
+
+
+def test_clone_split_prune_and_moment_remap():
+    sp = _rgb(n=6, cap=8)
+    sp = sp.replace(log_scales=jnp.full((8, 3), np.log(0.5)).at[1].set(np.log(2.0)),  # big → split
+                    opacity_logits=sp.opacity_logits.at[5].set(-9.0))   # weak → prune
+    params, active = split_params(sp)
+    opt = make_optimizer(RATES)
+    state = opt.init(params)
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    _, state = opt.update(grads, state, params)
+    avg = np.zeros(8)
+    avg[[0, 1]] = 1.0  # 0 clone (small), 1 split (big)
+    out, state2, info = densify_and_prune(jax.random.key(0), sp, state, opt, avg, scene_extent=10.0,
+                                          cfg=DensifyConfig(grad_threshold=0.5, percent_dense=0.1,
+                                                                            max_scale_fraction=0.5))
+    assert info == dict(cloned=1, split=1, pruned=1, skipped=0, capacity=8)
+    assert S.num_active(out) == 6 + 2 - 1
+    a = np.asarray(out.active)
+    means = np.asarray(out.means)
+    # the pruned splat is gone (its slot may be reused by a new one)
+    assert not np.any(np.all(means[a] == np.asarray(sp.means[5]), axis=1))
+    # the clone sits exactly on its parent; the split children moved and shrank by 1.6
+    clones = [i for i in np.flatnonzero(a) if i != 0 and np.allclose(means[i], means[0])]
+    assert len(clones) == 1
+    kids = [i for i in np.flatnonzero(a) if np.isclose(out.log_scales[i, 0], np.log(2.0 / 1.6))]
+    assert len(kids) == 2 and 1 in kids
+    assert np.all(np.abs(means[kids] - np.asarray(sp.means[1])) < 5 * 2.0)
+    mu = state2.inner_states["means"].inner_state[0].mu["means"]
+    mu_old = state.inner_states["means"].inner_state[0].mu["means"]
+    np.testing.assert_allclose(mu[0], mu_old[0])       # parent keeps its moments
+    np.testing.assert_array_equal(mu[clones[0]], 0.0)  # new slot starts fresh
+    np.testing.assert_array_equal(mu[1], 0.0)          # split child starts fresh
+
+
+def test_radiative_densification_preserves_mass_and_grows_capacity():
+    rng = np.random.default_rng(0)
+    sp = S.rad_splats_from_points(rng.normal(size=(10, 3)) * 20, rng.uniform(0.01, 0.1, 10),
+                                  capacity=10, log_scales=np.log(np.repeat([[0.8], [2.5]], 5, 0) * rng.uniform(0.8, 1, (10, 3))))
+    params, _ = split_params(sp)
+    opt = make_optimizer({k: 1e-3 for k in params})
+    state = opt.init(params)
+    m0 = _mass(sp)
+    out, state, info = densify_and_prune(jax.random.key(1), sp, state, opt, np.ones(10),
+                                         scene_extent=100.0,
+                                         cfg=DensifyConfig(grad_threshold=0.5, percent_dense=0.015))
+    assert info["pruned"] == 0 and info["cloned"] + info["split"] == 10 and info["skipped"] == 0
+    assert info["cloned"] > 0 and info["split"] > 0
+    assert info["capacity"] == 20 and S.num_active(out) == 20
+    np.testing.assert_allclose(_mass(out), m0, rtol=1e-5)
+    # at the capacity limit the largest gradients win and the rest are counted, never dropped
+    grad = np.arange(20, dtype=float)
+    out2, _, info2 = densify_and_prune(jax.random.key(2), out, state, opt, grad,
+                                       scene_extent=100.0,
+                                       cfg=DensifyConfig(grad_threshold=10.5, max_capacity=24))
+    assert info2["capacity"] == 24 and info2["skipped"] == 9 - 4
+    np.testing.assert_allclose(_mass(out2), m0, rtol=1e-5)
+
+
+def test_opacity_reset_caps_opacity_and_restarts_its_moments():
+    sp = _rgb()
+    params, _ = split_params(sp)
+    opt = make_optimizer(RATES)
+    state = opt.init(params)
+    _, state = opt.update(jax.tree_util.tree_map(jnp.ones_like, params), state, params)
+    sp = sp.replace(opacity_logits=jnp.full(8, 3.0))
+    out, state2 = reset_opacity(sp, state, opt, max_opacity=0.01)
+    np.testing.assert_allclose(jax.nn.sigmoid(out.opacity_logits), 0.01, rtol=1e-5)
+    assert float(jnp.abs(state2.inner_states["opacity_logits"].inner_state[0].mu["opacity_logits"]).max()) == 0
+    assert float(jnp.abs(state2.inner_states["means"].inner_state[0].mu["means"]).max()) > 0
