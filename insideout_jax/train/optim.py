@@ -34,7 +34,7 @@ def make_optimizer(rates: dict, *, frozen: tuple = ()) -> optax.GradientTransfor
     """Adam with one learning rate (float or optax schedule) per field.
 
     Args:
-      rates: {field name: learning rate or schedule}. The params dict must have exactly the
+      rates: {field name: learning rate, schedule, or a complete optax transformation}. The params dict must have exactly the
         fields named here and in ``frozen``.
       frozen: field names that are never updated (e.g. colour during internal rendering); they
         override ``rates``.
@@ -44,7 +44,8 @@ def make_optimizer(rates: dict, *, frozen: tuple = ()) -> optax.GradientTransfor
       in 3DGS.
     """
     trained = {name: rate for name, rate in rates.items() if name not in frozen}
-    transforms = {name: optax.adam(rate, eps=1e-15) for name, rate in trained.items()}
+    transforms = {name: rate if isinstance(rate, optax.GradientTransformation)
+                  else optax.adam(rate, eps=1e-15) for name, rate in trained.items()}
     labels = {name: name for name in trained}
     if frozen:
         transforms["__frozen__"] = optax.set_to_zero()

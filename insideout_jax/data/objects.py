@@ -1,0 +1,284 @@
+"""Object folders with ground truth: the built-in skull, objects from CT volumes, SfM, previews.
+
+Host-side orchestration of the pure functions in :mod:`phantom`, :mod:`raycast`, :mod:`ctobject`
+and :mod:`sfm`, writing through :mod:`insideout_jax.io`. Besides the layout of
+:mod:`insideout_jax.io.objects`, generated objects hold:
+
+```
+truth/volume.tif + volume.json    exact density on the CT grid
+truth/surface.npz                 points [M, 3] and unit outward normals [M, 3] of the outer surface (mm)
+truth/cameras.json                the true photo cameras {name: {rotation, translation, fx, fy, cx, cy, width, height}}
+truth/transform.json              SfM frame → CT frame similarity (written after SfM)
+preview/*.png                     a few photos, radiographs and slices to look at
+```
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from insideout_jax import io as iio
+from insideout_jax.cameras import PinholeCamera, camera_center, make_pinhole
+
+__all__ = ["make_skull_object", "make_ct_object", "describe_object", "ensure_sfm",
+           "write_previews", "read_true_cameras", "write_true_cameras", "read_true_surface",
+           "CAMERAS_FILE", "SURFACE_FILE", "PREVIEW_DIR"]
+
+CAMERAS_FILE = "truth/cameras.json"
+SURFACE_FILE = "truth/surface.npz"
+PREVIEW_DIR = "preview"
+
+
+def write_true_cameras(path: Path, names, cameras) -> None:
+    """Write {name: camera} as JSON (world → camera, COLMAP convention, CT frame in mm)."""
+    out = {}
+    for name, cam in zip(names, cameras, strict=True):
+        out[name] = dict(rotation=np.asarray(cam.rotation, float).tolist(),
+                         translation=np.asarray(cam.translation, float).tolist(),
+                         fx=float(cam.fx), fy=float(cam.fy), cx=float(cam.cx), cy=float(cam.cy),
+                         width=int(cam.width), height=int(cam.height))
+    iio.write_json_atomic(path, out)
+
+
+def read_true_cameras(path: Path) -> dict:
+    """{name: PinholeCamera} from ``truth/cameras.json``."""
+    raw = iio.read_json(path)
+    cams = {}
+    for name, c in raw.items():
+        try:
+            cams[name] = make_pinhole(c["rotation"], c["translation"], c["fx"], c["fy"], c["cx"],
+                                      c["cy"], c["width"], c["height"])
+        except KeyError as e:
+            raise iio.ObjectFolderError(path, f"{name}.{e.args[0]}", "missing key") from None
+        except ValueError as e:
+            raise iio.ObjectFolderError(path, name, str(e)) from None
+    return cams
+
+
+def read_true_surface(obj_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(points [M, 3], normals [M, 3]) of the true outer surface, mm."""
+    path = Path(obj_dir) / SURFACE_FILE
+    if not path.is_file():
+        raise iio.ObjectFolderError(path, "<file>", "no true surface (only generated objects have one)")
+    with np.load(path) as z:
+        return z["points"], z["normals"]
+
+
+def _u8(img: np.ndarray) -> np.ndarray:
+    x = np.asarray(img, np.float64)
+    lo, hi = float(x.min()), float(x.max())
+    return np.zeros(x.shape, np.uint8) if hi <= lo else np.round(255 * (x - lo) / (hi - lo)).astype(np.uint8)
+
+
+def write_previews(obj_dir: Path, *, n_photos: int = 4, n_radiographs: int = 4) -> list:
+    """PNG previews under ``preview/``: a few photos, radiographs, and the CT mid-slices."""
+    obj_dir = Path(obj_dir)
+    prev = obj_dir / PREVIEW_DIR
+    prev.mkdir(parents=True, exist_ok=True)
+    obj = iio.read_object(obj_dir, load_images=False)
+    written = []
+    names = list(obj.image_names)
+    for name in names[:: max(1, len(names) // n_photos)][:n_photos]:
+        img = iio.read_image(obj_dir / iio.IMAGES_DIR / name, as_uint8=True)
+        p = prev / f"photo_{Path(name).stem}.png"
+        cv2.imwrite(str(p), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        written.append(p)
+    if obj.projections is not None:
+        v = len(obj.projections)
+        for k in range(0, v, max(1, v // n_radiographs))[:n_radiographs]:
+            p = prev / f"radiograph_{k:03d}.png"
+            # radiographs shown as film: dense = bright; row index grows with +z, so flip to show z up
+            cv2.imwrite(str(p), _u8(obj.projections[k])[::-1])
+            written.append(p)
+    vol = obj.truth_volume or obj.volume
+    if vol is not None:
+        d = np.asarray(vol.data)
+        for tag, img in (("axial", d[d.shape[0] // 2]), ("coronal", d[:, d.shape[1] // 2][::-1]),
+                         ("sagittal", d[:, :, d.shape[2] // 2][::-1])):
+            p = prev / f"ct_{tag}.png"
+            cv2.imwrite(str(p), _u8(img))
+            written.append(p)
+    return written
+
+
+def make_skull_object(out_dir: str | Path, cfg=None, *, verbose: bool = True) -> dict:
+    """Generate the built-in procedural skull as an object folder (no download, deterministic).
+
+    Args:
+      out_dir: target folder (created; existing files of the layout are replaced).
+      cfg: :class:`insideout_jax.config.SkullConfig` (default: the ``cpu`` preset's).
+
+    Returns:
+      {part: seconds} timings of the generation.
+    """
+    from insideout_jax.config import SkullConfig
+    from insideout_jax.data import phantom as ph
+    from insideout_jax.data import raycast
+
+    cfg = cfg or SkullConfig()
+    out = Path(out_dir)
+    times = {}
+    say = print if verbose else (lambda *a, **k: None)
+
+    t = time.perf_counter()
+    skull = ph.skull_phantom()
+    geom = ph.default_skull_geometry(n_views=cfg.n_views, n_det=cfg.n_detector)
+    say(f"  projections: {cfg.n_views} views of {cfg.n_detector}² (closed-form chords)")
+    proj = ph.project_phantom(skull, geom)
+    if cfg.projection_noise:
+        proj = ph.add_projection_noise(proj, 0)
+    times["projections"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    shape, spacing, origin = ph.default_skull_grid(cfg.volume_size)
+    say(f"  volume: {shape} voxels of {spacing[0]:.2f} mm, {cfg.supersample}³ sub-samples")
+    vol = ph.phantom_volume(skull, shape, spacing, origin, supersample=cfg.supersample)
+    times["volume"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    cams = ph.default_skull_cameras(n=cfg.n_rgb_views, size=cfg.rgb_size)
+    say(f"  photos: {len(cams)} renders of {cfg.rgb_size}² (analytic ray caster)")
+    images = raycast.render_phantom_rgb(skull, cams)
+    names = [f"view_{k:03d}.png" for k in range(len(cams))]
+    times["photos"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    pts, normals = ph.phantom_surface_points(skull, 20000)
+    ct = iio.make_volume(vol, spacing, origin, quantity="attenuation")
+    iio.write_object(out, geometry=geom, projections=np.asarray(proj, np.float32), volume=ct,
+                     images=dict(zip(names, images, strict=True)), truth_volume=ct)
+    np.savez(out / SURFACE_FILE, points=np.asarray(pts, np.float32),
+             normals=np.asarray(normals, np.float32))
+    write_true_cameras(out / CAMERAS_FILE, names, cams)
+    write_previews(out)
+    times["write"] = time.perf_counter() - t
+    say("  " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))
+    return times
+
+
+def make_ct_object(volume: np.ndarray, spacing_zyx, out_dir: str | Path, *, origin_xyz=None,
+                   iso: float | None = None, quantity: str = "attenuation", n_views: int = 180,
+                   n_det: int = 256, n_rgb_views: int = 60, rgb_size: int = 512,
+                   verbose: bool = True) -> dict:
+    """Object folder from a CT volume: ray-marched cone-beam projections and isosurface photos.
+
+    Args:
+      volume: [z, y, x] CT values (attenuation per mm, or HU when ``quantity == "HU"``).
+      spacing_zyx: voxel spacing, mm.
+      origin_xyz: centre of voxel [0, 0, 0] (default: the volume is centred on the origin).
+      iso: isosurface level in the volume's units for the photos (default: skin from Otsu).
+      quantity: "attenuation" or "HU" (HU are converted to attenuation for projections).
+
+    Returns:
+      {part: seconds}.
+    """
+    from insideout_jax.data import ctobject
+
+    say = print if verbose else (lambda *a, **k: None)
+    out = Path(out_dir)
+    vol = np.asarray(volume, np.float32)
+    spacing = np.asarray(spacing_zyx, np.float64)
+    if origin_xyz is None:
+        origin_xyz = -0.5 * (np.array(vol.shape[::-1]) - 1) * spacing[::-1]
+    times = {}
+    t = time.perf_counter()
+    att = ctobject.hu_to_attenuation(vol) if quantity == "HU" else vol
+    geom = ctobject.default_ct_geometry(att.shape, spacing, origin_xyz, n_views=n_views, n_det=n_det)
+    say(f"  projections: {n_views} views of {n_det}² (ray marching)")
+    proj = ctobject.ct_volume_projections(att, spacing, origin_xyz, geom)
+    times["projections"] = time.perf_counter() - t
+    t = time.perf_counter()
+    level = ctobject.default_iso_level(att) if iso is None else (
+        float(ctobject.hu_to_attenuation(np.float32(iso))) if quantity == "HU" else float(iso))
+    cams = ctobject.default_ct_cameras(att.shape, spacing, origin_xyz, n=n_rgb_views, size=rgb_size)
+    say(f"  photos: {len(cams)} renders of the isosurface at {level:.4g} /mm")
+    images = ctobject.render_isosurface_rgb(att, spacing, origin_xyz, level, cams)
+    names = [f"view_{k:03d}.png" for k in range(len(cams))]
+    times["photos"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ct = iio.make_volume(att, spacing, origin_xyz, quantity="attenuation")
+    iio.write_object(out, geometry=geom, projections=np.asarray(proj, np.float32), volume=ct,
+                     images=dict(zip(names, images, strict=True)), truth_volume=ct)
+    write_true_cameras(out / CAMERAS_FILE, names, cams)
+    write_previews(out)
+    times["write"] = time.perf_counter() - t
+    return times
+
+
+def describe_object(obj_dir: str | Path) -> str:
+    """One line saying what an object folder holds (validates every file it reads)."""
+    obj = iio.read_object(obj_dir, load_images=False)
+    parts = [f"{len(obj.image_names)} photos"]
+    if obj.geometry is not None:
+        nv, nu = obj.geometry.n_detector
+        parts.append(f"{obj.geometry.n_views} {obj.geometry.mode}-beam projections {nv}×{nu}")
+    if obj.volume is not None:
+        parts.append(f"CT volume {tuple(obj.volume.data.shape)}")
+    if obj.colmap is not None:
+        parts.append(f"COLMAP model ({len(obj.colmap.image_names)} images)")
+    if obj.truth_volume is not None or (Path(obj_dir) / CAMERAS_FILE).exists():
+        parts.append("ground truth")
+    return ", ".join(parts)
+
+
+def _camera_centres(cams) -> np.ndarray:
+    return np.stack([np.asarray(camera_center(c), np.float64) for c in cams])
+
+
+def ensure_sfm(obj_dir: str | Path, cfg=None, *, verbose: bool = True) -> str:
+    """Run SfM into ``rgb/sparse/0`` unless a model is there; for generated objects, also write
+    ``truth/transform.json`` (SfM → CT similarity from the camera centres) and report how well the
+    aligned SfM centres match the true ones.
+
+    Returns:
+      A one-line summary.
+    """
+    from insideout_jax.config import SfMConfig
+    from insideout_jax.data.sfm import align_camera_centres, run_sfm
+
+    cfg = cfg or SfMConfig()
+    obj_dir = Path(obj_dir)
+    model_dir = obj_dir / iio.COLMAP_DIR
+    msg = ""
+    if not model_dir.exists():
+        if not (obj_dir / iio.IMAGES_DIR).is_dir():
+            raise ValueError(f"{obj_dir / iio.IMAGES_DIR}: no photos, so no SfM")
+        known = None
+        cams_path = obj_dir / CAMERAS_FILE
+        if cfg.use_known_intrinsics and cams_path.exists():
+            c0 = next(iter(read_true_cameras(cams_path).values()))
+            known = (float(c0.fx), float(c0.fy), float(c0.cx), float(c0.cy))
+        res = run_sfm(obj_dir / iio.IMAGES_DIR, obj_dir / "rgb" / "sparse",
+                      camera_model=cfg.camera_model, known_intrinsics=known,
+                      min_registered_fraction=cfg.min_registered_fraction,
+                      max_num_features=cfg.max_num_features)
+        msg = (f"registered {res.n_registered}/{res.n_images} images, {res.n_points} points, "
+               f"reprojection error {res.mean_reprojection_error:.2f} px")
+    model = iio.read_colmap(model_dir)
+    msg = msg or f"existing model: {len(model.image_names)} images, {len(model.points_xyz)} points"
+    cams_path = obj_dir / CAMERAS_FILE
+    if cams_path.exists():
+        truth = read_true_cameras(cams_path)
+        names = [n for n in model.image_names if n in truth]
+        src = _camera_centres([model.cameras[model.image_names.index(n)] for n in names])
+        dst = _camera_centres([truth[n] for n in names])
+        rot, t, s = align_camera_centres(src, dst)
+        err = np.linalg.norm(s * src @ rot.T + t - dst, axis=1)
+        size = float(np.ptp(read_true_surface(obj_dir)[0], axis=0).max()) if (
+            obj_dir / SURFACE_FILE).exists() else float(np.ptp(dst, axis=0).max())
+        iio.write_transform(obj_dir / iio.TRANSFORM_FILE, iio.make_similarity(rot, t, s))
+        msg += (f"; aligned camera centres: mean error {err.mean():.3f} mm, max {err.max():.3f} mm"
+                f" = {100 * err.max() / size:.3f}% of the object size ({size:.0f} mm)")
+    if verbose:
+        print(f"  {msg}")
+    return msg
+
+
+def camera_list(cams: dict) -> list[PinholeCamera]:
+    """Cameras of a {name: camera} dict, sorted by name."""
+    return [cams[k] for k in sorted(cams)]

@@ -1,0 +1,85 @@
+"""The shared outer training loop: jitted blocks of iterations, host work between blocks,
+atomic checkpoints, a progress bar, and a clear stop on a non-finite loss.
+
+A trainer supplies
+- ``run_block(state, n) -> (state, losses [n])``: n iterations inside one jitted ``lax.scan``;
+- ``after_block(state) -> state``: host-side work (densification, schedules), may change capacity;
+- ``template(capacity) -> state``: a state of the right structure (any values), to restore a
+  checkpoint into.
+
+The state is a dict pytree with at least ``step`` (host int) and ``params`` ({field: [C, ...]}).
+After every block the whole state is saved atomically (``save_checkpoint``), so a run killed at any
+moment loses at most one block; :func:`run_training` resumes from the checkpoint when it exists.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from insideout_jax.io.checkpoint import checkpoint_meta, load_checkpoint, save_checkpoint
+
+__all__ = ["NonFiniteLossError", "run_training"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint is kept (message says stage and step)."""
+
+
+def _capacity(state: dict) -> int:
+    return int(np.shape(state["params"]["means"])[0])
+
+
+def run_training(state: dict, *, n_iters: int, block: int,
+                 run_block: Callable, after_block: Callable, template: Callable,
+                 checkpoint_path: str | Path | None = None, desc: str = "train",
+                 progress: bool = True, log_every_block: Callable | None = None) -> tuple[dict, dict]:
+    """Run ``n_iters`` iterations in blocks; resume from ``checkpoint_path`` if it exists.
+
+    Returns:
+      (state, history) with history = dict(step=[...], loss=[...], seconds=[...]) per block (mean
+      loss of the block), including blocks of an earlier, interrupted run when resumed.
+    """
+    history = {"step": [], "loss": [], "seconds": []}
+    ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
+    if ckpt is not None and ckpt.is_file():
+        meta = checkpoint_meta(ckpt)
+        like = {k: v for k, v in template(int(meta["capacity"])).items() if k != "step"}
+        loaded, meta = load_checkpoint(ckpt, like)
+        state = jax.tree_util.tree_map(jax.numpy.asarray, loaded) | {"step": int(meta["step"])}
+        history = meta.get("history", history)
+    t_start = time.perf_counter() - (history["seconds"][-1] if history["seconds"] else 0.0)
+    bar = tqdm(total=n_iters, initial=int(state["step"]), desc=desc, disable=not progress,
+               unit="it", dynamic_ncols=True)
+    try:
+        while int(state["step"]) < n_iters:
+            n = min(block, n_iters - int(state["step"]))
+            new_state, losses = run_block(state, n)
+            losses = np.asarray(losses)
+            if not np.all(np.isfinite(losses)):
+                bad = int(state["step"]) + int(np.argmin(np.isfinite(losses)))
+                where = f" (last good checkpoint: {ckpt})" if ckpt is not None else ""
+                raise NonFiniteLossError(f"{desc}: non-finite loss at iteration {bad}{where}")
+            new_state["step"] = int(state["step"]) + n
+            state = after_block(new_state)
+            history["step"].append(int(state["step"]))
+            history["loss"].append(float(losses.mean()))
+            history["seconds"].append(time.perf_counter() - t_start)
+            if ckpt is not None:
+                meta = {"step": int(state["step"]), "capacity": _capacity(state), "history": history}
+                save_checkpoint(ckpt, {k: v for k, v in state.items() if k != "step"}, meta)
+            bar.update(n)
+            bar.set_postfix(loss=f"{history['loss'][-1]:.4f}", n=_capacity(state))
+            if log_every_block is not None:
+                log_every_block(state, history)
+    finally:
+        bar.close()
+    if not math.isfinite(history["loss"][-1] if history["loss"] else 0.0):
+        raise NonFiniteLossError(f"{desc}: non-finite loss")
+    return state, history
