@@ -79,6 +79,10 @@ class RunContext:
         atomic_write_bytes(path, json.dumps(self.metrics, indent=2).encode())
         return path
 
+    def save_history(self, stage: str, history: dict) -> None:
+        """Training curve of a stage (per-block loss) for the report's figures."""
+        atomic_write_bytes(self.stage_dir / f"{stage}_history.json", json.dumps(history).encode())
+
     def write_report(self) -> Path:
         m = self.metrics
         lines = [f"# InsideOut report — {m['object']} (config `{m['config']}`)", "",
@@ -122,6 +126,118 @@ def stage_sfm(ctx: RunContext) -> None:
     print(f"[sfm] {info}")
 
 
+def _load_photos(ctx: RunContext):
+    """(names, images [V, H, W, 3] float32, cameras) of the registered photos, resized for the stage."""
+    import cv2
+    import numpy as np
+
+    from insideout_jax import io as iio
+    from insideout_jax.cameras import scale_camera
+
+    model = iio.read_colmap(ctx.object_dir / iio.COLMAP_DIR)
+    ds = ctx.cfg.rgb.downscale
+    imgs, cams = [], []
+    for name, cam in zip(model.image_names, model.cameras, strict=True):
+        img = iio.read_image(ctx.object_dir / iio.IMAGES_DIR / name)
+        if ds != 1:
+            cam = scale_camera(cam, 1.0 / ds)
+            img = cv2.resize(img, (cam.width, cam.height), interpolation=cv2.INTER_AREA)
+        imgs.append(np.asarray(img, np.float32))
+        cams.append(cam)
+    return list(model.image_names), np.stack(imgs), cams, model
+
+
+def stage_rgb(ctx: RunContext) -> None:
+    """Stage 1a: 3DGS from the SfM points; held-out photo metrics; splats saved as PLY."""
+    import numpy as np
+
+    from insideout_jax.io.ply import write_ply
+    from insideout_jax.train.loop import NonFiniteLossError
+    from insideout_jax.train.rgb import evaluate_rgb, holdout_split, train_rgb
+
+    names, imgs, cams, model = _load_photos(ctx)
+    cfg = ctx.cfg.rgb.train
+    tr, ho = holdout_split(len(names), cfg.holdout_every)
+    print(f"[rgb] {len(tr)} training / {len(ho)} held-out photos of {imgs.shape[2]}×{imgs.shape[1]},"
+          f" {len(model.points_xyz)} SfM points, {cfg.iterations} iterations")
+    try:
+        splats, hist = train_rgb(imgs[tr], [cams[i] for i in tr], model.points_xyz,
+                                 model.points_rgb / 255.0, cfg,
+                                 checkpoint_path=ctx.stage_dir / "rgb_train.npz")
+    except NonFiniteLossError as e:
+        raise StageError(f"stage 'rgb': {e}") from e
+    write_ply(ctx.stage_dir / "rgb_splats.ply", splats)
+    ev = evaluate_rgb(splats, imgs[ho], [cams[i] for i in ho], background=cfg.background)
+    ctx.metrics["heldout_views"]["rgb"] = {"psnr": ev["psnr"], "ssim": ev["ssim"]}
+    ctx.save_history("rgb", hist)
+    print(f"[rgb] held-out PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.4f} on {ev['n_views']} views;"
+          f" {int(np.asarray(splats.active).sum())} splats")
+
+
+def stage_xray(ctx: RunContext) -> None:
+    """Stage 1b: radiative splats from the projections; FDK baseline; held-out and volume metrics."""
+    import numpy as np
+
+    from insideout_jax import io as iio
+    from insideout_jax.fdk import fdk
+    from insideout_jax.io.ply import write_ply
+    from insideout_jax.metrics.image import psnr3d, ssim3d
+    from insideout_jax.render.slices import make_voxel_grid, voxelize
+    from insideout_jax.train.loop import NonFiniteLossError
+    from insideout_jax.train.rgb import holdout_split
+    from insideout_jax.train.xray import evaluate_xray, train_xray
+
+    obj = iio.read_object(ctx.object_dir, load_images=False)
+    if obj.geometry is None:
+        raise StageError(f"{ctx.object_dir}: no X-ray projections ({iio.PROJECTIONS_FILE})")
+    geom, proj = obj.geometry, obj.projections
+    cfg = ctx.cfg.xray.train
+    tr, ho = holdout_split(geom.n_views, cfg.holdout_every)
+    g_tr, g_ho = geom.replace(angles=geom.angles[tr]), geom.replace(angles=geom.angles[ho])
+    print(f"[xray] {len(tr)} training / {len(ho)} held-out projections, {cfg.iterations} iterations")
+    try:
+        splats, hist = train_xray(proj[tr], g_tr, cfg, checkpoint_path=ctx.stage_dir / "xray_train.npz")
+    except NonFiniteLossError as e:
+        raise StageError(f"stage 'xray': {e}") from e
+    write_ply(ctx.stage_dir / "xray_splats.ply", splats)
+    ctx.save_history("xray", hist)
+    ev = evaluate_xray(splats, proj[ho], g_ho)
+    ctx.metrics["heldout_views"]["xray"] = {"psnr": ev["psnr"], "ssim": ev["ssim"]}
+    print(f"[xray] held-out projection PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.4f}")
+    truth = obj.truth_volume or obj.volume
+    n = ctx.cfg.xray.fdk_size
+    if truth is not None:
+        d = np.asarray(truth.data)
+        # comparison grid: the truth volume's extent sampled at n³ (nearest-size block average)
+        ext = np.array(d.shape) * np.asarray(truth.spacing_zyx)
+        sp = ext / n
+        org = np.asarray(truth.origin_xyz) - 0.5 * np.asarray(truth.spacing_zyx)[::-1] + 0.5 * sp[::-1]
+        ref = _resample_block(d, n)
+        vol_fdk = np.asarray(fdk(proj[tr], g_tr, (n, n, n), sp, org))
+        vol_rad = np.asarray(voxelize(splats, make_voxel_grid((n, n, n), sp, org)))
+        rng = float(ref.max())
+        for name, vol in (("fdk", vol_fdk), ("radiative", vol_rad)):
+            ctx.metrics["volume"][name] = {
+                "psnr3d": float(psnr3d(vol, ref, data_range=rng)),
+                "ssim3d": float(ssim3d(vol / rng, ref / rng))}
+        np.save(ctx.stage_dir / "volume_fdk.npy", vol_fdk)
+        np.save(ctx.stage_dir / "volume_radiative.npy", vol_rad)
+        print(f"[xray] volume PSNR/SSIM vs truth: FDK {ctx.metrics['volume']['fdk']}, radiative"
+              f" {ctx.metrics['volume']['radiative']}")
+    else:
+        ctx.note("no CT volume in the object folder: volume metrics are null")
+
+
+def _resample_block(vol, n: int):
+    """Resample [z, y, x] to n³ by linear interpolation at the n³ cell centres of the same extent."""
+    import numpy as np
+    from scipy import ndimage
+
+    coords = [(np.arange(n) + 0.5) * s / n - 0.5 for s in vol.shape]
+    grid = np.meshgrid(*coords, indexing="ij")
+    return ndimage.map_coordinates(np.asarray(vol, np.float32), grid, order=1, mode="nearest")
+
+
 _NOT_YET = "stage '{}' is not implemented in this version; its metrics are null"
 
 
@@ -136,7 +252,9 @@ def _not_yet(name: str) -> Callable[[RunContext], None]:
 STAGES: dict[str, Callable[[RunContext], None]] = {
     "data": stage_data,
     "sfm": stage_sfm,
-    **{s: _not_yet(s) for s in ("rgb", "xray", "fitting", "internal", "visual", "evaluation")},
+    "rgb": stage_rgb,
+    "xray": stage_xray,
+    **{s: _not_yet(s) for s in ("fitting", "internal", "visual", "evaluation")},
 }
 
 

@@ -34,7 +34,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 __all__ = [
-    "PinholeCamera", "make_pinhole", "pinhole_from_colmap", "look_at", "camera_center",
+    "PinholeCamera", "make_pinhole", "pinhole_from_colmap", "look_at", "scale_camera", "camera_center",
     "world_to_camera", "project_points", "pinhole_rays", "transform_camera", "intrinsic_matrix",
     "XrayGeometry", "make_xray_geometry", "xray_source", "xray_rays", "xray_project",
     "xray_project_jacobian", "xray_pixel_centers", "UNDISTORTED_MODELS",
@@ -133,6 +133,21 @@ def pinhole_from_colmap(model: str, params: ArrayLike, width: int, height: int,
             " are accepted. Undistort the images first (e.g. `colmap image_undistorter`, or"
             " pycolmap.undistort_images) and use the undistorted model.")
     return make_pinhole(rotation, translation, fx, fy, cx, cy, width, height)
+
+
+def scale_camera(camera: PinholeCamera, factor: float) -> PinholeCamera:
+    """The same camera for images resized by ``factor`` (e.g. 0.5 halves width and height).
+
+    Pixel edges stay aligned: u' = factor·u, so fx, fy, cx, cy all scale by ``factor``.
+
+    Raises:
+      ValueError: when the new size is not a whole number of pixels.
+    """
+    w, h = camera.width * factor, camera.height * factor
+    if abs(w - round(w)) > 1e-6 or abs(h - round(h)) > 1e-6 or round(w) < 1 or round(h) < 1:
+        raise ValueError(f"factor {factor} gives a non-integer image size {w}×{h}")
+    return camera.replace(fx=camera.fx * factor, fy=camera.fy * factor, cx=camera.cx * factor,
+                          cy=camera.cy * factor, width=int(round(w)), height=int(round(h)))
 
 
 def look_at(eye: ArrayLike, target: ArrayLike, up: ArrayLike = (0.0, 0.0, 1.0)) -> tuple:

@@ -11,8 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 
-__all__ = ["SkullConfig", "SfMConfig", "PipelineConfig", "preset", "config_to_json",
-           "PRESETS"]
+from insideout_jax.train.rgb import RGBTrainConfig
+from insideout_jax.train.xray import XrayTrainConfig
+
+__all__ = ["SkullConfig", "SfMConfig", "RGBStageConfig", "XrayStageConfig", "PipelineConfig",
+           "preset", "config_to_json", "PRESETS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,17 +59,54 @@ class SfMConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RGBStageConfig:
+    """Stage 1a.
+
+    Attributes:
+      downscale: photos are resized by 1/downscale for training and evaluation.
+      train: 3DGS constants.
+    """
+
+    downscale: int = 1
+    train: RGBTrainConfig = RGBTrainConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class XrayStageConfig:
+    """Stage 1b.
+
+    Attributes:
+      train: radiative training constants.
+      fdk_size: voxels per side of the FDK / voxelized comparison volumes.
+    """
+
+    train: XrayTrainConfig = XrayTrainConfig()
+    fdk_size: int = 128
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     """All stage configurations of one run."""
 
     name: str = "cpu"
     skull: SkullConfig = SkullConfig()
     sfm: SfMConfig = SfMConfig()
+    rgb: RGBStageConfig = RGBStageConfig()
+    xray: XrayStageConfig = XrayStageConfig()
 
+
+# CPU: minutes on 2 cores. Photos at half resolution, short schedules scaled from the 3DGS ones.
+_CPU_RGB = RGBTrainConfig(iterations=3000, block=100, sh_up_every=500, densify_from=300,
+                          densify_until=2000, densify_every=100, opacity_reset_every=1000,
+                          position_lr_steps=3000)
+_CPU_XRAY = XrayTrainConfig(iterations=2000, block=100, n_init=10_000, densify_from=300,
+                            densify_until=1200, densify_every=100)
 
 PRESETS = {
-    "cpu": PipelineConfig(name="cpu"),
-    "paper": PipelineConfig(name="paper", skull=SkullConfig(volume_size=256, n_rgb_views=120)),
+    "cpu": PipelineConfig(name="cpu", rgb=RGBStageConfig(downscale=2, train=_CPU_RGB),
+                          xray=XrayStageConfig(train=_CPU_XRAY, fdk_size=128)),
+    "paper": PipelineConfig(name="paper", skull=SkullConfig(volume_size=256, n_rgb_views=120),
+                            xray=XrayStageConfig(fdk_size=256)),
 }
 
 

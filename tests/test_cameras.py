@@ -177,3 +177,14 @@ def test_colmap_models():
         C.make_pinhole(-np.eye(3), t, 1, 1, 0, 0, 4, 4)
     with pytest.raises(ValueError, match="focal"):
         C.make_pinhole(rot, t, -1, 1, 0, 0, 4, 4)
+
+
+def test_scale_camera_keeps_pixel_edges():
+    cam = _camera()
+    half = C.scale_camera(cam, 0.5)
+    assert (half.width, half.height) == (32, 24)
+    pts = jnp.asarray(np.random.default_rng(5).uniform(-20, 20, (20, 3)), jnp.float32)
+    np.testing.assert_allclose(C.project_points(half, pts)[0], 0.5 * C.project_points(cam, pts)[0],
+                               rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="non-integer image size"):
+        C.scale_camera(cam, 0.3)

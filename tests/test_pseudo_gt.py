@@ -49,3 +49,12 @@ def test_outer_contour_keeps_only_the_outer_ring():
     assert np.all(np.abs(on - 50) < 3.0)  # only the outer boundary, not the inner one at 20
     assert len(on) > 2 * np.pi * 50 * 0.8  # a closed ring
     assert outer_contour_target(np.ones((32, 32))).sum() == 0
+
+
+def test_to_plane_has_the_same_pixel_centres():
+    from insideout_jax.internal.pseudo_gt import to_plane
+    from insideout_jax.render.slices import slice_pixel_centers
+
+    for s in make_slices([-15, -10, -5], [15, 10, 5], spacing=5.0, resolution=12):
+        np.testing.assert_allclose(np.asarray(slice_pixel_centers(to_plane(s))),
+                                   slice_pixel_centres(s), atol=1e-4)

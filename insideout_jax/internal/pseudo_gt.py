@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["AxisSlice", "slice_positions", "make_slices", "slice_pixel_centres",
+__all__ = ["AxisSlice", "slice_positions", "make_slices", "slice_pixel_centres", "to_plane",
            "sample_volume_on_slice", "outer_contour_target"]
 
 _AXES = {"axial": (2, 0, 1), "coronal": (1, 0, 2)}  # (normal axis, column axis, row axis) in xyz
@@ -77,6 +77,20 @@ def make_slices(bbox_min, bbox_max, *, spacing: float = 15.0, resolution: int = 
             out.append(AxisSlice(kind, float(pos), (float(lo[c_ax]), float(hi[c_ax])),
                                  (float(lo[r_ax]), float(hi[r_ax])), resolution, heldout))
     return out
+
+
+def to_plane(s: AxisSlice):
+    """The :class:`~insideout_jax.render.slices.SlicePlane` with the same pixel centres."""
+    from insideout_jax.render.slices import make_slice_plane
+
+    n_ax, c_ax, r_ax = s.axes
+    origin = np.zeros(3)
+    origin[n_ax] = s.position
+    origin[c_ax] = 0.5 * (s.col_range[0] + s.col_range[1])
+    origin[r_ax] = 0.5 * (s.row_range[0] + s.row_range[1])
+    e1, e2 = np.eye(3)[c_ax], np.eye(3)[r_ax]
+    extent = (s.col_range[1] - s.col_range[0], s.row_range[1] - s.row_range[0])
+    return make_slice_plane(origin, e1, e2, extent, (s.resolution, s.resolution))
 
 
 def slice_pixel_centres(s: AxisSlice) -> np.ndarray:
