@@ -32,8 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--object", required=True,
                    help="object name (a folder under data/; 'skull' is generated when absent) or a"
                         " path to an object folder")
-    p.add_argument("--config", default="cpu", choices=["cpu", "paper"],
-                   help="preset: 'cpu' (minutes on 2 cores) or 'paper' (the paper's settings, GPU)")
+    p.add_argument("--config", default="cpu", choices=["cpu", "paper", "tiny"],
+                   help="preset: 'cpu' (minutes on 2 cores), 'paper' (the paper's settings, GPU),"
+                        " or 'tiny' (seconds; for tests, numbers not meaningful)")
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES),
                    metavar="STAGE", help=f"stages to run (default: all): {' '.join(STAGES)}")
     p.add_argument("--out", default=None, help="output folder (default: outputs/<object>)")

@@ -228,6 +228,186 @@ def stage_xray(ctx: RunContext) -> None:
         ctx.note("no CT volume in the object folder: volume metrics are null")
 
 
+def _ct_volume(ctx: RunContext):
+    """The CT volume used as pseudo ground truth (ct/volume, else truth/volume)."""
+    from insideout_jax import io as iio
+
+    obj = iio.read_object(ctx.object_dir, load_images=False)
+    vol = obj.volume or obj.truth_volume
+    if vol is None:
+        raise StageError(f"{ctx.object_dir}: internal rendering needs a CT volume ({iio.VOLUME_FILE});"
+                         " reconstruct one with FDK from the projections first")
+    return obj, vol
+
+
+def object_bbox(vol, *, fraction: float = 0.05):
+    """(lo, hi) xyz mm of the voxels above ``fraction`` × the volume's maximum."""
+    import numpy as np
+
+    d = np.asarray(vol.data)
+    idx = np.argwhere(d > fraction * d.max())
+    sp = np.asarray(vol.spacing_zyx)
+    lo_zyx, hi_zyx = idx.min(0) * sp, idx.max(0) * sp
+    org = np.asarray(vol.origin_xyz)
+    return org + lo_zyx[::-1], org + hi_zyx[::-1]
+
+
+def _load_splats(ctx: RunContext, name: str):
+    from insideout_jax.io.ply import read_ply
+
+    path = ctx.stage_dir / f"{name}.ply"
+    if not path.is_file():
+        raise StageError(f"{path} is missing: run the stage that makes it first")
+    return read_ply(path)
+
+
+def _num(x):
+    """A float for JSON (None for NaN / inf)."""
+    import math
+
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def stage_fitting(ctx: RunContext) -> None:
+    """Stage 2: hierarchical fitting of the RGB splats onto the radiative splats (CT frame)."""
+    import numpy as np
+
+    from insideout_jax import io as iio
+    from insideout_jax.fitting.hierarchical import hierarchical_fit
+    from insideout_jax.fitting.procrustes import Similarity, similarity_errors
+    from insideout_jax.io.ply import write_ply
+
+    rgb, rad = _load_splats(ctx, "rgb_splats"), _load_splats(ctx, "xray_splats")
+    cfg = ctx.cfg.fitting
+    res = hierarchical_fit(rgb, rad, schedule=cfg.schedule, seed=cfg.seed)
+    write_ply(ctx.stage_dir / "rgb_aligned.ply", res.splats)
+    tr = res.transform
+    iio.write_json_atomic(ctx.stage_dir / "fitting.json", {
+        "transform": {"rotation": np.asarray(tr.rotation).tolist(),
+                      "translation": np.asarray(tr.translation).tolist(), "scale": float(tr.scale)},
+        "stages": [{"name": st.name, "accepted": st.accepted, "residual": _num(st.residual),
+                    "residual_before": _num(st.residual_before), "clusters": st.clusters,
+                    "displacement_mean": _num(st.displacement_mean), "seconds": st.seconds,
+                    "distortion": {k: _num(v) for k, v in st.distortion.items()},
+                    "transform": {"rotation": np.asarray(st.transform.rotation).tolist(),
+                                  "translation": np.asarray(st.transform.translation).tolist(),
+                                  "scale": float(st.transform.scale)}} for st in res.stages]})
+    for st in res.stages:
+        state = "kept" if st.accepted else "rejected by the gate"
+        print(f"[fitting] {st.name}: residual {st.residual:.3f} mm ({state}), {st.seconds:.1f} s")
+    truth_path = ctx.object_dir / iio.TRANSFORM_FILE
+    if not truth_path.is_file():
+        ctx.note("no truth/transform.json: alignment errors are null (real data)")
+        return
+    t = iio.read_transform(truth_path)
+    truth = Similarity(np.asarray(t.rotation, np.float32), np.asarray(t.translation, np.float32),
+                       np.float32(t.scale))
+    centre = np.asarray(rgb.means)[np.asarray(rgb.active)].mean(0)
+    by_kind = {"global": res.stages[0]}
+    locals_ = [st for st in res.stages if st.name.startswith("local")]
+    if locals_:
+        by_kind["local"] = locals_[-1]
+    fine = [st for st in res.stages if st.name == "fine"]
+    if fine:
+        by_kind["fine"] = fine[-1]
+    for kind, st in by_kind.items():
+        e = similarity_errors(st.transform, truth, center=centre)
+        ctx.metrics["alignment"][kind] = {"rot_deg": float(e["rot_deg"]),
+                                          "scale_rel": float(e["scale_rel"]),
+                                          "trans_mm": float(e["trans"])}
+        print(f"[fitting] {kind}: rotation error {float(e['rot_deg']):.3f}°, scale error"
+              f" {100 * float(e['scale_rel']):.3f} %, translation error {float(e['trans']):.3f} mm")
+
+
+def slice_set(ctx: RunContext, vol, *, heldout: bool):
+    """(AxisSlice list, planes, CT reference slices [S, R, R]) over the object's bounding box."""
+    import numpy as np
+
+    from insideout_jax.internal.pseudo_gt import make_slices, sample_volume_on_slice, to_plane
+
+    lo, hi = object_bbox(vol)
+    cfg = ctx.cfg.internal
+    slices = make_slices(lo, hi, spacing=cfg.slice_spacing, resolution=cfg.resolution,
+                         heldout=heldout)
+    refs = np.stack([sample_volume_on_slice(vol.data, vol.spacing_zyx, vol.origin_xyz, s)
+                     for s in slices])
+    return slices, [to_plane(s) for s in slices], refs
+
+
+def stage_internal(ctx: RunContext) -> None:
+    """Stage 3: both splat sets trained on the 15 mm CT cross-sections (X-ray reference loss)."""
+    import numpy as np
+
+    from insideout_jax import io as iio
+    from insideout_jax.internal.pseudo_gt import outer_contour_target
+    from insideout_jax.internal.train import train_internal
+    from insideout_jax.io.ply import write_ply
+    from insideout_jax.train.loop import NonFiniteLossError
+    from insideout_jax.train.rgb import holdout_split
+
+    obj, vol = _ct_volume(ctx)
+    slices, planes, refs = slice_set(ctx, vol, heldout=False)
+    cfg = ctx.cfg.internal
+    print(f"[internal] {len(slices)} training slices of {cfg.resolution}² every {cfg.slice_spacing} mm")
+    rad, rgb = _load_splats(ctx, "xray_splats"), _load_splats(ctx, "rgb_aligned")
+    geom, proj = obj.geometry, obj.projections
+    tr, _ = holdout_split(geom.n_views, ctx.cfg.xray.train.holdout_every) if geom else (None, None)
+    try:
+        rad2, h_rad = train_internal(
+            rad, planes, refs, cfg.rad,
+            projections=None if geom is None else proj[tr],
+            geometry=None if geom is None else geom.replace(angles=geom.angles[tr]),
+            checkpoint_path=ctx.stage_dir / "internal_rad.npz")
+        contours = np.stack([outer_contour_target(r) for r in refs])
+        rgb2, h_rgb = train_internal(rgb, planes, contours, cfg.rgb,
+                                     checkpoint_path=ctx.stage_dir / "internal_rgb.npz")
+    except NonFiniteLossError as e:
+        raise StageError(f"stage 'internal': {e}") from e
+    write_ply(ctx.stage_dir / "xray_internal.ply", rad2)
+    write_ply(ctx.stage_dir / "rgb_internal.ply", rgb2)
+    ctx.save_history("internal_rad", h_rad)
+    ctx.save_history("internal_rgb", h_rgb)
+    iio.write_json_atomic(ctx.stage_dir / "internal.json", {"n_slices": len(slices)})
+
+
+def stage_visual(ctx: RunContext) -> None:
+    """Stage 4: colour transfer + detail cloning → unified model (PLY, volume TIFF)."""
+    import numpy as np
+
+    from insideout_jax import io as iio
+    from insideout_jax.cameras import transform_camera
+    from insideout_jax.render.slices import make_voxel_grid, voxelize
+    from insideout_jax.train.rgb import evaluate_rgb, holdout_split
+    from insideout_jax.visual import as_radiative, unify, write_unified_ply
+
+    rad, rgb = _load_splats(ctx, "xray_internal"), _load_splats(ctx, "rgb_internal")
+    model = unify(rad, rgb, percentile=ctx.cfg.visual.clone_percentile)
+    write_unified_ply(ctx.out_dir / "unified.ply", model)
+    _, vol = _ct_volume(ctx)
+    lo, hi = object_bbox(vol)
+    n = ctx.cfg.visual.volume_size
+    size = float(np.max(hi - lo)) * 1.1
+    sp = size / n
+    org = 0.5 * (lo + hi) - 0.5 * (n - 1) * sp
+    dens = np.asarray(voxelize(as_radiative(model), make_voxel_grid((n, n, n), (sp,) * 3, org)))
+    iio.write_volume(ctx.out_dir / "volume.tif",
+                     iio.make_volume(dens, (sp,) * 3, org, quantity="attenuation"))
+    np.save(ctx.stage_dir / "volume_unified.npy", dens)
+    print(f"[visual] unified model: {int(np.asarray(model.radiative).sum())} radiative +"
+          f" {int((~np.asarray(model.radiative)).sum())} cloned RGB splats")
+    # the unified model seen from the held-out photos (cameras moved into the CT frame)
+    fit = iio.read_json(ctx.stage_dir / "fitting.json")["transform"]
+    names, imgs, cams, _ = _load_photos(ctx)
+    _, ho = holdout_split(len(names), ctx.cfg.rgb.train.holdout_every)
+    cams_ct = [transform_camera(cams[i], np.asarray(fit["rotation"]), np.asarray(fit["translation"]),
+                                fit["scale"]) for i in ho]
+    bg = ctx.cfg.rgb.train.background
+    ev = evaluate_rgb(model.splats, imgs[ho], cams_ct, background=bg)
+    ctx.metrics["heldout_views"]["unified_rgb"] = {"psnr": ev["psnr"], "ssim": ev["ssim"]}
+    print(f"[visual] unified model on held-out photos: PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.4f}")
+
+
 def _resample_block(vol, n: int):
     """Resample [z, y, x] to n³ by linear interpolation at the n³ cell centres of the same extent."""
     import numpy as np
@@ -254,7 +434,10 @@ STAGES: dict[str, Callable[[RunContext], None]] = {
     "sfm": stage_sfm,
     "rgb": stage_rgb,
     "xray": stage_xray,
-    **{s: _not_yet(s) for s in ("fitting", "internal", "visual", "evaluation")},
+    "fitting": stage_fitting,
+    "internal": stage_internal,
+    "visual": stage_visual,
+    **{s: _not_yet(s) for s in ("evaluation",)},
 }
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from insideout_jax.internal.train import InternalConfig
 from insideout_jax.train.rgb import RGBTrainConfig
 from insideout_jax.train.xray import XrayTrainConfig
 
-__all__ = ["SkullConfig", "SfMConfig", "RGBStageConfig", "XrayStageConfig", "PipelineConfig",
+__all__ = ["SkullConfig", "SfMConfig", "RGBStageConfig", "XrayStageConfig", "FittingStageConfig",
+           "InternalStageConfig", "VisualStageConfig", "PipelineConfig",
            "preset", "config_to_json", "PRESETS"]
 
 
@@ -85,6 +87,49 @@ class XrayStageConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class FittingStageConfig:
+    """Stage 2 (paper Alg. 1).
+
+    Attributes:
+      schedule: cluster fractions K = ⌊f·N⌋ (paper: 1/10, 1/2, 1).
+      seed: K-means / sampling seed.
+    """
+
+    schedule: tuple = (0.1, 0.5, 1.0)
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class InternalStageConfig:
+    """Stage 3.
+
+    Attributes:
+      slice_spacing: mm between training slices (paper: 15); held-out slices sit halfway.
+      resolution: slice pixels per side (paper / EVALUATION: 512).
+      rad: constants for the radiative splats.
+      rgb: constants for the RGB splats.
+    """
+
+    slice_spacing: float = 15.0
+    resolution: int = 512
+    rad: InternalConfig = InternalConfig()
+    rgb: InternalConfig = InternalConfig(projection_weight=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class VisualStageConfig:
+    """Stage 4.
+
+    Attributes:
+      clone_percentile: detail cloning keeps RGB splats with largest eigenvalue ≤ this percentile.
+      volume_size: voxels per side of the unified model's volume (TIFF) and mesh.
+    """
+
+    clone_percentile: float = 95.0
+    volume_size: int = 128
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     """All stage configurations of one run."""
 
@@ -93,6 +138,9 @@ class PipelineConfig:
     sfm: SfMConfig = SfMConfig()
     rgb: RGBStageConfig = RGBStageConfig()
     xray: XrayStageConfig = XrayStageConfig()
+    fitting: FittingStageConfig = FittingStageConfig()
+    internal: InternalStageConfig = InternalStageConfig()
+    visual: VisualStageConfig = VisualStageConfig()
 
 
 # CPU: minutes on 2 cores. Photos at half resolution, short schedules scaled from the 3DGS ones.
@@ -102,9 +150,27 @@ _CPU_RGB = RGBTrainConfig(iterations=3000, block=100, sh_up_every=500, densify_f
 _CPU_XRAY = XrayTrainConfig(iterations=2000, block=100, n_init=10_000, densify_from=300,
                             densify_until=1200, densify_every=100)
 
+# Tiny: seconds per stage, for the end-to-end and resume tests (not meaningful numbers).
+_TINY = PipelineConfig(
+    name="tiny",
+    skull=SkullConfig(n_views=24, n_detector=48, volume_size=40, n_rgb_views=16, rgb_size=96),
+    rgb=RGBStageConfig(train=RGBTrainConfig(iterations=40, block=20, sh_degree=1, densify_from=20,
+                                            densify_until=20, capacity_factor=1.5,
+                                            opacity_reset_every=10**6)),
+    xray=XrayStageConfig(train=XrayTrainConfig(iterations=40, block=20, n_init=800,
+                                               densify_from=20, densify_until=20), fdk_size=24),
+    fitting=FittingStageConfig(schedule=(0.1, 1.0)),
+    internal=InternalStageConfig(resolution=32, rad=InternalConfig(iterations=20, block=10),
+                                 rgb=InternalConfig(iterations=20, block=10, projection_weight=0.0)),
+    visual=VisualStageConfig(volume_size=24))
+
 PRESETS = {
+    "tiny": _TINY,
     "cpu": PipelineConfig(name="cpu", rgb=RGBStageConfig(downscale=2, train=_CPU_RGB),
-                          xray=XrayStageConfig(train=_CPU_XRAY, fdk_size=128)),
+                          xray=XrayStageConfig(train=_CPU_XRAY, fdk_size=128),
+                          internal=InternalStageConfig(
+                              resolution=128, rad=InternalConfig(iterations=600, block=100),
+                              rgb=InternalConfig(iterations=300, block=100, projection_weight=0.0))),
     "paper": PipelineConfig(name="paper", skull=SkullConfig(volume_size=256, n_rgb_views=120),
                             xray=XrayStageConfig(fdk_size=256)),
 }
