@@ -175,14 +175,18 @@ def plot_alignment(rgb_before, rgb_after, rad_points, path, *, max_points: int =
         rgb = _subsample(clouds[key], max_points, seed + 1)
         for j, (hx, vy, a, b) in enumerate(views):
             ax = axes[i, j]
-            ax.scatter(rad[:, a], rad[:, b], s=1, c="tab:blue", alpha=0.4, linewidths=0)
-            ax.scatter(rgb[:, a], rgb[:, b], s=1, c="tab:orange", alpha=0.4, linewidths=0)
+            ax.scatter(rad[:, a], rad[:, b], s=3, c="tab:blue", alpha=0.5, linewidths=0,
+                       label="radiative")
+            ax.scatter(rgb[:, a], rgb[:, b], s=3, c="tab:orange", alpha=0.5, linewidths=0,
+                       label="RGB")
             ax.set_aspect("equal", adjustable="datalim")
             ax.set_xlabel(f"{hx} (mm)")
             ax.set_ylabel(f"{vy} (mm)")
             stage = "before" if i == 0 else "after"
             ax.set_title(f"{stage} alignment, {hx}{vy} (RGB {clouds[key].shape[0]}, "
                          f"radiative {clouds['rad_points'].shape[0]})", fontsize=8)
+    axes[0, 0].legend(loc="upper right", fontsize=8, markerscale=4)
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -242,7 +246,7 @@ def plot_training_curves(histories: Mapping[str, Mapping], path) -> Path:
     plt = _plt()
     fig, axes = plt.subplots(1, len(histories), figsize=(4.0 * len(histories), 3.0),
                              squeeze=False)
-    for ax, (stage, h) in zip(axes[0], histories.items()):
+    for ax, (stage, h) in zip(axes[0], histories.items(), strict=True):
         step = np.asarray(h["step"], np.float64)
         loss = np.asarray(h["loss"], np.float64)
         ax.plot(step, loss, lw=1.2)
@@ -314,7 +318,7 @@ def cross_section_trend(metrics: Mapping) -> list:
         gain = f"InsideOut − X-Gaussian = {ins - xg:+.2f} dB (paper: +1.67 dB mean, +0.91 dB skull)"
         if fails:
             out.append(f"Cross-section PSNR trend InsideOut ≥ X-Gaussian ≥ 3DGS does **not** hold "
-                       f"on {name}: {'; '.join(fails)}. {gain}.")
+                       f"on {name}: {'; '.join(fails)}. {gain}. See the notes for why.")
         else:
             out.append(f"Cross-section PSNR trend InsideOut ≥ X-Gaussian ≥ 3DGS holds on {name} "
                        f"({ins:.2f} ≥ {xg:.2f} ≥ {gs:.2f} dB). {gain}.")
@@ -335,7 +339,8 @@ def chamfer_trend(metrics: Mapping) -> str:
     if not c < b:
         fails.append(f"internal rendering {c:.3f} mm ≥ hierarchical alignment {b:.3f} mm")
     if fails:
-        return f"Chamfer trend (falling across the ablation) does **not** hold: {'; '.join(fails)}."
+        return (f"Chamfer trend (falling across the ablation) does **not** hold: {'; '.join(fails)}."
+                " See the notes for why.")
     return f"Chamfer trend (falling across the ablation) holds: {a:.3f} → {b:.3f} → {c:.3f} mm."
 
 

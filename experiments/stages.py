@@ -53,6 +53,7 @@ class RunContext:
     cfg: PipelineConfig
     resume: bool = False
     metrics: dict = dataclasses.field(default=None)
+    figures: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         mpath = self.out_dir / "metrics.json"
@@ -84,16 +85,15 @@ class RunContext:
         atomic_write_bytes(self.stage_dir / f"{stage}_history.json", json.dumps(history).encode())
 
     def write_report(self) -> Path:
-        m = self.metrics
-        lines = [f"# InsideOut report — {m['object']} (config `{m['config']}`)", "",
-                 "## Stage wall times", "", "| stage | seconds |", "|---|---|"]
-        for s in STAGE_ORDER:
-            v = m["stage_seconds"].get(s)
-            lines.append(f"| {s} | {'—' if v is None else f'{v:.1f}'} |")
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in m["notes"]] + [""]
-        path = self.out_dir / "report.md"
-        atomic_write_bytes(path, "\n".join(lines).encode())
-        return path
+        """report.md with every table (experiments/report.py); figures from this run or on disk."""
+        from experiments import report as rp
+
+        figs = dict(self.figures)
+        for name in ("cross_sections", "alignment", "normals", "training"):
+            p = self.out_dir / "figures" / f"{name}.png"
+            if name not in figs and p.is_file():
+                figs[name] = p
+        return rp.write_report(self.metrics, figs, self.out_dir)
 
 
 def stage_data(ctx: RunContext) -> None:
@@ -408,6 +408,111 @@ def stage_visual(ctx: RunContext) -> None:
     print(f"[visual] unified model on held-out photos: PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.4f}")
 
 
+def stage_evaluation(ctx: RunContext) -> None:
+    """Table 2 (cross-sections), Table 3 (Chamfer), occupancy (Fig. 6), internal noise, volumes,
+    figures (Figs. 4, 5, 7, training curves) and the mesh."""
+    import numpy as np
+
+    from experiments import report as rp
+    from insideout_jax import evaluation as ev
+    from insideout_jax.data.objects import SURFACE_FILE, read_true_surface
+    from insideout_jax.render.slices import make_voxel_grid, voxelize
+    from insideout_jax.visual import as_radiative, unify
+
+    obj, vol = _ct_volume(ctx)
+    rgb0, rgb_al, rgb_in = (_load_splats(ctx, n) for n in ("rgb_splats", "rgb_aligned", "rgb_internal"))
+    rad0, rad_in = _load_splats(ctx, "xray_splats"), _load_splats(ctx, "xray_internal")
+    unified = as_radiative(unify(rad_in, rgb_in, percentile=ctx.cfg.visual.clone_percentile))
+    methods = {"3dgs": rgb_al, "xgaussian": rad0, "insideout": unified}
+    ref_range = (float(np.min(vol.data)), float(np.max(vol.data)))
+    fig_rows = {}
+    for split, heldout in (("train", False), ("heldout", True)):
+        slices, _, refs = slice_set(ctx, vol, heldout=heldout)
+        kinds = [s.kind for s in slices]
+        for name, sp in methods.items():
+            preds = ev.render_cross_sections(sp, slices)
+            m = ev.slice_metrics(preds, refs, kinds, ref_range=ref_range)
+            ctx.metrics["cross_sections"][name][split] = ev.to_json_ready(
+                {k: m[k] for k in ("psnr", "ssim", "piqe", "psnr_affine", "ssim_padded", "axial",
+                                   "coronal")})
+            if heldout:
+                pick = np.linspace(0, len(slices) - 1, min(4, len(slices))).round().astype(int)
+                fig_rows[name] = preds[pick]
+                fig_rows["_ref"], fig_rows["_labels"] = refs[pick], [
+                    f"{slices[i].kind} {slices[i].position:+.1f} mm" for i in pick]
+        print(f"[evaluation] cross-sections ({split}): " + ", ".join(
+            f"{k} {ctx.metrics['cross_sections'][k][split]['psnr']:.2f} dB" for k in methods))
+
+    act = lambda sp: np.asarray(sp.means)[np.asarray(sp.active)]  # noqa: E731
+    ch = ev.chamfer_block({"none": act(rgb0), "hierarchical": act(rgb_al), "internal": act(rgb_in)},
+                          {"none": act(rad0), "hierarchical": act(rad0), "internal": act(rad_in)})
+    ctx.metrics["chamfer_mm"] = ev.to_json_ready(ch["chamfer_mm"])
+    print(f"[evaluation] Chamfer (HPR) mm: {ctx.metrics['chamfer_mm']}")
+
+    if (ctx.object_dir / SURFACE_FILE).is_file():
+        pts, nrm = read_true_surface(ctx.object_dir)
+        ctx.metrics["internal_noise"] = ev.to_json_ready(
+            {"before": ev.internal_noise(rgb_al, pts, nrm), "after": ev.internal_noise(rgb_in, pts, nrm)})
+        print(f"[evaluation] internal noise: {ctx.metrics['internal_noise']}")
+    else:
+        ctx.note("no true surface: internal noise is null")
+
+    n = ctx.cfg.visual.volume_size
+    lo, hi = object_bbox(vol)
+    size = float(np.max(hi - lo)) * 1.1
+    sp_v = size / n
+    org = 0.5 * (lo + hi) - 0.5 * (n - 1) * sp_v
+    grid = make_voxel_grid((n, n, n), (sp_v,) * 3, org)
+    vols = {"radiative": np.asarray(voxelize(rad0, grid)), "insideout": np.asarray(voxelize(unified, grid))}
+    meshes = {}
+    for name, v in vols.items():
+        ctx.metrics["occupancy"][name] = ev.to_json_ready(
+            {k: val for k, val in ev.occupancy_block(v, (sp_v,) * 3, org).items() if k in ("42", "242")})
+        verts, faces, _ = ev.density_mesh(v, (sp_v,) * 3, org)
+        meshes[name] = (verts, faces)
+    _write_mesh(ctx.out_dir / "mesh.ply", *meshes["insideout"])
+    truth = obj.truth_volume
+    if truth is not None:
+        ref = _resample_to(np.asarray(truth.data), truth, grid)
+        ctx.metrics["volume"]["insideout"] = ev.to_json_ready(ev.volume_metrics(vols["insideout"], ref))
+    figs = ctx.out_dir / "figures"
+    figures = {
+        "cross_sections": rp.plot_cross_sections(
+            {"CT reference": fig_rows["_ref"], "3DGS": fig_rows["3dgs"],
+             "X-Gaussian": fig_rows["xgaussian"], "InsideOut": fig_rows["insideout"]},
+            fig_rows["_labels"], figs / "cross_sections.png"),
+        "alignment": rp.plot_alignment(act(rgb0), act(rgb_al), act(rad0), figs / "alignment.png"),
+        "normals": rp.plot_normal_histograms({"radiative": meshes["radiative"],
+                                              "InsideOut": meshes["insideout"]}, figs / "normals.png"),
+        "training": rp.plot_training_curves(rp.load_histories(ctx.stage_dir), figs / "training.png"),
+    }
+    ctx.figures = figures
+
+
+def _resample_to(data, vol, grid):
+    """Sample a volume [z, y, x] (its spacing / origin) at the voxel centres of ``grid`` (trilinear)."""
+    import numpy as np
+    from scipy import ndimage
+
+    n = grid.shape_zyx
+    sp_g, org_g = np.asarray(grid.spacing_zyx), np.asarray(grid.origin_xyz)
+    sp, org = np.asarray(vol.spacing_zyx), np.asarray(vol.origin_xyz)
+    axes = [(org_g[2 - a] + np.arange(n[a]) * sp_g[a] - org[2 - a]) / sp[a] for a in range(3)]
+    idx = np.meshgrid(*axes, indexing="ij")
+    return ndimage.map_coordinates(np.asarray(data, np.float32), idx, order=1, mode="constant")
+
+
+def _write_mesh(path, verts, faces) -> None:
+    """Triangle mesh as PLY (vertices in mm, CT frame)."""
+    import numpy as np
+    from plyfile import PlyData, PlyElement
+
+    v = np.array([tuple(p) for p in np.asarray(verts, np.float32)],
+                 dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4")])
+    f = np.array([(list(t),) for t in np.asarray(faces, np.int32)], dtype=[("vertex_indices", "i4", (3,))])
+    PlyData([PlyElement.describe(v, "vertex"), PlyElement.describe(f, "face")]).write(str(path))
+
+
 def _resample_block(vol, n: int):
     """Resample [z, y, x] to n³ by linear interpolation at the n³ cell centres of the same extent."""
     import numpy as np
@@ -418,17 +523,6 @@ def _resample_block(vol, n: int):
     return ndimage.map_coordinates(np.asarray(vol, np.float32), grid, order=1, mode="nearest")
 
 
-_NOT_YET = "stage '{}' is not implemented in this version; its metrics are null"
-
-
-def _not_yet(name: str) -> Callable[[RunContext], None]:
-    def stage(ctx: RunContext) -> None:
-        ctx.note(_NOT_YET.format(name))
-        print(f"[{name}] not implemented in this version (skipped)")
-
-    return stage
-
-
 STAGES: dict[str, Callable[[RunContext], None]] = {
     "data": stage_data,
     "sfm": stage_sfm,
@@ -437,7 +531,7 @@ STAGES: dict[str, Callable[[RunContext], None]] = {
     "fitting": stage_fitting,
     "internal": stage_internal,
     "visual": stage_visual,
-    **{s: _not_yet(s) for s in ("evaluation",)},
+    "evaluation": stage_evaluation,
 }
 
 
@@ -450,8 +544,7 @@ def run_stage(name: str, ctx: RunContext) -> bool:
     t0 = time.perf_counter()
     STAGES[name](ctx)
     seconds = time.perf_counter() - t0
-    if not any(n == _NOT_YET.format(name) for n in ctx.metrics["notes"]):
-        ctx.metrics["stage_seconds"][name] = seconds
-        atomic_write_bytes(marker, json.dumps({"seconds": seconds}).encode())
+    ctx.metrics["stage_seconds"][name] = seconds
+    atomic_write_bytes(marker, json.dumps({"seconds": seconds}).encode())
     ctx.write_metrics()
     return True

@@ -1,0 +1,148 @@
+"""experiments/report.py: figures are written and readable, report.md renders every table."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+from matplotlib import image as mpimg
+
+from experiments import report as rp
+from insideout_jax.evaluation import density_mesh
+
+STAGES = ("data", "sfm", "rgb", "xray", "fitting", "internal", "visual", "evaluation")
+
+
+def _skeleton():
+    """metrics.json with every field of docs/OUTPUTS.md's schema null."""
+    view = {"psnr": None, "ssim": None}
+    sec = {"psnr": None, "ssim": None, "piqe": None}
+    occ = {"42": {"any": None, "mean": None}, "242": {"any": None, "mean": None}}
+    return {
+        "object": "skull", "config": "cpu", "notes": ["stage 'fitting' did not run"],
+        "stage_seconds": {s: None for s in STAGES},
+        "heldout_views": {k: dict(view) for k in ("rgb", "xray", "unified_rgb")},
+        "cross_sections": {m: {"train": dict(sec), "heldout": dict(sec)}
+                           for m in ("3dgs", "xgaussian", "insideout")},
+        "chamfer_mm": {"none": None, "hierarchical": None, "internal": None},
+        "alignment": {s: {"rot_deg": None, "scale_rel": None, "trans_mm": None}
+                      for s in ("global", "local", "fine")},
+        "volume": {m: {"psnr3d": None, "ssim3d": None} for m in ("fdk", "radiative", "insideout")},
+        "occupancy": {m: copy.deepcopy(occ) for m in ("radiative", "insideout")},
+        "internal_noise": {"before": None, "after": None},
+    }
+
+
+def _filled(psnr=(15.0, 19.0, 20.5), chamfer=(700.0, 9.0, 7.0)):
+    m = _skeleton()
+    for i, meth in enumerate(("3dgs", "xgaussian", "insideout")):
+        for split, off in (("train", 0.5), ("heldout", 0.0)):
+            m["cross_sections"][meth][split] = {
+                "psnr": psnr[i] + off, "ssim": 0.6 + 0.01 * i, "piqe": 40.0 - 5 * i,
+                "psnr_affine": 22.0, "ssim_padded": 0.61, "n_slices": 26.0,
+                "axial": {"psnr": psnr[i] + 0.3}, "coronal": {"psnr": psnr[i] - 0.3}}
+    m["chamfer_mm"] = dict(zip(("none", "hierarchical", "internal"), chamfer, strict=True))
+    m["stage_seconds"] = {s: 10.0 * (k + 1) for k, s in enumerate(STAGES)}
+    m["internal_noise"] = {"before": 0.2, "after": 0.05}
+    m["heldout_views"]["rgb"] = {"psnr": 28.0, "ssim": 0.9}
+    m["heldout_views"]["unified_rgb"] = {"psnr": 27.5, "ssim": 0.89}
+    m["alignment"]["fine"] = {"rot_deg": 0.25, "scale_rel": 0.003, "trans_mm": 0.8}
+    return m
+
+
+def test_report_with_all_nulls_renders_every_table(tmp_path):
+    m = _skeleton()
+    m["internal_noise"]["before"] = float("nan")  # NaN is shown like null
+    path = rp.write_report(m, {}, tmp_path)
+    text = path.read_text()
+    assert path == tmp_path / "report.md"
+    for heading in ("## Stage wall times", "paper Table 2", "paper Table 3", "Spherical occupancy",
+                    "### Alignment errors", "### Held-out views", "### Volumes",
+                    "### Internal noise", "## Paper trends", "## Notes"):
+        assert heading in text, heading
+    assert "cannot be checked" in text
+    assert "— : not computed" in text and "stage 'fitting' did not run" in text
+    assert "nan" not in text.lower().replace("insideout", "")
+    # every cross-section cell of the three methods is "—"; the paper's numbers are still there
+    row = next(line for line in text.splitlines() if line.startswith("| InsideOut |"))
+    assert row.count("—") == 6 and "20.01 / 20.33 / 0.650" in row
+    assert "| global | — | — | — |" in text
+
+
+def test_report_trends_hold(tmp_path):
+    text = rp.write_report(_filled(), {}, tmp_path).read_text()
+    assert "holds on held-out slices (20.50 ≥ 19.00 ≥ 15.00 dB)" in text
+    assert "holds on training slices (21.00 ≥ 19.50 ≥ 15.50 dB)" in text
+    assert "Chamfer trend (falling across the ablation) holds: 700.000 → 9.000 → 7.000 mm" in text
+    assert "does **not**" not in text
+    assert "drops by 75.0%" in text and "within 1 dB" in text
+    assert "| **total** | 360.0 |" in text
+    assert "| InsideOut | heldout | 20.80 | 20.20 | 22.00 | 0.610 | 26 |" in text
+
+
+def test_report_trends_broken_are_said_in_words(tmp_path):
+    m = _filled(psnr=(15.0, 19.0, 18.0), chamfer=(700.0, 9.0, 9.5))
+    m["internal_noise"] = {"before": 0.2, "after": 0.15}
+    text = rp.write_report(m, {}, tmp_path).read_text()
+    assert ("trend InsideOut ≥ X-Gaussian ≥ 3DGS does **not** hold on held-out slices: "
+            "InsideOut 18.00 dB < X-Gaussian 19.00 dB") in text
+    assert "InsideOut − X-Gaussian = -1.00 dB" in text
+    assert ("does **not** hold: internal rendering 9.500 mm ≥ hierarchical alignment 9.000 mm"
+            in text)
+    assert "does **not** meet the target" in text
+    # the checks are pure functions of the metrics too
+    assert any("does **not** hold" in s for s in rp.cross_section_trend(m))
+    assert "does **not** hold" in rp.chamfer_trend(m)
+    assert "cannot be checked" in rp.chamfer_trend(_skeleton())
+
+
+def test_cross_section_and_alignment_figures(tmp_path):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:32, 0:32]
+    blob = np.exp(-((xx - 12.0) ** 2 + (yy - 20.0) ** 2) / 40.0)
+    cols = {"CT reference": np.stack([blob, blob.T]),
+            "3DGS": np.stack([blob + 0.1 * rng.normal(size=blob.shape)] * 2),
+            "InsideOut": np.stack([np.zeros_like(blob), blob])}  # a constant image is allowed
+    p2 = rp.plot_cross_sections(cols, ["axial z = 0.0 mm", "coronal y = 15.0 mm"],
+                                tmp_path / "f" / "cs2.png")
+    p4 = rp.plot_cross_sections({k: np.concatenate([v, v]) for k, v in cols.items()},
+                                ["a", "b", "c", "d"], tmp_path / "cs4.png")
+    im2, im4 = mpimg.imread(p2), mpimg.imread(p4)
+    assert im2.ndim == 3 and im2.std() > 0.05
+    assert 1.6 < im4.shape[0] / im2.shape[0] < 2.4  # one figure row per slice
+    with pytest.raises(ValueError, match="columns"):
+        rp.plot_cross_sections(cols, ["only one label"], tmp_path / "x.png")
+    pts = rng.normal(size=(500, 3)) * [30, 40, 50]
+    pa = rp.plot_alignment(pts * 0.01 + 3.0, pts + 0.5, pts, tmp_path / "align.png",
+                           max_points=200)
+    assert mpimg.imread(pa).std() > 0.05
+    with pytest.raises(ValueError, match="rgb_after"):
+        rp.plot_alignment(pts, pts[:, :2], pts, tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
+
+
+def test_normal_histogram_and_training_figures_and_report_links(tmp_path):
+    ax = np.arange(24) - 11.5
+    zz, yy, xx = np.meshgrid(ax, ax, ax, indexing="ij")
+    ball = 1.0 / (1.0 + np.exp(np.sqrt(xx**2 + yy**2 + (zz / 0.7) ** 2) - 8.0))
+    verts, faces, _ = density_mesh(ball, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    pn = rp.plot_normal_histograms({"radiative": (verts, faces), "InsideOut": (verts, faces)},
+                                   tmp_path / "figures" / "normals.png")
+    assert mpimg.imread(pn).std() > 0.05
+    stage_dir = tmp_path / "stages"
+    stage_dir.mkdir()
+    for name, n in (("rgb", 5), ("xray", 3)):
+        hist = {"step": list(range(0, 100 * n, 100)), "loss": list(np.geomspace(1, 0.1, n)),
+                "seconds": list(np.linspace(1, 9, n))}
+        (stage_dir / f"{name}_history.json").write_text(json.dumps(hist))
+    hists = rp.load_histories(stage_dir)
+    assert list(hists) == ["rgb", "xray"] and hists["rgb"]["step"][-1] == 400
+    pt = rp.plot_training_curves(hists, tmp_path / "figures" / "training.png")
+    assert mpimg.imread(pt).std() > 0.05
+    text = rp.write_report(_filled(), {"normals": pn, "training": pt,
+                                       "alignment": tmp_path / "missing.png"}, tmp_path).read_text()
+    assert "![normals](figures/normals.png)" in text and "![training](figures/training.png)" in text
+    assert "missing.png" not in text
+    (stage_dir / "bad_history.json").write_text(json.dumps({"step": [1], "loss": [1.0]}))
+    with pytest.raises(ValueError, match="bad_history"):
+        rp.load_histories(stage_dir)
