@@ -1,0 +1,381 @@
+"""Stages 2–3 of the rasterizers: tile intersection, (tile, depth) sort, per-tile ranges.
+
+Shared by the RGB and the X-ray rasterizers; nothing here knows about colour or density.
+
+The image is cut into square tiles of ``tile_size`` px (row-major tile ids,
+``tile = ty·tiles_x + tx``). A footprint (mean, half-extents) touches the tiles whose pixel centres
+fall inside its axis-aligned box; every (tile, Gaussian) touch is one **pair**.
+
+**Pair list and windows.** Gaussians are ranked front to back (stable argsort of depth; ties by
+index; with ``depths=None`` the rank is the index). Pairs are enumerated rank-major: all pairs of
+rank 0 (its tiles row-major inside its box), then rank 1, … – the pair with global *slot* s belongs
+to the rank r with ``offsets[r] ≤ s < offsets[r + 1]``. A fixed-capacity buffer holds the slots
+``[start, start + capacity)`` (a *window*). A window that does not hold every pair is not an error:
+the caller processes the next window (``start += capacity``) and composites it behind the first –
+exact, because windows are contiguous in rank, so every tile sees its Gaussians front to back.
+``n_pairs`` (the total) says how many windows are needed.
+
+**Sort key bit layout.** Inside a window every pair gets the key
+
+    key = (tile << rank_bits) | rank          (uint32; empty slots get 0xFFFFFFFF)
+
+with ``rank_bits = bit_length(N − 1)`` and ``tile_bits = bit_length(n_tiles)`` (tile id n_tiles is
+kept free as the "empty" value). Sorting the keys alone (XLA's fast single-array sort) orders pairs
+by tile, then front to back; the Gaussian is recovered as ``order[key & (2^rank_bits − 1)]``. Keys
+are unique, so the order is fully determined. When ``tile_bits + rank_bits > 32`` a two-operand
+lexicographic sort on (tile, rank) is used instead (same order, slower).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["TileGrid", "make_tile_grid", "tile_rects", "depth_order", "PairLayout", "pair_layout",
+           "TileIntersections", "window_intersections", "intersect_tiles", "tile_ranges",
+           "pairs_to_gaussians", "pixel_centers", "tiles_to_image", "image_to_tiles"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TileGrid:
+    """Static description of the tiling of an image (hashable; use as a static argument).
+
+    Attributes:
+      width, height: image size W × H in pixels.
+      tile_size: tile edge S in pixels.
+    """
+
+    width: int
+    height: int
+    tile_size: int = 16
+
+    @property
+    def tiles_x(self) -> int:
+        return -(-self.width // self.tile_size)
+
+    @property
+    def tiles_y(self) -> int:
+        return -(-self.height // self.tile_size)
+
+    @property
+    def n_tiles(self) -> int:
+        return self.tiles_x * self.tiles_y
+
+    @property
+    def pixels_per_tile(self) -> int:
+        return self.tile_size * self.tile_size
+
+
+def make_tile_grid(width: int, height: int, tile_size: int = 16) -> TileGrid:
+    """Validated :class:`TileGrid`.
+
+    Raises:
+      ValueError: if a size is not a positive integer.
+    """
+    for name, v in (("width", width), ("height", height), ("tile_size", tile_size)):
+        if int(v) != v or int(v) <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {v}")
+    return TileGrid(int(width), int(height), int(tile_size))
+
+
+def tile_rects(means2d: jax.Array, extents: jax.Array, grid: TileGrid) -> jax.Array:
+    """Tile boxes touched by footprints.
+
+    Pixel column j (centre j + 0.5) is touched when |j + 0.5 − u| ≤ e_u; likewise rows.
+
+    Args:
+      means2d: [N, 2] (u, v) px.
+      extents: [N, 2] half-extents (e_u, e_v) px; a negative value culls the Gaussian.
+      grid: the tiling.
+
+    Returns:
+      [N, 4] int32 (x0, y0, x1, y1): tiles x0 ≤ tx < x1, y0 ≤ ty < y1 (empty: all zero).
+    """
+    means2d = jax.lax.stop_gradient(means2d)
+    extents = jax.lax.stop_gradient(extents)
+    size = jnp.asarray([grid.width, grid.height], means2d.dtype)
+    lo = jnp.ceil(means2d - extents - 0.5)
+    hi = jnp.floor(means2d + extents - 0.5)
+    ok = jnp.all((extents >= 0) & (hi >= 0) & (lo <= size - 1) & (lo <= hi)
+                 & jnp.isfinite(means2d) & jnp.isfinite(extents), axis=-1)
+    lo = jnp.clip(jnp.nan_to_num(lo), 0, size - 1).astype(jnp.int32) // grid.tile_size
+    hi = jnp.clip(jnp.nan_to_num(hi), 0, size - 1).astype(jnp.int32) // grid.tile_size + 1
+    rect = jnp.concatenate([lo, hi], axis=-1)
+    return jnp.where(ok[:, None], rect, 0)
+
+
+class PairLayout(NamedTuple):
+    """Rank-major enumeration of all (tile, Gaussian) pairs (see the module docstring).
+
+    Attributes:
+      rects: [N, 4] int32 tile boxes (x0, y0, x1, y1) per Gaussian.
+      order: [N] int32, order[r] = Gaussian of rank r (front to back).
+      offsets: [N + 1] int32, pairs of rank r occupy slots offsets[r] ≤ s < offsets[r + 1].
+      n_pairs: [] int32 total number of pairs (= offsets[N]).
+    """
+
+    rects: jax.Array
+    order: jax.Array
+    offsets: jax.Array
+    n_pairs: jax.Array
+
+
+def _ordered_bits(x: jax.Array) -> jax.Array:
+    """uint32 keys that sort like the float32 values (sign-magnitude → two's-order trick)."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    neg = (bits >> 31) == 1
+    return jnp.where(neg, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def depth_order(depths: jax.Array) -> jax.Array:
+    """Stable front-to-back order: order[r] = index of the Gaussian with rank r.
+
+    Equals ``argsort(depths, stable=True)`` (ties by index). For float32 depths it is computed as
+    an LSD radix sort made of XLA's fast single-array uint32 sorts: with i = bit_length(N − 1)
+    index bits, each pass sorts the keys ``(digit << i) | position`` of the next 32 − i bits of
+    the depth (least significant digit first); the position makes every pass stable and the keys
+    unique. Two passes for N ≤ 65 536, three up to 2²⁰. Other dtypes use ``argsort``.
+
+    Args:
+      depths: [N] depths (+inf for Gaussians that produce no pairs).
+
+    Returns:
+      [N] int32 permutation.
+    """
+    n = depths.shape[0]
+    idx_bits = max(1, int(n - 1).bit_length())
+    if depths.dtype != jnp.float32 or idx_bits > 24:
+        return jnp.argsort(depths, stable=True).astype(jnp.int32)
+    key = _ordered_bits(depths)
+    digit_bits = 32 - idx_bits
+    position = jnp.arange(n, dtype=jnp.uint32)
+    perm = jnp.arange(n, dtype=jnp.int32)
+    for shift in range(0, 32, digit_bits):
+        digit = (key[perm] >> shift) & jnp.uint32((1 << digit_bits) - 1)
+        skey = jnp.sort((digit << idx_bits) | position)
+        perm = perm[(skey & jnp.uint32((1 << idx_bits) - 1)).astype(jnp.int32)]
+    return perm
+
+
+def pair_layout(means2d: jax.Array, extents: jax.Array, depths: jax.Array | None,
+                grid: TileGrid) -> PairLayout:
+    """Tile boxes, front-to-back ranks and pair offsets.
+
+    Args:
+      means2d: [N, 2] (u, v) px.
+      extents: [N, 2] half-extents px (negative: culled).
+      depths: [N] sort depth (smaller is in front), or None for index order (additive renderers).
+      grid: the tiling.
+
+    Returns:
+      A :class:`PairLayout`.
+    """
+    rects = tile_rects(means2d, extents, grid)
+    counts = (rects[:, 2] - rects[:, 0]) * (rects[:, 3] - rects[:, 1])
+    n = counts.shape[0]
+    if depths is None:
+        order = jnp.arange(n, dtype=jnp.int32)
+    else:
+        d = jax.lax.stop_gradient(depths)
+        order = depth_order(jnp.where((counts > 0) & jnp.isfinite(d), d, jnp.inf))
+    offsets = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(counts[order], dtype=jnp.int32)])
+    return PairLayout(rects, order, offsets, offsets[-1])
+
+
+class TileIntersections(NamedTuple):
+    """One window of pairs, sorted by (tile, rank).
+
+    Attributes:
+      tile_ids: [P] int32 ascending tile ids; empty slots hold n_tiles (at the end).
+      gauss_ids: [P] int32 Gaussian index per pair; empty slots hold N.
+      ranks: [P] int32 front-to-back rank per pair; empty slots hold N.
+      slots: [P] int32 position of the pair in the window's rank-major order (a permutation of
+        0..P−1), used for deterministic per-Gaussian reductions.
+      n_pairs: [] int32 total number of pairs over all windows.
+    """
+
+    tile_ids: jax.Array
+    gauss_ids: jax.Array
+    ranks: jax.Array
+    slots: jax.Array
+    n_pairs: jax.Array
+
+
+def _sort_pairs(tile, rank, used, *, n, n_tiles, packed):
+    """Sort pairs by (tile, rank); returns (tile, rank, used) in sorted order (sentinels last).
+
+    ``packed``: one uint32 key per pair (see the module docstring); otherwise a two-operand
+    lexicographic sort (for tile_bits + rank_bits > 32).
+    """
+    if packed:
+        rank_bits = max(1, int(n - 1).bit_length())
+        key = (tile.astype(jnp.uint32) << rank_bits) | jnp.where(used, rank, 0).astype(jnp.uint32)
+        key = jnp.sort(jnp.where(used, key, jnp.uint32(0xFFFFFFFF)))
+        s_used = key != jnp.uint32(0xFFFFFFFF)
+        s_tile = jnp.where(s_used, (key >> rank_bits).astype(jnp.int32), n_tiles)
+        s_rank = jnp.where(s_used, (key & jnp.uint32((1 << rank_bits) - 1)).astype(jnp.int32), n)
+        return s_tile, s_rank, s_used
+    s_tile, s_rank = jax.lax.sort((jnp.where(used, tile, n_tiles), jnp.where(used, rank, n)),
+                                  num_keys=2)
+    return s_tile, s_rank, s_tile < n_tiles
+
+
+def window_intersections(layout: PairLayout, grid: TileGrid, *, capacity: int,
+                         start: jax.Array | int = 0) -> TileIntersections:
+    """Sorted pairs of the window of slots [start, start + capacity).
+
+    Args:
+      layout: from :func:`pair_layout`.
+      grid: the tiling.
+      capacity: P, static number of slots in the window.
+      start: first global slot of the window (int32 scalar, may be traced).
+
+    Returns:
+      A :class:`TileIntersections` of length P.
+    """
+    n = layout.order.shape[0]
+    t = grid.n_tiles
+    slot = jnp.asarray(start, jnp.int32) + jnp.arange(capacity, dtype=jnp.int32)
+    used = slot < layout.n_pairs
+    # Rank of each slot without a binary search: scatter, at the first slot of every non-empty
+    # rank, the step from the previous non-empty rank, then take a running sum. Ranks that start
+    # before the window all land on its first slot and telescope to the rank in progress there.
+    counts = layout.offsets[1:] - layout.offsets[:-1]
+    nonempty = jnp.nonzero(counts > 0, size=n, fill_value=n)[0].astype(jnp.int32)
+    prev = jnp.concatenate([jnp.zeros(1, jnp.int32), nonempty[:-1]])
+    delta = jnp.where(nonempty < n, nonempty - prev, 0)
+    first = layout.offsets[jnp.minimum(nonempty, n - 1)] - jnp.asarray(start, jnp.int32)
+    first = jnp.clip(jnp.where(nonempty < n, first, capacity), 0, capacity)
+    marks = jnp.zeros(capacity + 1, jnp.int32).at[first].add(delta)
+    rank = jnp.minimum(jnp.cumsum(marks[:capacity], dtype=jnp.int32), n - 1)
+    gauss = layout.order[rank]
+    rect = layout.rects[gauss]
+    local = slot - layout.offsets[rank]
+    wx = jnp.maximum(rect[:, 2] - rect[:, 0], 1)
+    tile = (rect[:, 1] + local // wx) * grid.tiles_x + rect[:, 0] + local % wx
+    tile = jnp.where(used, tile, t)
+    rank = jnp.where(used, rank, n)
+    rank_bits = max(1, int(n - 1).bit_length())
+    packed = rank_bits + int(t).bit_length() <= 32
+    s_tile, s_rank, s_used = _sort_pairs(tile, rank, used, n=n, n_tiles=t, packed=packed)
+    window_slot = jnp.arange(capacity, dtype=jnp.int32)
+    s_gauss = jnp.where(s_used, layout.order[jnp.minimum(s_rank, n - 1)], n)
+    # Window slot of each sorted pair (inverse of the sort permutation), recomputed from its
+    # (tile, rank): slot = offsets[rank] + local index of the tile inside the Gaussian's box − start.
+    s_rect = layout.rects[jnp.minimum(s_gauss, n - 1)]
+    s_wx = s_rect[:, 2] - s_rect[:, 0]
+    s_local = (s_tile // grid.tiles_x - s_rect[:, 1]) * s_wx + s_tile % grid.tiles_x - s_rect[:, 0]
+    s_slot = layout.offsets[jnp.minimum(s_rank, n - 1)] + s_local - jnp.asarray(start, jnp.int32)
+    # Empty slots occupy the tail of the window in both orders.
+    s_slot = jnp.where(s_used, s_slot, window_slot)
+    return TileIntersections(s_tile, s_gauss, s_rank, s_slot, layout.n_pairs)
+
+
+def intersect_tiles(means2d: jax.Array, extents: jax.Array, depths: jax.Array | None, *,
+                    grid: TileGrid, capacity: int, start: jax.Array | int = 0
+                    ) -> TileIntersections:
+    """:func:`pair_layout` followed by :func:`window_intersections` (one window).
+
+    Args:
+      means2d: [N, 2] (u, v) px.
+      extents: [N, 2] half-extents px (negative: culled).
+      depths: [N] sort depths (front = small), or None for index order.
+      grid: the tiling.
+      capacity: P slots in the window (static).
+      start: first slot of the window.
+    """
+    layout = pair_layout(means2d, extents, depths, grid)
+    return window_intersections(layout, grid, capacity=capacity, start=start)
+
+
+def tile_ranges(tile_ids: jax.Array, n_tiles: int) -> tuple[jax.Array, jax.Array]:
+    """Per-tile [start, end) ranges into a sorted pair list.
+
+    Args:
+      tile_ids: [P] int32 ascending (empty slots hold n_tiles).
+      n_tiles: T.
+
+    Returns:
+      starts, ends: [T] int32.
+    """
+    bounds = jnp.searchsorted(tile_ids, jnp.arange(n_tiles + 1, dtype=tile_ids.dtype), side="left",
+                              method="scan").astype(jnp.int32)
+    return bounds[:-1], bounds[1:]
+
+
+def pairs_to_gaussians(values: jax.Array, isect: TileIntersections, n: int) -> jax.Array:
+    """Deterministic per-Gaussian sums of per-pair values.
+
+    On CPU a sequential segment sum (XLA CPU applies scatter updates in order, so the result is
+    reproducible). Elsewhere the pairs are permuted to rank-major order (each Gaussian's pairs
+    contiguous) and summed with a segmented associative scan, whose reduction tree is fixed – no
+    atomics, no order dependence.
+
+    Args:
+      values: [P, F] per-pair values (empty slots must hold zeros).
+      isect: the window the values belong to.
+      n: N, number of Gaussians.
+
+    Returns:
+      [N, F] sums.
+    """
+    if jax.default_backend() == "cpu":
+        return jax.ops.segment_sum(values, isect.gauss_ids, num_segments=n + 1)[:n]
+    return _pairs_to_gaussians_scan(values, isect, n)
+
+
+def _pairs_to_gaussians_scan(values: jax.Array, isect: TileIntersections, n: int) -> jax.Array:
+    """Rank-major permutation + segmented associative scan (deterministic on every back end)."""
+    p = values.shape[0]
+    rank_major = jnp.zeros_like(values).at[isect.slots].set(values, unique_indices=True)
+    ranks = jnp.full((p,), n, jnp.int32).at[isect.slots].set(isect.ranks, unique_indices=True)
+    gauss = jnp.full((p,), n, jnp.int32).at[isect.slots].set(isect.gauss_ids, unique_indices=True)
+    first = jnp.concatenate([jnp.ones(1, bool), ranks[1:] != ranks[:-1]])
+    last = jnp.concatenate([ranks[1:] != ranks[:-1], jnp.ones(1, bool)])
+
+    def combine(a, b):
+        fa, va = a
+        fb, vb = b
+        return fa | fb, jnp.where(fb[:, None], vb, va + vb)
+
+    _, csum = jax.lax.associative_scan(combine, (first, rank_major))
+    # The last pair of each Gaussian's run holds its total; each Gaussian has one last pair.
+    out = jnp.zeros((n + 1, values.shape[1]), values.dtype)
+    return out.at[jnp.where(last, gauss, n)].set(csum, mode="drop")[:n]
+
+
+def pixel_centers(grid: TileGrid, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
+    """Pixel-centre coordinates in tile-major layout.
+
+    Returns:
+      u, v: [T, S²] pixel centres (j + 0.5, i + 0.5) of every tile's pixels, row-major in the tile.
+    """
+    s = grid.tile_size
+    ty, tx = np.divmod(np.arange(grid.n_tiles), grid.tiles_x)
+    ly, lx = np.divmod(np.arange(s * s), s)
+    u = (tx[:, None] * s + lx[None, :] + 0.5).astype(np.float64)
+    v = (ty[:, None] * s + ly[None, :] + 0.5).astype(np.float64)
+    return jnp.asarray(u, dtype), jnp.asarray(v, dtype)
+
+
+def tiles_to_image(x: jax.Array, grid: TileGrid) -> jax.Array:
+    """[T, S², ...] tile-major values → [H, W, ...] image (tiles cropped at the border)."""
+    s = grid.tile_size
+    rest = x.shape[2:]
+    img = x.reshape((grid.tiles_y, grid.tiles_x, s, s) + rest)
+    img = jnp.moveaxis(img, 2, 1).reshape((grid.tiles_y * s, grid.tiles_x * s) + rest)
+    return img[: grid.height, : grid.width]
+
+
+def image_to_tiles(img: jax.Array, grid: TileGrid) -> jax.Array:
+    """[H, W, ...] image → [T, S², ...] tile-major values (zero padding outside the image)."""
+    s = grid.tile_size
+    rest = img.shape[2:]
+    pad = [(0, grid.tiles_y * s - grid.height), (0, grid.tiles_x * s - grid.width)]
+    img = jnp.pad(img, pad + [(0, 0)] * len(rest))
+    x = img.reshape((grid.tiles_y, s, grid.tiles_x, s) + rest)
+    return jnp.moveaxis(x, 2, 1).reshape((grid.n_tiles, s * s) + rest)
