@@ -40,6 +40,22 @@ from insideout_jax.splats import (
     transform_splats,
 )
 
+from insideout_jax.fdk import fdk
+from insideout_jax.render.rgb import RasterConfig, RGBRender, render_rgb
+from insideout_jax.render.reference import render_rgb_dense
+from insideout_jax.render.slices import (
+    SlicePlane,
+    VoxelGrid,
+    axial_plane,
+    coronal_plane,
+    make_slice_plane,
+    make_voxel_grid,
+    render_slice,
+    voxelize,
+)
+from insideout_jax.render.xgaussian import render_xgaussian
+from insideout_jax.render.xray import render_xray
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -48,4 +64,7 @@ __all__ = [
     "transform_camera", "xray_project", "xray_project_jacobian", "xray_rays",
     "RGBSplats", "RadSplats", "concatenate", "covariance", "rad_splats_from_points",
     "rgb_splats_from_points", "select_active", "splat_covariances", "transform_splats",
+    "render_rgb", "render_rgb_dense", "RasterConfig", "RGBRender", "render_xray", "render_xgaussian",
+    "render_slice", "voxelize", "SlicePlane", "VoxelGrid", "make_slice_plane", "make_voxel_grid",
+    "axial_plane", "coronal_plane", "fdk",
 ]

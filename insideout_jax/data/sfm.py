@@ -114,6 +114,8 @@ def run_sfm(image_dir: str | Path, sparse_dir: str | Path, *, camera_model: str 
     extraction.num_threads = num_threads
     extraction.sift.max_num_features = max_num_features
     pycolmap.set_random_seed(seed)
+    if not verbose:  # COLMAP logs every image at INFO level; keep warnings and errors only
+        pycolmap.logging.minloglevel = pycolmap.logging.WARNING
 
     with tempfile.TemporaryDirectory(prefix="insideout_sfm_") as tmp:
         db = Path(tmp) / "database.db"
