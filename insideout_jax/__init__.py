@@ -28,21 +28,9 @@ from insideout_jax.cameras import (
     xray_project_jacobian,
     xray_rays,
 )
-from insideout_jax.splats import (
-    RadSplats,
-    RGBSplats,
-    concatenate,
-    covariance,
-    rad_splats_from_points,
-    rgb_splats_from_points,
-    select_active,
-    splat_covariances,
-    transform_splats,
-)
-
 from insideout_jax.fdk import fdk
-from insideout_jax.render.rgb import RasterConfig, RGBRender, render_rgb
 from insideout_jax.render.reference import render_rgb_dense
+from insideout_jax.render.rgb import RasterConfig, RGBRender, render_rgb
 from insideout_jax.render.slices import (
     SlicePlane,
     VoxelGrid,
@@ -55,6 +43,17 @@ from insideout_jax.render.slices import (
 )
 from insideout_jax.render.xgaussian import render_xgaussian
 from insideout_jax.render.xray import render_xray
+from insideout_jax.splats import (
+    RadSplats,
+    RGBSplats,
+    concatenate,
+    covariance,
+    rad_splats_from_points,
+    rgb_splats_from_points,
+    select_active,
+    splat_covariances,
+    transform_splats,
+)
 
 __version__ = "0.1.0"
 

@@ -15,7 +15,6 @@ preview/*.png                     a few photos, radiographs and slices to look a
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 

@@ -20,9 +20,9 @@ import numpy as np
 import optax
 
 from insideout_jax.splats import RadSplats, RGBSplats, quat_to_rotmat
-from insideout_jax.train.optim import remap_optimizer_state, split_params
+from insideout_jax.train.optim import merge_params, remap_optimizer_state, split_params
 
-__all__ = ["DensifyConfig", "densify_and_prune", "reset_opacity"]
+__all__ = ["DensifyConfig", "densify_and_prune", "reset_opacity", "densify_train_state"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,3 +162,22 @@ def reset_opacity(splats: RGBSplats | RadSplats, opt_state,
         return jnp.zeros_like(x) if is_field else x
 
     return new, jax.tree_util.tree_map_with_path(zero_opacity_moments, opt_state)
+
+
+def densify_train_state(state: dict, like, key: jax.Array, optimizer: optax.GradientTransformation,
+                        *, scene_extent: float, cfg: DensifyConfig, reset: bool = False) -> dict:
+    """Densify a trainer's state dict (params, active, opt_state, grad_acc, count) between blocks.
+
+    ``grad_acc / count`` is the averaged statistic; both restart at zero afterwards. With
+    ``reset`` the 3DGS opacity reset follows. ``like`` is any splat set of the trained type.
+    """
+    sp = merge_params(like, state["params"], state["active"])
+    avg = np.asarray(state["grad_acc"]) / np.maximum(np.asarray(state["count"]), 1.0)
+    sp, opt_state, _ = densify_and_prune(key, sp, state["opt_state"], optimizer, avg,
+                                         scene_extent=scene_extent, cfg=cfg)
+    if reset:
+        sp, opt_state = reset_opacity(sp, opt_state, optimizer)
+    params, active = split_params(sp)
+    c = sp.capacity
+    return dict(state, params=params, active=active, opt_state=opt_state,
+                grad_acc=jnp.zeros(c, jnp.float32), count=jnp.zeros(c, jnp.float32))

@@ -34,8 +34,8 @@ def make_optimizer(rates: dict, *, frozen: tuple = ()) -> optax.GradientTransfor
     """Adam with one learning rate (float or optax schedule) per field.
 
     Args:
-      rates: {field name: learning rate, schedule, or a complete optax transformation}. The params dict must have exactly the
-        fields named here and in ``frozen``.
+      rates: {field name: learning rate, schedule, or a complete optax transformation}. The
+        params dict must have exactly the fields named here and in ``frozen``.
       frozen: field names that are never updated (e.g. colour during internal rendering); they
         override ``rates``.
 

@@ -27,7 +27,7 @@ from insideout_jax.cameras import PinholeCamera, camera_center
 from insideout_jax.losses import photometric_loss
 from insideout_jax.render.rgb import RasterConfig, render_rgb
 from insideout_jax.splats import RGBSplats, rgb_splats_from_points
-from insideout_jax.train.densify import DensifyConfig, densify_and_prune, reset_opacity
+from insideout_jax.train.densify import DensifyConfig, densify_train_state
 from insideout_jax.train.loop import run_training
 from insideout_jax.train.optim import make_optimizer, mask_gradients, merge_params, split_params
 
@@ -218,17 +218,10 @@ def train_rgb(images: np.ndarray, cameras, points: np.ndarray, colors: np.ndarra
         step = int(state["step"])
         in_window = cfg.densify_from <= step <= cfg.densify_until
         if in_window and step % cfg.densify_every < cfg.block:
-            sp = merge_params(init, state["params"], state["active"])
-            avg = np.asarray(state["grad_acc"]) / np.maximum(np.asarray(state["count"]), 1.0)
-            sp, opt_state, _ = densify_and_prune(jax.random.fold_in(key, 10_000_000 + step), sp,
-                                                 state["opt_state"], optimizer, avg,
-                                                 scene_extent=extent, cfg=cfg.densify)
-            if step % cfg.opacity_reset_every < cfg.block and step > cfg.densify_from:
-                sp, opt_state = reset_opacity(sp, opt_state, optimizer)
-            params, active = split_params(sp)
-            c = sp.capacity
-            state = dict(state, params=params, active=active, opt_state=opt_state,
-                         grad_acc=jnp.zeros(c, jnp.float32), count=jnp.zeros(c, jnp.float32))
+            reset = step % cfg.opacity_reset_every < cfg.block and step > cfg.densify_from
+            state = densify_train_state(state, init, jax.random.fold_in(key, 10_000_000 + step),
+                                        optimizer, scene_extent=extent, cfg=cfg.densify,
+                                        reset=reset)
         return state
 
     state, history = run_training(fresh_state(init), n_iters=cfg.iterations, block=cfg.block,

@@ -29,7 +29,7 @@ from insideout_jax.losses import photometric_loss, tv_3d
 from insideout_jax.render.slices import VoxelGrid, voxelize
 from insideout_jax.render.xray import render_xray
 from insideout_jax.splats import RadSplats, rad_splats_from_points
-from insideout_jax.train.densify import DensifyConfig, densify_and_prune
+from insideout_jax.train.densify import DensifyConfig, densify_train_state
 from insideout_jax.train.loop import run_training
 from insideout_jax.train.optim import make_optimizer, mask_gradients, merge_params, split_params
 
@@ -214,15 +214,8 @@ def train_xray(projections: np.ndarray, geometry: XrayGeometry,
     def after_block(state):
         step = int(state["step"])
         if cfg.densify_from <= step <= cfg.densify_until and step % cfg.densify_every < cfg.block:
-            sp = merge_params(init, state["params"], state["active"])
-            avg = np.asarray(state["grad_acc"]) / np.maximum(np.asarray(state["count"]), 1.0)
-            sp, opt_state, _ = densify_and_prune(jax.random.fold_in(key, 10_000_000 + step), sp,
-                                                 state["opt_state"], optimizer, avg,
-                                                 scene_extent=extent, cfg=cfg.densify)
-            params, active = split_params(sp)
-            c = sp.capacity
-            state = dict(state, params=params, active=active, opt_state=opt_state,
-                         grad_acc=jnp.zeros(c, jnp.float32), count=jnp.zeros(c, jnp.float32))
+            state = densify_train_state(state, init, jax.random.fold_in(key, 10_000_000 + step),
+                                        optimizer, scene_extent=extent, cfg=cfg.densify)
         return state
 
     state, history = run_training(fresh_state(init), n_iters=cfg.iterations, block=cfg.block,
