@@ -1,0 +1,182 @@
+"""Objects from CT volumes: ray-marched projections and isosurface renders."""
+
+from pathlib import Path
+
+import chex
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from insideout_jax import cameras as C
+from insideout_jax.data import ctobject as cto
+from insideout_jax.data import phantom as ph
+from insideout_jax.data import raycast
+
+STANFORD = (Path(__file__).parents[1] / ".." / "shared" / "data" / "ct" / "stanford_cthead"
+            / "cthead_z113_y256_x256_uint16.npy")
+
+
+def test_hu_to_attenuation():
+    got = cto.hu_to_attenuation(np.array([-2000.0, -1000.0, 0.0, 1000.0]), mu_water=0.02)
+    np.testing.assert_allclose(got, [0.0, 0.0, 0.02, 0.04], atol=1e-9)
+    assert got.dtype == np.float32
+
+
+@pytest.fixture(scope="module")
+def voxel_skull():
+    skull = ph.skull_phantom()
+    h = 1.25  # mm; a grid just around the head (x ±92, y ±112, z ±120 mm)
+    n_xyz = np.ceil(np.array([184.0, 224.0, 240.0]) / h).astype(int) + 1
+    origin = tuple(-0.5 * (n_xyz - 1) * h)
+    shape, spacing = tuple(int(v) for v in n_xyz[::-1]), (h, h, h)
+    return skull, ph.phantom_volume(skull, shape, spacing, origin, supersample=2), spacing, origin
+
+
+@pytest.mark.parametrize("mode", ["cone", "parallel"])
+def test_marched_projections_of_voxelized_skull_match_closed_form(voxel_skull, mode):
+    skull, vol, spacing, origin = voxel_skull
+    if mode == "cone":
+        geom = ph.default_skull_geometry(n_views=2, n_det=112)  # 12544 rays per view
+    else:
+        geom = C.make_xray_geometry(mode="parallel", n_detector=(112, 112), d_detector=(2.2, 2.2),
+                                    angles=[0.3, 1.4])
+    exact = ph.project_phantom(skull, geom)
+    march = cto.ct_volume_projections(vol, spacing, origin, geom)  # default step: one voxel
+    chex.assert_shape(march, exact.shape)
+    obj = exact > 0.01 * exact.max()
+    rel_l1 = np.abs(march - exact)[obj].sum() / exact[obj].sum()
+    per_pixel = np.mean(np.abs(march - exact)[obj] / exact[obj])
+    print(f"{mode}: ray-marched ({vol.shape} voxels of {spacing[0]} mm, step {spacing[0]} mm) "
+          f"vs closed form over "
+          f"{obj.sum()} object pixels: relative L1 {100 * rel_l1:.3f}%, mean per-pixel relative "
+          f"{100 * per_pixel:.3f}%")
+    assert rel_l1 < 0.01
+    far = ndimage.maximum_filter(exact, size=(1, 3, 3)) == 0  # not next to the object
+    assert far.any() and np.abs(march[far]).max() == 0.0
+
+
+def test_marching_step_error_is_small(voxel_skull):
+    _, vol, spacing, origin = voxel_skull
+    geom = ph.default_skull_geometry(n_views=2, n_det=32)
+    ref = cto.ct_volume_projections(vol, spacing, origin, geom, step_mm=spacing[0] / 16)
+    obj = ref > 0.01 * ref.max()
+    for frac, tol in ((0.5, 5e-4), (1.0, 2e-3)):
+        m = cto.ct_volume_projections(vol, spacing, origin, geom, step_mm=spacing[0] * frac)
+        err = np.abs(m - ref)[obj].sum() / ref[obj].sum()
+        print(f"step {frac} voxel: relative L1 vs 1/16-voxel steps {err:.2e}")
+        assert err < tol
+
+
+def _axis_aligned_parallel_check(vol, spacing):
+    """Parallel beam at θ = 0 through voxel centres equals Σ_x f·dx (trapezoid of the interpolant)."""
+    nz, ny, nx = vol.shape
+    dz, dy, dx = spacing
+    origin = -0.5 * (np.array([nx, ny, nz]) - 1) * np.array([dx, dy, dz])
+    geom = C.make_xray_geometry(mode="parallel", n_detector=(nz, ny), d_detector=(dz, dy), angles=[0.0])
+    got = cto.ct_volume_projections(vol, spacing, origin, geom, step_mm=dx / 2)[0]
+    want = vol.sum(axis=2) * dx
+    return got, want
+
+
+def test_axis_aligned_parallel_projection_is_a_voxel_sum():
+    rng = np.random.default_rng(0)
+    vol = rng.uniform(0, 0.05, size=(6, 9, 11)).astype(np.float32)
+    got, want = _axis_aligned_parallel_check(vol, (2.0, 1.0, 1.5))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_largest_component_mask_drops_detached_parts():
+    vol = np.zeros((20, 20, 30), np.float32)
+    vol[5:15, 5:15, 3:15] = 1.0  # object
+    vol[8:10, 8:10, 22:26] = 1.0  # detached part
+    mask = cto.largest_component_mask(vol, 0.5, dilate_voxels=1)
+    assert mask[10, 10, 10] and not mask[9, 9, 24]
+    assert mask[4, 10, 10] and not mask[3, 10, 10]  # dilated by one voxel
+
+
+def _ball_volume(radius=40.0, n=64, h=2.0):
+    c = (np.arange(n) - (n - 1) / 2) * h
+    z, y, x = np.meshgrid(c, c, c, indexing="ij")
+    vol = (radius - np.sqrt(x * x + y * y + z * z)).astype(np.float32)  # signed distance, level 0
+    origin = (c[0], c[0], c[0])
+    return vol, (h, h, h), origin
+
+
+def test_isosurface_of_a_ball_has_analytic_shading_and_silhouette():
+    radius = 40.0
+    vol, spacing, origin = _ball_volume(radius)
+    rot, t = C.look_at((0.0, -250.0, 0.0), (0.0, 0.0, 0.0))
+    size, f = 65, 100.0
+    cam = C.make_pinhole(rot, t, f, f, size / 2, size / 2, size, size)
+    ldir = np.array([0.3, -0.8, 0.5]) / np.linalg.norm([0.3, -0.8, 0.5])
+    img = cto.render_isosurface_rgb(vol, spacing, origin, 0.0, [cam], light_dirs=ldir[None],
+                                    light_intensities=[0.7], ambient=0.2)[0]
+    chex.assert_shape(img, (size, size, 3))
+    albedo = np.asarray(raycast.surface_albedo(np.float32([[0.0, -radius, 0.0]])))[0]
+    want = albedo * (0.2 + 0.7 * (np.array([0.0, -1.0, 0.0]) @ ldir))
+    np.testing.assert_allclose(img[32, 32], want, atol=0.02)
+    o, d = C.pinhole_rays(cam)
+    o, d = np.asarray(o, np.float64), np.asarray(d, np.float64)
+    b = np.sum(o * d, -1)
+    miss = np.sqrt(np.sum(o * o, -1) - b * b)
+    analytic = miss < radius
+    sure = np.abs(miss - radius) > 0.5  # the voxelized sphere is within ~0.1 mm of the true one
+    np.testing.assert_array_equal((img.max(-1) > 0)[sure], analytic[sure])
+    np.testing.assert_array_equal(img, cto.render_isosurface_rgb(
+        vol, spacing, origin, 0.0, [cam], light_dirs=ldir[None], light_intensities=[0.7],
+        ambient=0.2)[0])
+
+
+# ---------------------------------------------------------------- the real Stanford head
+
+@pytest.fixture(scope="module")
+def stanford():
+    if not STANFORD.is_file():
+        pytest.skip(f"real CT head not found at {STANFORD} (only on developer machines)")
+    raw = np.load(STANFORD)[::-1].astype(np.float32)  # z index 0 is the top: flip to superior = +z
+    return cto.hu_to_attenuation(raw - 1000.0), (2.0, 1.0, 1.0)  # stored as HU + 1000
+
+
+def test_stanford_head_projections(stanford):
+    att, spacing = stanford
+    got, want = _axis_aligned_parallel_check(att, spacing)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    origin = -0.5 * (np.array(att.shape[::-1]) - 1) * np.array(spacing[::-1])
+    geom = cto.default_ct_geometry(att.shape, spacing, origin, n_views=4, n_det=64)
+    proj = cto.ct_volume_projections(att, spacing, origin, geom)
+    chex.assert_shape(proj, (4, 64, 64))
+    assert np.isfinite(proj).all() and proj.min() >= 0.0
+    assert 3.0 < proj.max() < 10.0  # ≈ 200 mm of tissue and bone
+    # the detector covers the grid box: nothing reaches the outer rows and columns
+    assert max(proj[:, :, 0].max(), proj[:, :, -1].max(), proj[:, 0].max(), proj[:, -1].max()) < 0.05
+
+
+def test_stanford_head_isosurface_renders(stanford):
+    att, spacing = stanford
+    att, spacing = att[:, ::2, ::2], (2.0, 2.0, 2.0)  # 2 mm voxels: a quicker test
+    origin = -0.5 * (np.array(att.shape[::-1]) - 1) * np.array(spacing[::-1])
+    level = cto.default_iso_level(att)
+    hu = level / cto.MU_WATER * 1000 - 1000
+    print(f"Otsu skin level {level:.4f}/mm = {hu:.0f} HU")
+    assert -900 < hu < -100  # between air and soft tissue
+    att = att * cto.largest_component_mask(att, level)  # drop the thin head rest
+    cams = cto.default_ct_cameras(att.shape, spacing, origin, n=8, size=112)[::3]  # 12544 rays
+    imgs = cto.render_isosurface_rgb(att, spacing, origin, level, cams)
+    chex.assert_shape(imgs, (3, 112, 112, 3))
+    # independent silhouette: pixels covered by projected voxel centres ≥ level
+    k, j, i = np.nonzero(att >= level)
+    pts = np.stack([origin[0] + i * spacing[2], origin[1] + j * spacing[1],
+                    origin[2] + k * spacing[0]], -1)
+    for cam, img in zip(cams, imgs, strict=True):
+        uv, _ = C.project_points(cam, jnp.asarray(np.float32(pts)))
+        uv = np.floor(np.asarray(uv)).astype(int)
+        ok = (uv >= 0).all(1) & (uv < 112).all(1)
+        cover = np.zeros((112, 112), bool)
+        cover[uv[ok, 1], uv[ok, 0]] = True
+        rendered = img.max(-1) > 0
+        iou = (cover & rendered).sum() / (cover | rendered).sum()
+        print(f"silhouette IoU {iou:.3f}")
+        assert iou > 0.9, iou
+        assert 0.1 < rendered.mean() < 0.8
+        assert img[rendered].std(0).min() > 0.05  # textured
