@@ -2,7 +2,8 @@
 
     python -m insideout_jax.data make skull --out DIR [--views 180] [--detector 256] [--photos 60] [--sfm]
     python -m insideout_jax.data from-ct VOLUME --spacing DZ DY DX --out DIR [--iso LEVEL]
-                                         [--quantity attenuation|HU] [--flip-z] [--sfm]
+                                         [--quantity attenuation|HU] [--offset V] [--flip-z]
+                                         [--keep-largest] [--sfm]
     python -m insideout_jax.data sfm DIR
 
 Errors in the inputs end with a message naming the file and the field, and exit status 2.
@@ -48,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="value subtracted first (e.g. 1000 for volumes stored as HU + 1000)")
     ct.add_argument("--flip-z", action="store_true", help="flip the z axis (index 0 = top)")
     ct.add_argument("--variable", default=None, help="variable name inside a .mat file")
+    ct.add_argument("--keep-largest", action="store_true",
+                    help="keep only the largest connected region (drops a table or head rest)")
     ct.add_argument("--views", type=int, default=180)
     ct.add_argument("--detector", type=int, default=256)
     ct.add_argument("--photos", type=int, default=60)
@@ -88,7 +91,7 @@ def main(argv=None) -> int:
             objects.make_ct_object(data, vol.spacing_zyx, args.out, iso=args.iso,
                                    quantity=args.quantity, n_views=args.views,
                                    n_det=args.detector, n_rgb_views=args.photos,
-                                   rgb_size=args.photo_size)
+                                   rgb_size=args.photo_size, keep_largest=args.keep_largest)
             out = Path(args.out)
         else:
             out = Path(args.dir)

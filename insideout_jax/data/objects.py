@@ -163,7 +163,7 @@ def make_skull_object(out_dir: str | Path, cfg=None, *, verbose: bool = True) ->
 def make_ct_object(volume: np.ndarray, spacing_zyx, out_dir: str | Path, *, origin_xyz=None,
                    iso: float | None = None, quantity: str = "attenuation", n_views: int = 180,
                    n_det: int = 256, n_rgb_views: int = 60, rgb_size: int = 512,
-                   verbose: bool = True) -> dict:
+                   keep_largest: bool = False, verbose: bool = True) -> dict:
     """Object folder from a CT volume: ray-marched cone-beam projections and isosurface photos.
 
     Args:
@@ -172,6 +172,8 @@ def make_ct_object(volume: np.ndarray, spacing_zyx, out_dir: str | Path, *, orig
       origin_xyz: centre of voxel [0, 0, 0] (default: the volume is centred on the origin).
       iso: isosurface level in the volume's units for the photos (default: skin from Otsu).
       quantity: "attenuation" or "HU" (HU are converted to attenuation for projections).
+      keep_largest: keep only the largest connected region above the skin level (drops a
+        scanner table or head rest, e.g. in the Stanford head); the volume is changed accordingly.
 
     Returns:
       {part: seconds}.
@@ -187,6 +189,13 @@ def make_ct_object(volume: np.ndarray, spacing_zyx, out_dir: str | Path, *, orig
     times = {}
     t = time.perf_counter()
     att = ctobject.hu_to_attenuation(vol) if quantity == "HU" else vol
+    if keep_largest:
+        skin = ctobject.default_iso_level(att) if iso is None else (
+            float(ctobject.hu_to_attenuation(np.float32(iso))) if quantity == "HU" else float(iso))
+        mask = ctobject.largest_component_mask(att, skin)
+        say(f"  kept the largest region above {skin:.4g} /mm: {100 * (1 - mask.mean()):.1f}% of voxels"
+            " set to zero")
+        att = np.where(mask, att, 0.0).astype(np.float32)
     geom = ctobject.default_ct_geometry(att.shape, spacing, origin_xyz, n_views=n_views, n_det=n_det)
     say(f"  projections: {n_views} views of {n_det}² (ray marching)")
     proj = ctobject.ct_volume_projections(att, spacing, origin_xyz, geom)
