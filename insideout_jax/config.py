@@ -93,10 +93,15 @@ class FittingStageConfig:
     Attributes:
       schedule: cluster fractions K = ⌊f·N⌋ (paper: 1/10, 1/2, 1).
       seed: K-means / sampling seed.
+      min_opacity: RGB splats below this opacity (floaters) are left out of the fit (they move
+        with the global similarity).
+      grid_size: voxels along the longest side of the grid that voxelizes the radiative density.
     """
 
     schedule: tuple = (0.1, 0.5, 1.0)
     seed: int = 0
+    min_opacity: float = 0.05
+    grid_size: int = 96
 
 
 @dataclasses.dataclass(frozen=True)
