@@ -34,7 +34,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 __all__ = [
-    "PinholeCamera", "make_pinhole", "pinhole_from_colmap", "look_at", "scale_camera", "camera_center",
+    "PinholeCamera", "make_pinhole", "pinhole_from_colmap", "look_at", "scale_camera", "ring_cameras", "camera_center",
     "world_to_camera", "project_points", "pinhole_rays", "transform_camera", "intrinsic_matrix",
     "XrayGeometry", "make_xray_geometry", "xray_source", "xray_rays", "xray_project",
     "xray_project_jacobian", "xray_pixel_centers", "UNDISTORTED_MODELS",
@@ -168,6 +168,35 @@ def look_at(eye: ArrayLike, target: ArrayLike, up: ArrayLike = (0.0, 0.0, 1.0)) 
     return rot, -rot @ eye
 
 
+def ring_cameras(n: int, *, size: int, centre=(0.0, 0.0, 0.0), distance: float,
+                 elevations_deg=(-25.0, 0.0, 25.0, 50.0), fov_deg: float = 40.0) -> list:
+    """Look-at cameras on rings of constant elevation around ``centre`` (z up).
+
+    The n views are shared as evenly as possible between the rings; each ring's azimuths are
+    staggered by half a step relative to the previous ring.
+
+    Returns:
+      n :class:`PinholeCamera` (square ``size`` images, principal point at the image centre).
+    """
+    els = np.deg2rad(np.asarray(elevations_deg, np.float64))
+    if els.ndim != 1 or els.size == 0 or np.any(np.abs(els) >= np.pi / 2 - 1e-3):
+        raise ValueError(f"elevations_deg must be a list of angles in (−90°, 90°), got {elevations_deg}")
+    if int(n) <= 0 or int(size) <= 0:
+        raise ValueError(f"n and size must be positive, got {n}, {size}")
+    c = np.asarray(centre, np.float64)
+    f = 0.5 * size / np.tan(np.deg2rad(fov_deg) / 2)
+    per_ring = np.full(els.size, int(n) // els.size)
+    per_ring[: int(n) % els.size] += 1
+    cams = []
+    for r, (el, m) in enumerate(zip(els, per_ring, strict=True)):
+        for j in range(m):
+            az = 2 * np.pi * (j + 0.5 * (r % 2)) / max(m, 1)
+            eye = c + distance * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+            rot, t = look_at(eye, c)
+            cams.append(make_pinhole(rot, t, f, f, size / 2, size / 2, size, size))
+    return cams
+
+
 def intrinsic_matrix(camera: PinholeCamera) -> jax.Array:
     """[3, 3] K."""
     z = jnp.zeros_like(camera.fx)
@@ -295,7 +324,8 @@ def make_xray_geometry(*, mode: str, n_detector, d_detector, angles, dso: float 
         if not (np.isfinite(dso) and dso > 0):
             raise ValueError(f"DSO must be positive (mm), got {dso}")
         if not (np.isfinite(dsd) and dsd > dso):
-            raise ValueError(f"DSD must be larger than DSO (the detector lies beyond the axis), got DSD={dsd}, DSO={dso}")
+            raise ValueError("DSD must be larger than DSO (the detector lies beyond the axis), got"
+                             f" DSD={dsd}, DSO={dso}")
     dso_v = 0.0 if dso is None else float(dso)
     dsd_v = 0.0 if dsd is None else float(dsd)
     f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731

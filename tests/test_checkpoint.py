@@ -15,7 +15,7 @@ def test_roundtrip_is_bit_identical(tmp_path):
     save_checkpoint(tmp_path / "c.npz", tree, {"stage": "rgb", "iteration": 12})
     back, meta = load_checkpoint(tmp_path / "c.npz", tree)
     assert meta == {"stage": "rgb", "iteration": 12} == checkpoint_meta(tmp_path / "c.npz")
-    for a, b in zip(np.asarray(back["splats"].means), np.asarray(sp.means)):
+    for a, b in zip(np.asarray(back["splats"].means), np.asarray(sp.means), strict=True):
         np.testing.assert_array_equal(a, b)
     assert type(back["splats"]) is S.RGBSplats
     np.testing.assert_array_equal(back["splats"].active, sp.active)

@@ -79,7 +79,8 @@ def test_clone_split_prune_and_moment_remap():
 def test_radiative_densification_preserves_mass_and_grows_capacity():
     rng = np.random.default_rng(0)
     sp = S.rad_splats_from_points(rng.normal(size=(10, 3)) * 20, rng.uniform(0.01, 0.1, 10),
-                                  capacity=10, log_scales=np.log(np.repeat([[0.8], [2.5]], 5, 0) * rng.uniform(0.8, 1, (10, 3))))
+                                  capacity=10,
+                                  log_scales=np.log(np.repeat([[0.8], [2.5]], 5, 0) * rng.uniform(0.8, 1, (10, 3))))
     params, _ = split_params(sp)
     opt = make_optimizer({k: 1e-3 for k in params})
     state = opt.init(params)

@@ -30,10 +30,9 @@ from scipy import ndimage
 from insideout_jax.cameras import (
     PinholeCamera,
     XrayGeometry,
-    look_at,
-    make_pinhole,
     make_xray_geometry,
     pinhole_rays,
+    ring_cameras,
     xray_rays,
 )
 from insideout_jax.data.raycast import (
@@ -217,22 +216,8 @@ def default_ct_cameras(shape_zyx, spacing_zyx, origin_xyz, *, n: int = 60, size:
     centre = 0.5 * (lo + hi)
     dist = 0.5 * float(np.max(hi - lo)) / np.tan(np.deg2rad(fov_deg) / 2) / 0.75 + 0.5 * float(
         np.max(hi - lo))
-    els = np.deg2rad(np.asarray(elevations_deg, np.float64))
-    if els.ndim != 1 or els.size == 0 or np.any(np.abs(els) >= np.pi / 2 - 1e-3):
-        raise ValueError(f"elevations_deg must be angles in (−90°, 90°), got {elevations_deg}")
-    if int(n) <= 0 or int(size) <= 0:
-        raise ValueError(f"n and size must be positive, got {n}, {size}")
-    f = 0.5 * size / np.tan(np.deg2rad(fov_deg) / 2)
-    per_ring = np.full(els.size, int(n) // els.size)
-    per_ring[: int(n) % els.size] += 1
-    cams = []
-    for r, (el, m) in enumerate(zip(els, per_ring, strict=True)):
-        for j in range(m):
-            az = 2 * np.pi * (j + 0.5 * (r % 2)) / max(m, 1)
-            eye = centre + dist * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
-            rot, t = look_at(eye, centre)
-            cams.append(make_pinhole(rot, t, f, f, size / 2, size / 2, size, size))
-    return cams
+    return ring_cameras(n, size=size, centre=centre, distance=dist, elevations_deg=elevations_deg,
+                        fov_deg=fov_deg)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from insideout_jax.cameras import PinholeCamera, XrayGeometry, look_at, make_pinhole, make_xray_geometry, xray_rays
+from insideout_jax.cameras import PinholeCamera, XrayGeometry, make_xray_geometry, ring_cameras, xray_rays
 
 __all__ = ["Phantom", "make_phantom", "skull_phantom", "phantom_density", "project_phantom",
            "project_rays", "phantom_volume", "phantom_surface_points", "default_skull_geometry",
@@ -483,22 +483,8 @@ def default_skull_cameras(n: int = 72, *, size: int = 512,
     Returns:
       n :class:`PinholeCamera` (square images, principal point at the image centre).
     """
-    if int(n) <= 0 or int(size) <= 0:
-        raise ValueError(f"n and size must be positive, got {n}, {size}")
-    els = np.deg2rad(np.asarray(elevations_deg, np.float64))
-    if els.ndim != 1 or els.size == 0 or np.any(np.abs(els) >= np.pi / 2 - 1e-3):
-        raise ValueError(f"elevations_deg must be a list of angles in (−90°, 90°), got {elevations_deg}")
-    f = 0.5 * size / np.tan(np.deg2rad(fov_deg) / 2)
-    per_ring = np.full(els.size, int(n) // els.size)
-    per_ring[: int(n) % els.size] += 1
-    cams = []
-    for r, (el, m) in enumerate(zip(els, per_ring, strict=True)):
-        for j in range(m):
-            az = 2 * np.pi * (j + 0.5 * (r % 2)) / max(m, 1)
-            eye = distance * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
-            rot, t = look_at(eye, np.zeros(3))
-            cams.append(make_pinhole(rot, t, f, f, size / 2, size / 2, size, size))
-    return cams
+    return ring_cameras(n, size=size, distance=distance, elevations_deg=elevations_deg,
+                        fov_deg=fov_deg)
 
 
 def add_projection_noise(projections, seed: int = 0, *, i0: float = 1e5,
