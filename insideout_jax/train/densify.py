@@ -22,7 +22,8 @@ import optax
 from insideout_jax.splats import RadSplats, RGBSplats, quat_to_rotmat
 from insideout_jax.train.optim import merge_params, remap_optimizer_state, split_params
 
-__all__ = ["DensifyConfig", "densify_and_prune", "reset_opacity", "densify_train_state"]
+__all__ = ["DensifyConfig", "densify_and_prune", "reset_opacity", "densify_train_state",
+           "initial_train_state"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +163,14 @@ def reset_opacity(splats: RGBSplats | RadSplats, opt_state,
         return jnp.zeros_like(x) if is_field else x
 
     return new, jax.tree_util.tree_map_with_path(zero_opacity_moments, opt_state)
+
+
+def initial_train_state(splats, optimizer: optax.GradientTransformation) -> dict:
+    """A densifying trainer's state dict: params, active, opt_state, grad_acc, count, step."""
+    params, active = split_params(splats)
+    c = splats.capacity
+    return dict(params=params, active=active, opt_state=optimizer.init(params),
+                grad_acc=jnp.zeros(c, jnp.float32), count=jnp.zeros(c, jnp.float32), step=0)
 
 
 def densify_train_state(state: dict, like, key: jax.Array, optimizer: optax.GradientTransformation,

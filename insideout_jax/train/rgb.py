@@ -27,9 +27,9 @@ from insideout_jax.cameras import PinholeCamera, camera_center
 from insideout_jax.losses import photometric_loss
 from insideout_jax.render.rgb import RasterConfig, render_rgb
 from insideout_jax.splats import RGBSplats, rgb_splats_from_points
-from insideout_jax.train.densify import DensifyConfig, densify_train_state
+from insideout_jax.train.densify import DensifyConfig, densify_train_state, initial_train_state
 from insideout_jax.train.loop import run_training
-from insideout_jax.train.optim import make_optimizer, mask_gradients, merge_params, split_params
+from insideout_jax.train.optim import make_optimizer, mask_gradients, merge_params
 
 __all__ = ["RGBTrainConfig", "train_rgb", "scene_extent", "holdout_split", "stack_cameras",
            "evaluate_rgb"]
@@ -195,10 +195,7 @@ def train_rgb(images: np.ndarray, cameras, points: np.ndarray, colors: np.ndarra
     key = jax.random.key(cfg.seed)
 
     def fresh_state(splats: RGBSplats) -> dict:
-        params, active = split_params(splats)
-        c = splats.capacity
-        return dict(params=params, active=active, opt_state=optimizer.init(params),
-                    grad_acc=jnp.zeros(c, jnp.float32), count=jnp.zeros(c, jnp.float32), step=0)
+        return initial_train_state(splats, optimizer)
 
     def template(capacity: int) -> dict:
         base = rgb_splats_from_points(np.zeros((1, 3), np.float32), sh_degree=cfg.sh_degree,

@@ -29,9 +29,9 @@ from insideout_jax.losses import photometric_loss, tv_3d
 from insideout_jax.render.slices import VoxelGrid, voxelize
 from insideout_jax.render.xray import render_xray
 from insideout_jax.splats import RadSplats, rad_splats_from_points
-from insideout_jax.train.densify import DensifyConfig, densify_train_state
+from insideout_jax.train.densify import DensifyConfig, densify_train_state, initial_train_state
 from insideout_jax.train.loop import run_training
-from insideout_jax.train.optim import make_optimizer, mask_gradients, merge_params, split_params
+from insideout_jax.train.optim import make_optimizer, mask_gradients, merge_params
 
 __all__ = ["XrayTrainConfig", "train_xray", "acui_points", "scan_cuboid", "evaluate_xray"]
 
@@ -193,10 +193,7 @@ def train_xray(projections: np.ndarray, geometry: XrayGeometry,
     tv_span = np.maximum(hi - lo - cfg.tv_size * cfg.tv_spacing, 0.0)
 
     def fresh_state(splats: RadSplats) -> dict:
-        params, active = split_params(splats)
-        c = splats.capacity
-        return dict(params=params, active=active, opt_state=optimizer.init(params),
-                    grad_acc=jnp.zeros(c, jnp.float32), count=jnp.zeros(c, jnp.float32), step=0)
+        return initial_train_state(splats, optimizer)
 
     def template(capacity: int) -> dict:
         return fresh_state(rad_splats_from_points(np.zeros((1, 3), np.float32), capacity=capacity))
