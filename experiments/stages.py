@@ -252,6 +252,17 @@ def object_bbox(vol, *, fraction: float = 0.05):
     return org + lo_zyx[::-1], org + hi_zyx[::-1]
 
 
+def object_grid(vol, n: int):
+    """Cubic n³ voxel grid over the object's bounding box (+10 %), for the unified volume."""
+    import numpy as np
+
+    from insideout_jax.render.slices import make_voxel_grid
+
+    lo, hi = object_bbox(vol)
+    sp = float(np.max(hi - lo)) * 1.1 / n
+    return make_voxel_grid((n, n, n), (sp,) * 3, 0.5 * (lo + hi) - 0.5 * (n - 1) * sp)
+
+
 def _load_splats(ctx: RunContext, name: str):
     from insideout_jax.io.ply import read_ply
 
@@ -427,7 +438,7 @@ def stage_visual(ctx: RunContext) -> None:
 
     from insideout_jax import io as iio
     from insideout_jax.cameras import transform_camera
-    from insideout_jax.render.slices import make_voxel_grid, voxelize
+    from insideout_jax.render.slices import voxelize
     from insideout_jax.train.rgb import evaluate_rgb, holdout_split
     from insideout_jax.visual import as_radiative, unify, write_unified_ply
 
@@ -435,14 +446,11 @@ def stage_visual(ctx: RunContext) -> None:
     model = unify(rad, rgb, percentile=ctx.cfg.visual.clone_percentile)
     write_unified_ply(ctx.out_dir / "unified.ply", model)
     _, vol = _ct_volume(ctx)
-    lo, hi = object_bbox(vol)
-    n = ctx.cfg.visual.volume_size
-    size = float(np.max(hi - lo)) * 1.1
-    sp = size / n
-    org = 0.5 * (lo + hi) - 0.5 * (n - 1) * sp
-    dens = np.asarray(voxelize(as_radiative(model), make_voxel_grid((n, n, n), (sp,) * 3, org)))
+    grid = object_grid(vol, ctx.cfg.visual.volume_size)
+    dens = np.asarray(voxelize(as_radiative(model), grid))
     iio.write_volume(ctx.out_dir / "volume.tif",
-                     iio.make_volume(dens, (sp,) * 3, org, quantity="attenuation"))
+                     iio.make_volume(dens, np.asarray(grid.spacing_zyx), np.asarray(grid.origin_xyz),
+                                     quantity="attenuation"))
     np.save(ctx.stage_dir / "volume_unified.npy", dens)
     print(f"[visual] unified model: {int(np.asarray(model.radiative).sum())} radiative +"
           f" {int((~np.asarray(model.radiative)).sum())} cloned RGB splats")
@@ -487,7 +495,7 @@ def stage_evaluation(ctx: RunContext) -> None:
     from experiments import report as rp
     from insideout_jax import evaluation as ev
     from insideout_jax.data.objects import SURFACE_FILE, read_true_surface
-    from insideout_jax.render.slices import make_voxel_grid, voxelize
+    from insideout_jax.render.slices import voxelize
     from insideout_jax.visual import as_radiative, unify
 
     obj, vol = _ct_volume(ctx)
@@ -530,13 +538,11 @@ def stage_evaluation(ctx: RunContext) -> None:
     else:
         ctx.note("no true surface: internal noise is null")
 
-    n = ctx.cfg.visual.volume_size
-    lo, hi = object_bbox(vol)
-    size = float(np.max(hi - lo)) * 1.1
-    sp_v = size / n
-    org = 0.5 * (lo + hi) - 0.5 * (n - 1) * sp_v
-    grid = make_voxel_grid((n, n, n), (sp_v,) * 3, org)
-    vols = {"radiative": np.asarray(voxelize(rad0, grid)), "insideout": np.asarray(voxelize(unified, grid))}
+    grid = object_grid(vol, ctx.cfg.visual.volume_size)
+    sp_v, org = float(grid.spacing_zyx[0]), np.asarray(grid.origin_xyz)
+    # the unified model's volume was voxelized on this grid by the visual stage
+    vols = {"radiative": np.asarray(voxelize(rad0, grid)),
+            "insideout": np.load(ctx.stage_dir / "volume_unified.npy")}
     meshes = {}
     for name, v in vols.items():
         ctx.metrics["occupancy"][name] = ev.to_json_ready(
