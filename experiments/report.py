@@ -439,6 +439,26 @@ def _section_truth(metrics: Mapping) -> list:
     return lines
 
 
+def _section_sparse(out_dir: Path) -> list:
+    """The sparse-view comparisons ``experiments/sparse_views.py`` left in the output folder."""
+    rows = []
+    for p in sorted(Path(out_dir).glob("sparse_views_*.json")):
+        try:
+            r = json.loads(p.read_text())
+            rows.append([str(r["n_views"]), _fmt(r["fdk"]["psnr3d"]), _fmt(r["fdk"]["ssim3d"], 3),
+                         _fmt(r["radiative"]["psnr3d"]), _fmt(r["radiative"]["ssim3d"], 3),
+                         f"{r['radiative_minus_fdk_db']:+.2f}"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            rows.append([p.name, f"unreadable: {e}", "", "", "", ""])
+    if not rows:
+        return []
+    return ["### Sparse views: radiative splats vs FDK", "",
+            "Both from the same N projections over 360° (`experiments/sparse_views.py`), against "
+            "the true volume.", ""] + _table(
+        ["views", "FDK PSNR 3D (dB)", "FDK SSIM 3D", "radiative PSNR 3D (dB)", "radiative SSIM 3D",
+         "radiative − FDK (dB)"], rows)
+
+
 def write_report(metrics: Mapping, figures: Mapping[str, object], out_dir) -> Path:
     """Write ``report.md``: wall times, Tables 2-3, occupancy, ground truth, trends, figures, notes.
 
@@ -465,7 +485,7 @@ def write_report(metrics: Mapping, figures: Mapping[str, object], out_dir) -> Pa
     rows.append(["**total**", f"{sum(known):.1f}" if known else "—"])
     lines += _table(["stage", "seconds"], rows)
     lines += _section_cross(metrics) + _section_chamfer(metrics) + _section_occupancy(metrics)
-    lines += _section_truth(metrics)
+    lines += _section_truth(metrics) + _section_sparse(out_dir)
     lines += ["## Paper trends", ""]
     lines += [f"- {s}" for s in cross_section_trend(metrics) + [chamfer_trend(metrics)]]
     lines += ["", "## Figures", ""]

@@ -207,12 +207,8 @@ def stage_xray(ctx: RunContext) -> None:
     truth = obj.truth_volume or obj.volume
     n = ctx.cfg.xray.fdk_size
     if truth is not None:
-        d = np.asarray(truth.data)
-        # comparison grid: the truth volume's extent sampled at n³ (nearest-size block average)
-        ext = np.array(d.shape) * np.asarray(truth.spacing_zyx)
-        sp = ext / n
-        org = np.asarray(truth.origin_xyz) - 0.5 * np.asarray(truth.spacing_zyx)[::-1] + 0.5 * sp[::-1]
-        ref = _resample_block(d, n)
+        sp, org = comparison_grid(truth, n)
+        ref = _resample_block(np.asarray(truth.data), n)
         vol_fdk = np.asarray(fdk(proj[tr], g_tr, (n, n, n), sp, org))
         vol_rad = np.asarray(voxelize(splats, make_voxel_grid((n, n, n), sp, org)))
         rng = float(ref.max())
@@ -226,6 +222,17 @@ def stage_xray(ctx: RunContext) -> None:
               f" {ctx.metrics['volume']['radiative']}")
     else:
         ctx.note("no CT volume in the object folder: volume metrics are null")
+
+
+def comparison_grid(truth, n: int):
+    """(spacing_zyx, origin_xyz) of the volume-comparison grid: the truth volume's extent at n³
+    voxels (its reference is the block average :func:`_resample_block`)."""
+    import numpy as np
+
+    ext = np.array(np.shape(truth.data)) * np.asarray(truth.spacing_zyx)
+    sp = ext / n
+    org = np.asarray(truth.origin_xyz) - 0.5 * np.asarray(truth.spacing_zyx)[::-1] + 0.5 * sp[::-1]
+    return sp, org
 
 
 def _ct_volume(ctx: RunContext):
@@ -421,7 +428,9 @@ def stage_internal(ctx: RunContext) -> None:
             geometry=None if geom is None else geom.replace(angles=geom.angles[tr]),
             checkpoint_path=ctx.stage_dir / "internal_rad.npz")
         contours = np.stack([outer_contour_target(r) for r in refs])
-        rgb2, h_rgb = train_internal(rgb, planes, contours, cfg.rgb,
+        photos, cams = photos_in_ct_frame(ctx, heldout=False) if cfg.rgb.photo_weight > 0 else (None, None)
+        rgb2, h_rgb = train_internal(rgb, planes, contours, cfg.rgb, photos=photos, cameras=cams,
+                                     background=ctx.cfg.rgb.train.background,
                                      checkpoint_path=ctx.stage_dir / "internal_rgb.npz")
     except NonFiniteLossError as e:
         raise StageError(f"stage 'internal': {e}") from e
@@ -432,18 +441,40 @@ def stage_internal(ctx: RunContext) -> None:
     iio.write_json_atomic(ctx.stage_dir / "internal.json", {"n_slices": len(slices)})
 
 
+def photos_in_ct_frame(ctx: RunContext, *, heldout: bool):
+    """(images [V, H, W, 3], cameras moved into the CT frame by the fitted similarity) of the
+    training or held-out photos."""
+    import numpy as np
+
+    from insideout_jax import io as iio
+    from insideout_jax.cameras import transform_camera
+    from insideout_jax.train.rgb import holdout_split
+
+    fit = iio.read_json(ctx.stage_dir / "fitting.json")["transform"]
+    names, imgs, cams, _ = _load_photos(ctx)
+    tr, ho = holdout_split(len(names), ctx.cfg.rgb.train.holdout_every)
+    idx = ho if heldout else tr
+    return imgs[idx], [transform_camera(cams[i], np.asarray(fit["rotation"]),
+                                        np.asarray(fit["translation"]), fit["scale"]) for i in idx]
+
+
 def stage_visual(ctx: RunContext) -> None:
     """Stage 4: colour transfer + detail cloning → unified model (PLY, volume TIFF)."""
     import numpy as np
 
     from insideout_jax import io as iio
-    from insideout_jax.cameras import transform_camera
     from insideout_jax.render.slices import voxelize
-    from insideout_jax.train.rgb import evaluate_rgb, holdout_split
-    from insideout_jax.visual import as_radiative, unify, write_unified_ply
+    from insideout_jax.train.rgb import evaluate_rgb
+    from insideout_jax.visual import as_radiative, refine_colours, unify, write_unified_ply
 
     rad, rgb = _load_splats(ctx, "xray_internal"), _load_splats(ctx, "rgb_internal")
-    model = unify(rad, rgb, percentile=ctx.cfg.visual.clone_percentile)
+    vcfg, bg = ctx.cfg.visual, ctx.cfg.rgb.train.background
+    model = unify(rad, rgb, percentile=vcfg.clone_percentile)
+    if vcfg.colour_iterations > 0:
+        photos, cams = photos_in_ct_frame(ctx, heldout=False)
+        model, hist = refine_colours(model, photos, cams, iterations=vcfg.colour_iterations,
+                                     lr=vcfg.colour_lr, background=bg)
+        ctx.save_history("colour", hist)
     write_unified_ply(ctx.out_dir / "unified.ply", model)
     _, vol = _ct_volume(ctx)
     grid = object_grid(vol, ctx.cfg.visual.volume_size)
@@ -455,13 +486,8 @@ def stage_visual(ctx: RunContext) -> None:
     print(f"[visual] unified model: {int(np.asarray(model.radiative).sum())} radiative +"
           f" {int((~np.asarray(model.radiative)).sum())} cloned RGB splats")
     # the unified model seen from the held-out photos (cameras moved into the CT frame)
-    fit = iio.read_json(ctx.stage_dir / "fitting.json")["transform"]
-    names, imgs, cams, _ = _load_photos(ctx)
-    _, ho = holdout_split(len(names), ctx.cfg.rgb.train.holdout_every)
-    cams_ct = [transform_camera(cams[i], np.asarray(fit["rotation"]), np.asarray(fit["translation"]),
-                                fit["scale"]) for i in ho]
-    bg = ctx.cfg.rgb.train.background
-    ev = evaluate_rgb(model.splats, imgs[ho], cams_ct, background=bg)
+    imgs, cams_ct = photos_in_ct_frame(ctx, heldout=True)
+    ev = evaluate_rgb(model.splats, imgs, cams_ct, background=bg)
     ctx.metrics["heldout_views"]["unified_rgb"] = {"psnr": ev["psnr"], "ssim": ev["ssim"]}
     print(f"[visual] unified model on held-out photos: PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.4f}")
 

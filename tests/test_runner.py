@@ -99,3 +99,23 @@ def test_user_mistakes_end_with_a_message(tmp_path):
     res = _run(["--object", str(bad), "--config", "tiny", "--out", str(tmp_path / "o2")])
     assert res.returncode == 2
     assert "geometry.json" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_sparse_views_compares_with_fdk_and_reaches_the_report(tiny_object, tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, str(REPO / "experiments" / "sparse_views.py"), "--object",
+           str(tiny_object), "--views", "12", "--config", "tiny", "--out", str(tmp_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r = json.loads((tmp_path / "sparse_views_12.json").read_text())
+    assert r["n_views"] == 12 and r["n_views_full"] == 24
+    for m in ("fdk", "radiative"):
+        assert np.isfinite(r[m]["psnr3d"]) and 0 < r[m]["ssim3d"] <= 1
+    assert r["radiative_minus_fdk_db"] == pytest.approx(r["radiative"]["psnr3d"] - r["fdk"]["psnr3d"])
+    from experiments.report import write_report
+
+    text = write_report({}, {}, tmp_path).read_text()
+    assert "Sparse views" in text and "| 12 |" in text
+    bad = subprocess.run(cmd[:-4] + ["--views", "999", "--out", str(tmp_path)], capture_output=True,
+                         text=True, env=env, cwd=REPO)
+    assert bad.returncode == 2 and "--views" in bad.stderr and "Traceback" not in bad.stderr

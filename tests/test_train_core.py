@@ -101,6 +101,23 @@ def test_radiative_densification_preserves_mass_and_grows_capacity():
     np.testing.assert_allclose(_mass(out2), m0, rtol=1e-5)
 
 
+def test_relative_density_pruning():
+    # 100 splats: densities 1e-3 ... 1e-1 (log-spaced); the 99th percentile is known in closed form
+    dens = np.geomspace(1e-3, 1e-1, 100)
+    sp = S.rad_splats_from_points(np.random.default_rng(0).normal(size=(100, 3)) * 30, dens)
+    params, _ = split_params(sp)
+    opt = make_optimizer({k: 1e-3 for k in params})
+    frac = 0.05
+    floor = frac * np.percentile(dens, 99)
+    out, _, info = densify_and_prune(jax.random.key(0), sp, opt.init(params), opt, np.zeros(100),
+                                     scene_extent=1e6,
+                                     cfg=DensifyConfig(grad_threshold=1.0, min_density=1e-6,
+                                                       min_density_fraction=frac))
+    assert info["pruned"] == int(np.sum(dens < floor)) > 0
+    kept = np.exp(np.asarray(out.log_densities))[np.asarray(out.active)]
+    np.testing.assert_allclose(np.sort(kept), dens[dens >= floor], rtol=1e-5)
+
+
 def test_opacity_reset_caps_opacity_and_restarts_its_moments():
     sp = _rgb()
     params, _ = split_params(sp)

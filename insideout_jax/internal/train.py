@@ -29,11 +29,13 @@ import numpy as np
 import optax
 
 from insideout_jax.losses import photometric_loss, xray_reference_loss
+from insideout_jax.render.rgb import render_rgb
 from insideout_jax.render.slices import SlicePlane, render_slice
 from insideout_jax.render.xray import render_xray
 from insideout_jax.splats import RadSplats, RGBSplats
+from insideout_jax.train.densify import DensifyConfig, densify_train_state, initial_train_state
 from insideout_jax.train.loop import run_training
-from insideout_jax.train.optim import make_optimizer, mask_gradients, merge_params, split_params
+from insideout_jax.train.optim import make_optimizer, mask_gradients, merge_params
 
 __all__ = ["InternalConfig", "train_internal", "radiative_opacity_logits", "stack_planes"]
 
@@ -45,9 +47,21 @@ class InternalConfig:
     Attributes:
       iterations: total iterations (one slice each).
       block: iterations per jitted block.
-      lr: Adam rate of every geometric field (positions: × scene extent).
+      lr: Adam rate of means (× scene extent), log scales and quaternions (paper: 5e-4).
+      density_lr: Adam rate of the log densities (radiative) or opacity logits (RGB).
+      scale_lr, rotation_lr: Adam rates of the log scales and quaternions.
+        ``None`` means ``lr``, the paper's single rate; the ``cpu`` preset, 10-30× shorter, uses
+        stage 1's per-field rates instead (measured: at 5e-4 the splats barely move in 600 steps).
       lambda_ssim, lambda_zero_one: loss weights.
       projection_weight: radiative only: weight of the stage-1 projection loss kept on (0 = off).
+      photo_weight: RGB only: weight of the 3DGS photometric loss on the training photos kept on
+        (0 = off, the paper's contour-only training).
+      projection_every: the kept view term (projections or photos) is evaluated on every k-th
+        iteration only (weight × k, so its mean weight is unchanged); slices are cheap, views not.
+      densify_every: 0 = fixed splat set; else densify / prune (:mod:`insideout_jax.train.densify`,
+        mass-preserving for radiative splats) every this many iterations until ``densify_until``.
+      densify_until: last iteration that densifies.
+      densify: constants (grad_threshold in units of the per-mm centre gradient of this loss).
       cutoff_sigma: slice renderer culling (5σ: ≤ 1.5e-5 relative, EVALUATION §6).
       seed: PRNG seed.
     """
@@ -55,9 +69,17 @@ class InternalConfig:
     iterations: int = 20_000
     block: int = 100
     lr: float = 5e-4
+    density_lr: float | None = None
+    scale_lr: float | None = None
+    rotation_lr: float | None = None
     lambda_ssim: float = 0.2
     lambda_zero_one: float = 0.005
     projection_weight: float = 1.0
+    photo_weight: float = 0.0
+    projection_every: int = 1
+    densify_every: int = 0
+    densify_until: int = 0
+    densify: DensifyConfig = DensifyConfig()
     cutoff_sigma: float = 5.0
     seed: int = 0
 
@@ -79,49 +101,68 @@ def stack_planes(planes) -> SlicePlane:
 
 @functools.lru_cache(maxsize=8)
 def _make_block(cfg: InternalConfig, kind: str, extent: float, scale: float, p_max: float):
-    geo = dict(means=cfg.lr * extent, log_scales=cfg.lr, quats=cfg.lr)
+    rate = lambda r: cfg.lr if r is None else r  # noqa: E731
+    geo = dict(means=cfg.lr * extent, log_scales=rate(cfg.scale_lr), quats=rate(cfg.rotation_lr))
+    d_lr = rate(cfg.density_lr)
     if kind == "rgb":
-        optimizer = make_optimizer(geo | dict(opacity_logits=cfg.lr), frozen=("sh",))
+        optimizer = make_optimizer(geo | dict(opacity_logits=d_lr), frozen=("sh",))
     else:
-        optimizer = make_optimizer(geo | dict(log_densities=cfg.lr),
+        optimizer = make_optimizer(geo | dict(log_densities=d_lr),
                                    frozen=("opacity_logits", "features", "colors"))
 
-    def loss_fn(params, active, plane, target, geometry, view, proj):
+    every = max(int(cfg.projection_every), 1)
+    view_weight = cfg.projection_weight if kind == "rad" else cfg.photo_weight
+
+    def view_term(sp, views, view, view_target, background):
+        if kind == "rad":  # stage 1's projection loss
+            p = render_xray(sp, views, view[None])[0] / p_max
+            return photometric_loss(p, view_target / p_max, lambda_ssim=cfg.lambda_ssim)
+        cam = jax.tree_util.tree_map(lambda x: x[view], views)  # 3DGS's photometric loss
+        img = render_rgb(sp, cam, background=background).color
+        return photometric_loss(img, view_target, lambda_ssim=cfg.lambda_ssim)
+
+    def loss_fn(params, active, plane, target, views, view, view_target, with_view, background):
         cls = RGBSplats if kind == "rgb" else RadSplats
         sp = cls(**params, active=active)
         pred = render_slice(sp, plane, cutoff_sigma=cfg.cutoff_sigma) / scale
         logits = sp.opacity_logits if kind == "rgb" else radiative_opacity_logits(sp)
         loss = xray_reference_loss(pred, target / scale, logits, lambda_ssim=cfg.lambda_ssim,
                                    lambda_zero_one=cfg.lambda_zero_one, mask=active)
-        if geometry is not None:
-            p = render_xray(sp, geometry, view[None])[0] / p_max
-            loss = loss + cfg.projection_weight * photometric_loss(p, proj / p_max,
-                                                                   lambda_ssim=cfg.lambda_ssim)
+        if views is not None:
+            term = functools.partial(view_term, views=views, view=view, view_target=view_target,
+                                     background=background)
+            term = term(sp) if every == 1 else jax.lax.cond(
+                with_view, term, lambda sp: jnp.zeros((), jnp.float32), sp)
+            loss = loss + view_weight * every * term
         return loss
 
-    def step(carry, xs, *, active, planes, targets, geometry, projections):
-        params, opt_state = carry
-        s_idx, v_idx = xs
+    def step(carry, xs, *, active, planes, targets, views, view_targets, background):
+        params, opt_state, grad_acc, count = carry
+        s_idx, v_idx, with_view = xs
         plane = jax.tree_util.tree_map(lambda x: x[s_idx], planes)
-        proj = None if projections is None else projections[v_idx]
-        loss, g = jax.value_and_grad(loss_fn)(params, active, plane, targets[s_idx], geometry,
-                                              v_idx, proj)
+        vt = None if view_targets is None else view_targets[v_idx]
+        loss, g = jax.value_and_grad(loss_fn)(params, active, plane, targets[s_idx], views, v_idx,
+                                              vt, with_view, background)
         g = mask_gradients(g, active)
         upd, opt_state = optimizer.update(g, opt_state, params)
-        return (optax.apply_updates(params, upd), opt_state), loss
+        grad_acc = grad_acc + jnp.where(active, jnp.linalg.norm(g["means"], axis=-1), 0.0)
+        count = count + active.astype(jnp.float32)
+        return (optax.apply_updates(params, upd), opt_state, grad_acc, count), loss
 
     @jax.jit
-    def block(params, opt_state, active, planes, targets, geometry, projections, s_idx, v_idx):
-        body = lambda c, x: step(c, x, active=active, planes=planes, targets=targets,
-                                 geometry=geometry, projections=projections)
-        return jax.lax.scan(body, (params, opt_state), (s_idx, v_idx))
+    def block(params, opt_state, grad_acc, count, active, planes, targets, views, view_targets,
+              background, s_idx, v_idx, with_view):
+        body = lambda c, x: step(c, x, active=active, planes=planes, targets=targets, views=views,
+                                 view_targets=view_targets, background=background)
+        return jax.lax.scan(body, (params, opt_state, grad_acc, count), (s_idx, v_idx, with_view))
 
     return optimizer, block
 
 
 def train_internal(splats: RGBSplats | RadSplats, planes, targets: np.ndarray,
                    cfg: InternalConfig = InternalConfig(), *, projections: np.ndarray | None = None,
-                   geometry=None, scene_extent: float | None = None,
+                   geometry=None, photos: np.ndarray | None = None, cameras=None,
+                   background=(0.0, 0.0, 0.0), scene_extent: float | None = None,
                    checkpoint_path: str | Path | None = None, progress: bool = True):
     """Internal rendering of one splat set.
 
@@ -132,6 +173,9 @@ def train_internal(splats: RGBSplats | RadSplats, planes, targets: np.ndarray,
       cfg: constants.
       projections, geometry: radiative only, training projections [V, nv, nu] and their geometry
         for the kept projection loss (used when ``cfg.projection_weight > 0``).
+      photos, cameras, background: RGB only, training photos [V, H, W, 3] in [0, 1], their V
+        same-sized cameras in the CT frame and the background colour, for the kept photometric
+        loss (used when ``cfg.photo_weight > 0``).
       scene_extent: mm (default: half the diagonal of the active centres' bounding box).
       checkpoint_path: resumable checkpoint.
 
@@ -146,38 +190,61 @@ def train_internal(splats: RGBSplats | RadSplats, planes, targets: np.ndarray,
     stacked = stack_planes(planes)
     if tuple(tgt.shape[1:]) != tuple(planes[0].resolution):
         raise ValueError(f"targets are {tgt.shape[1:]} but planes are {planes[0].resolution}")
-    scale = float(max(tgt.max(), 1e-12))
+    scale = float(tgt.max()) if tgt.max() > 0 else 1.0  # all-zero targets: "nothing here"
     act = np.asarray(splats.active)
     if scene_extent is None:
         m = np.asarray(splats.means)[act]
         scene_extent = float(0.5 * np.linalg.norm(m.max(0) - m.min(0)))
     use_proj = kind == "rad" and cfg.projection_weight > 0 and projections is not None
+    use_photo = kind == "rgb" and cfg.photo_weight > 0 and photos is not None
     p_max = float(np.max(projections)) if use_proj else 1.0
+    if use_proj and not (np.all(np.isfinite(projections)) and p_max > 0):
+        raise ValueError("projections must be finite with a positive maximum (line integrals)")
     optimizer, block_fn = _make_block(cfg, kind, float(scene_extent), scale, p_max)
     key = jax.random.key(cfg.seed)
     tgt_j = jnp.asarray(tgt)
-    proj_j = jnp.asarray(projections, jnp.float32) if use_proj else None
-    geom = geometry if use_proj else None
-    n_views = int(proj_j.shape[0]) if use_proj else 1
+    views, view_targets, n_views = None, None, 1
+    if use_proj:
+        views, view_targets = geometry, jnp.asarray(projections, jnp.float32)
+    elif use_photo:
+        from insideout_jax.train.rgb import stack_cameras
+
+        if cameras is None or len(cameras) != len(photos):
+            raise ValueError(f"{len(photos)} photos need as many cameras")
+        views, view_targets = stack_cameras(cameras), jnp.asarray(photos, jnp.float32)
+    if view_targets is not None:
+        n_views = int(view_targets.shape[0])
+    bg = jnp.asarray(background, jnp.float32)
 
     def fresh(sp):
-        params, active = split_params(sp)
-        return dict(params=params, active=active, opt_state=optimizer.init(params), step=0)
+        return initial_train_state(sp, optimizer)
 
     def template(capacity):
         pad = jax.tree_util.tree_map(lambda x: jnp.zeros((capacity,) + x.shape[1:], x.dtype), splats)
         return fresh(pad)
 
+    every = max(int(cfg.projection_every), 1)
+
     def run_block(state, n):
-        k = jax.random.fold_in(key, int(state["step"]))
+        step0 = int(state["step"])
+        k = jax.random.fold_in(key, step0)
         s_idx = jax.random.randint(k, (n,), 0, len(planes))
         v_idx = jax.random.randint(jax.random.fold_in(k, 1), (n,), 0, n_views)
-        (params, opt_state), losses = block_fn(state["params"], state["opt_state"], state["active"],
-                                               stacked, tgt_j, geom, proj_j, s_idx, v_idx)
-        return dict(state, params=params, opt_state=opt_state), losses
+        with_view = jnp.asarray((step0 + np.arange(n)) % every == 0)
+        (params, opt_state, acc, cnt), losses = block_fn(
+            state["params"], state["opt_state"], state["grad_acc"], state["count"], state["active"],
+            stacked, tgt_j, views, view_targets, bg, s_idx, v_idx, with_view)
+        return dict(state, params=params, opt_state=opt_state, grad_acc=acc, count=cnt), losses
+
+    def after_block(state):
+        step = int(state["step"])
+        if cfg.densify_every > 0 and step <= cfg.densify_until and step % cfg.densify_every < cfg.block:
+            state = densify_train_state(state, splats, jax.random.fold_in(key, 10_000_000 + step),
+                                        optimizer, scene_extent=float(scene_extent), cfg=cfg.densify)
+        return state
 
     state, history = run_training(fresh(splats), n_iters=cfg.iterations, block=cfg.block,
-                                  run_block=run_block, after_block=lambda s: s, template=template,
+                                  run_block=run_block, after_block=after_block, template=template,
                                   checkpoint_path=checkpoint_path, desc=f"internal {kind}",
                                   progress=progress)
     return merge_params(splats, state["params"], state["active"]), history

@@ -36,6 +36,9 @@ class DensifyConfig:
       percent_dense: splats with largest scale ≤ percent_dense · extent are cloned, else split.
       min_opacity: prune below this opacity (RGB) or below ``min_density`` (radiative).
       min_density: prune radiative splats whose peak density is below this (1/mm).
+      min_density_fraction: also prune radiative splats below this fraction of the 99th
+        percentile of the active densities (unit-free: ACUI leaves most splats in the air with
+        densities ~1e-3 of the object's; they cost time and explain nothing).
       max_scale_fraction: prune splats larger than this fraction of the scene extent.
       split_factor: φ, scale divisor of split children (3DGS: 1.6).
       grow_factor: capacity multiplier when free slots run out.
@@ -46,6 +49,7 @@ class DensifyConfig:
     percent_dense: float = 0.01
     min_opacity: float = 0.005
     min_density: float = 1e-5
+    min_density_fraction: float = 0.0
     max_scale_fraction: float = 0.1
     split_factor: float = 1.6
     grow_factor: float = 1.5
@@ -84,8 +88,14 @@ def densify_and_prune(key: jax.Array, splats: RGBSplats | RadSplats, opt_state,
     max_scale = np.exp(p["log_scales"]).max(axis=1)
     radiative = isinstance(splats, RadSplats)
 
-    weak = (np.exp(p["log_densities"]) < cfg.min_density if radiative
-            else 1.0 / (1.0 + np.exp(-p["opacity_logits"])) < cfg.min_opacity)
+    if radiative:
+        dens = np.exp(p["log_densities"])
+        floor = cfg.min_density
+        if cfg.min_density_fraction > 0 and act.any():
+            floor = max(floor, cfg.min_density_fraction * float(np.percentile(dens[act], 99)))
+        weak = dens < floor
+    else:
+        weak = 1.0 / (1.0 + np.exp(-p["opacity_logits"])) < cfg.min_opacity
     prune = act & (weak | (max_scale > cfg.max_scale_fraction * scene_extent))
     act &= ~prune
     cand = act & (grad >= cfg.grad_threshold)

@@ -32,6 +32,7 @@ from insideout_jax.train.loop import run_training
 from insideout_jax.train.optim import make_optimizer, mask_gradients, merge_params
 
 __all__ = ["RGBTrainConfig", "train_rgb", "scene_extent", "holdout_split", "stack_cameras",
+           "sh_optimizer",
            "evaluate_rgb"]
 
 
@@ -102,25 +103,26 @@ def stack_cameras(cameras) -> PinholeCamera:
     return jax.tree_util.tree_map(lambda *x: jnp.stack(x), *cameras)
 
 
+def sh_optimizer(lr: float) -> optax.GradientTransformation:
+    """3DGS's colour optimizer: Adam with the DC band at ``lr`` and bands ≥ 1 at ``lr`` / 20."""
+    def update(updates, state, params=None):
+        del params
+
+        def scale(u):  # u: [C, K, 3]
+            w = jnp.where(jnp.arange(u.shape[1]) == 0, 1.0, 1.0 / 20.0)[None, :, None]
+            return u * w
+
+        return jax.tree_util.tree_map(scale, updates), state
+
+    return optax.chain(optax.adam(lr, eps=1e-15),
+                       optax.GradientTransformation(lambda p: optax.EmptyState(), update))
+
+
 def _optimizer(cfg: RGBTrainConfig, extent: float):
     pos = optax.exponential_decay(cfg.position_lr_init * extent, cfg.position_lr_steps,
                                   cfg.position_lr_final / cfg.position_lr_init)
-
-    def sh_rest_scale():  # DC at sh_lr, bands ≥ 1 at sh_lr / 20 (3DGS feature_lr / 20)
-        def update(updates, state, params=None):
-            del params
-
-            def scale(u):  # u: [C, K, 3]
-                w = jnp.where(jnp.arange(u.shape[1]) == 0, 1.0, 1.0 / 20.0)[None, :, None]
-                return u * w
-
-            return jax.tree_util.tree_map(scale, updates), state
-
-        return optax.GradientTransformation(lambda p: optax.EmptyState(), update)
-
     rates = dict(means=pos, log_scales=cfg.scaling_lr, quats=cfg.rotation_lr,
-                 opacity_logits=cfg.opacity_lr,
-                 sh=optax.chain(optax.adam(cfg.sh_lr, eps=1e-15), sh_rest_scale()))
+                 opacity_logits=cfg.opacity_lr, sh=sh_optimizer(cfg.sh_lr))
     return make_optimizer(rates)
 
 
