@@ -33,7 +33,7 @@ from insideout_jax.render.rgb import render_rgb
 from insideout_jax.render.slices import SlicePlane, render_slice
 from insideout_jax.render.xray import render_xray
 from insideout_jax.splats import RadSplats, RGBSplats
-from insideout_jax.train.densify import DensifyConfig, densify_train_state, initial_train_state
+from insideout_jax.train.densify import DensifyConfig, densify_if_due, initial_train_state
 from insideout_jax.train.loop import run_training
 from insideout_jax.train.optim import make_optimizer, mask_gradients, merge_params
 
@@ -83,6 +83,11 @@ class InternalConfig:
     cutoff_sigma: float = 5.0
     seed: int = 0
 
+    @property
+    def view_every(self) -> int:
+        """Period (≥ 1) of the kept view term."""
+        return max(int(self.projection_every), 1)
+
 
 def radiative_opacity_logits(splats: RadSplats) -> jax.Array:
     """[C] logit of α = 1 − exp(−ρ·√(2π)·s̄) (module docstring): log(expm1(τ))."""
@@ -110,7 +115,7 @@ def _make_block(cfg: InternalConfig, kind: str, extent: float, scale: float, p_m
         optimizer = make_optimizer(geo | dict(log_densities=d_lr),
                                    frozen=("opacity_logits", "features", "colors"))
 
-    every = max(int(cfg.projection_every), 1)
+    every = cfg.view_every
     view_weight = cfg.projection_weight if kind == "rad" else cfg.photo_weight
 
     def view_term(sp, views, view, view_target, background):
@@ -223,7 +228,7 @@ def train_internal(splats: RGBSplats | RadSplats, planes, targets: np.ndarray,
         pad = jax.tree_util.tree_map(lambda x: jnp.zeros((capacity,) + x.shape[1:], x.dtype), splats)
         return fresh(pad)
 
-    every = max(int(cfg.projection_every), 1)
+    every = cfg.view_every
 
     def run_block(state, n):
         step0 = int(state["step"])
@@ -237,11 +242,9 @@ def train_internal(splats: RGBSplats | RadSplats, planes, targets: np.ndarray,
         return dict(state, params=params, opt_state=opt_state, grad_acc=acc, count=cnt), losses
 
     def after_block(state):
-        step = int(state["step"])
-        if cfg.densify_every > 0 and step <= cfg.densify_until and step % cfg.densify_every < cfg.block:
-            state = densify_train_state(state, splats, jax.random.fold_in(key, 10_000_000 + step),
-                                        optimizer, scene_extent=float(scene_extent), cfg=cfg.densify)
-        return state
+        return densify_if_due(state, splats, key, optimizer, start=0, until=cfg.densify_until,
+                              every=cfg.densify_every, block=cfg.block,
+                              scene_extent=float(scene_extent), cfg=cfg.densify)
 
     state, history = run_training(fresh(splats), n_iters=cfg.iterations, block=cfg.block,
                                   run_block=run_block, after_block=after_block, template=template,

@@ -23,7 +23,7 @@ from insideout_jax.splats import RadSplats, RGBSplats, quat_to_rotmat
 from insideout_jax.train.optim import merge_params, remap_optimizer_state, split_params
 
 __all__ = ["DensifyConfig", "densify_and_prune", "reset_opacity", "densify_train_state",
-           "initial_train_state"]
+           "densify_if_due", "initial_train_state"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,3 +200,20 @@ def densify_train_state(state: dict, like, key: jax.Array, optimizer: optax.Grad
     c = sp.capacity
     return dict(state, params=params, active=active, opt_state=opt_state,
                 grad_acc=jnp.zeros(c, jnp.float32), count=jnp.zeros(c, jnp.float32))
+
+
+def densify_if_due(state: dict, like, key: jax.Array, optimizer: optax.GradientTransformation, *,
+                   start: int, until: int, every: int, block: int, scene_extent: float,
+                   cfg: DensifyConfig, reset_every: int | None = None) -> dict:
+    """A trainer's ``after_block``: :func:`densify_train_state` when the block that just ended
+    crossed a multiple of ``every`` inside [start, until] (``every`` ≤ 0: never).
+
+    With ``reset_every`` the 3DGS opacity reset follows on the densification steps that also
+    cross a multiple of it (after ``start``). The split positions use ``key`` folded with the step.
+    """
+    step = int(state["step"])
+    if every <= 0 or not start <= step <= until or step % every >= block:
+        return state
+    reset = reset_every is not None and step % reset_every < block and step > start
+    return densify_train_state(state, like, jax.random.fold_in(key, 10_000_000 + step), optimizer,
+                               scene_extent=scene_extent, cfg=cfg, reset=reset)

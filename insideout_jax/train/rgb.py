@@ -27,7 +27,7 @@ from insideout_jax.cameras import PinholeCamera, camera_center
 from insideout_jax.losses import photometric_loss
 from insideout_jax.render.rgb import RasterConfig, render_rgb
 from insideout_jax.splats import RGBSplats, rgb_splats_from_points
-from insideout_jax.train.densify import DensifyConfig, densify_train_state, initial_train_state
+from insideout_jax.train.densify import DensifyConfig, densify_if_due, initial_train_state
 from insideout_jax.train.loop import run_training
 from insideout_jax.train.optim import make_optimizer, mask_gradients, merge_params
 
@@ -214,14 +214,10 @@ def train_rgb(images: np.ndarray, cameras, points: np.ndarray, colors: np.ndarra
         return dict(state, params=params, opt_state=opt_state, grad_acc=acc, count=cnt), losses
 
     def after_block(state):
-        step = int(state["step"])
-        in_window = cfg.densify_from <= step <= cfg.densify_until
-        if in_window and step % cfg.densify_every < cfg.block:
-            reset = step % cfg.opacity_reset_every < cfg.block and step > cfg.densify_from
-            state = densify_train_state(state, init, jax.random.fold_in(key, 10_000_000 + step),
-                                        optimizer, scene_extent=extent, cfg=cfg.densify,
-                                        reset=reset)
-        return state
+        return densify_if_due(state, init, key, optimizer, start=cfg.densify_from,
+                              until=cfg.densify_until, every=cfg.densify_every, block=cfg.block,
+                              scene_extent=extent, cfg=cfg.densify,
+                              reset_every=cfg.opacity_reset_every)
 
     state, history = run_training(fresh_state(init), n_iters=cfg.iterations, block=cfg.block,
                                   run_block=run_block, after_block=after_block, template=template,

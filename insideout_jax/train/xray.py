@@ -29,7 +29,7 @@ from insideout_jax.losses import photometric_loss, tv_3d
 from insideout_jax.render.slices import VoxelGrid, voxelize
 from insideout_jax.render.xray import render_xray
 from insideout_jax.splats import RadSplats, rad_splats_from_points
-from insideout_jax.train.densify import DensifyConfig, densify_train_state, initial_train_state
+from insideout_jax.train.densify import DensifyConfig, densify_if_due, initial_train_state
 from insideout_jax.train.loop import run_training
 from insideout_jax.train.optim import make_optimizer, mask_gradients, merge_params
 
@@ -209,11 +209,9 @@ def train_xray(projections: np.ndarray, geometry: XrayGeometry,
         return dict(state, params=params, opt_state=opt_state, grad_acc=acc, count=cnt), losses
 
     def after_block(state):
-        step = int(state["step"])
-        if cfg.densify_from <= step <= cfg.densify_until and step % cfg.densify_every < cfg.block:
-            state = densify_train_state(state, init, jax.random.fold_in(key, 10_000_000 + step),
-                                        optimizer, scene_extent=extent, cfg=cfg.densify)
-        return state
+        return densify_if_due(state, init, key, optimizer, start=cfg.densify_from,
+                              until=cfg.densify_until, every=cfg.densify_every, block=cfg.block,
+                              scene_extent=extent, cfg=cfg.densify)
 
     state, history = run_training(fresh_state(init), n_iters=cfg.iterations, block=cfg.block,
                                   run_block=run_block, after_block=after_block, template=template,
