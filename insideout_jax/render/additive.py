@@ -11,9 +11,10 @@ per-record tile counts (:func:`decode_pairs`), ``chunk`` pairs per step of a ``w
 trip count is the dynamic number of pairs: nothing is ever truncated and no pair capacity has to be
 guessed or synchronised to the host. Each step adds its pairs' rows into the per-tile buffer. The
 backward pass (``jax.custom_vjp``) replays the same chunks: it reads each pair's tile cotangent
-row, computes the record cotangent with the kernel's hand-written VJP (or ``jax.vjp`` of its
-``eval``) and adds it to its record (segment sum, indices sorted). Both loops run in a fixed order,
-so results are bitwise reproducible on CPU.
+row, computes the pair's contribution with the kernel's hand-written VJP (or ``jax.vjp`` of its
+``eval``) and adds it to its record (segment sum, indices sorted); an optional per-record
+``finish`` turns the summed contributions into record cotangents once, after the loop. Both
+loops run in a fixed order, so results are bitwise reproducible on CPU.
 
 Hand-written VJPs reduce pixel sums to *moments* Σₚ g·lx^i·ly^j of one map g per pair, computed
 with one matmul against pair-independent monomials of the tile-centred pixel offsets
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["TileLayout", "tile_local_coords", "pixel_bounds_to_boxes", "box_counts",
-           "decode_pairs", "SplatKernel", "sum_splat", "raw_moments", "shift_moments",
+           "decode_pairs", "SplatKernel", "vjp_width", "sum_splat", "raw_moments", "shift_moments",
            "tile_moments"]
 
 _BOUND_MARGIN_PX = 0.01  # absorbs float32 rounding of exact footprint bounds
@@ -160,12 +161,30 @@ class SplatKernel(NamedTuple):
     ``eval(records [B, K], aux, x0 [B], y0 [B], layer [B], tile_shape) → [B, Pt]``: the value of
     each pair's record on the pixels of its tile (pixel (x0 + lx, y0 + ly) of layer ``layer``, with
     (lx, ly) = :func:`tile_local_coords` (tile_shape), tile_shape = (th, tw) static).
-    ``vjp(records, aux, x0, y0, layer, tile_shape, ct [B, Pt]) → [B, K]``: the record cotangents; when
-    None, ``jax.vjp`` of ``eval`` is used.
+    ``vjp(records, aux, x0, y0, layer, tile_shape, ct [B, Pt]) → [B, M]``: per-pair contributions
+    that are summed per record; when None, ``jax.vjp`` of ``eval`` is used.
+    ``finish(records [R, K], aux, sums [R, M]) → [R, K]``: record cotangents from the per-record
+    sums (None: the sums are the cotangents, M = K). A kernel whose VJP is a fixed function of a
+    few pixel moments per record returns those moments from ``vjp`` (taken about the record's own
+    centre, so that they add up over its tiles) and does the per-record algebra once in ``finish``,
+    instead of once per (record, tile) pair inside the loop.
     """
 
     eval: Callable[..., jax.Array]
     vjp: Callable[..., jax.Array] | None = None
+    finish: Callable[..., jax.Array] | None = None
+
+
+def vjp_width(kernel: SplatKernel, records: jax.Array, aux, tile_shape, batch: int) -> int:
+    """Static width M of ``kernel.vjp``'s per-pair output (K when the kernel has no ``finish``)."""
+    if kernel.finish is None:
+        return records.shape[1]
+    i32 = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    out = jax.eval_shape(
+        lambda r, a, x0, y0, la, ct: kernel.vjp(r, a, x0, y0, la, tile_shape, ct),
+        jax.ShapeDtypeStruct((batch, records.shape[1]), records.dtype), aux, i32, i32, i32,
+        jax.ShapeDtypeStruct((batch, tile_shape[0] * tile_shape[1]), records.dtype))
+    return out.shape[1]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -226,7 +245,11 @@ def _sum_splat_bwd(kernel, layout, res, ct):
         g = jnp.where(valid[:, None], g, 0.0)
         return acc.at[rid].add(g, indices_are_sorted=True)
 
-    acc = jax.lax.fori_loop(0, n_chunks, body, jnp.zeros_like(records))
+    width = vjp_width(kernel, records, aux, ts, layout.chunk)
+    acc0 = jnp.zeros((records.shape[0], width), records.dtype)
+    acc = jax.lax.fori_loop(0, n_chunks, body, acc0)
+    if kernel.finish is not None:
+        acc = kernel.finish(records, aux, acc)
     zeros_aux = jax.tree_util.tree_map(jnp.zeros_like, aux)
     return acc, zeros_aux, None
 

@@ -156,16 +156,19 @@ def _integrate_fwd(kernel, layout, k2, bk, interpret, capacity, n_records, rec, 
     rows, rid, pos, valid, seg, total = _rows(rec, boxes, layout, capacity, bk)
     buf = _call_fwd(kernel, layout, k2, bk, interpret, seg, rows)
     buf = jnp.where(total > capacity, jnp.nan, buf)
-    return buf, (rows, rid, pos, valid, seg, total)
+    return buf, (rec, rows, rid, pos, valid, seg, total)
 
 
 def _integrate_bwd(kernel, layout, k2, bk, interpret, capacity, n_records, res, ct):
-    rows, rid, pos, valid, seg, total = res
+    rec, rows, rid, pos, valid, seg, total = res
     g_rows = _call_bwd(kernel, layout, k2, bk, interpret, seg, rows, ct)
     g_pairs = jnp.where(valid[:, None], g_rows.at[pos].get(mode="fill", fill_value=0.0), 0.0)
     g = jax.ops.segment_sum(g_pairs, rid, n_records, indices_are_sorted=True)
+    g = g[:, : ad.vjp_width(kernel, rec, jnp.float32(k2), (layout.tile_h, layout.tile_w), bk)]
+    if kernel.finish is not None:
+        g = kernel.finish(rec, jnp.float32(k2), g)
     g = jnp.where(total > capacity, jnp.nan, g)
-    return g[:, : len(xr.XRAY_RECORD_FIELDS)], None
+    return g, None
 
 
 _integrate.defvjp(_integrate_fwd, _integrate_bwd)

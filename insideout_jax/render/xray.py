@@ -37,9 +37,12 @@ counts them (they are outside any physical scan).
 Accumulation is additive and order-independent (no depth sort), with the chunked engine of
 :mod:`insideout_jax.render.additive`: (record, tile) pairs are enumerated on the fly, nothing is
 ever truncated, no pair capacity is guessed, and the hand-written backward (``jax.custom_vjp``)
-replays the same chunks and segment-sums per-pair cotangents per record (deterministic). The
-per-pixel VJP needs one map per pair, u = ct·e·a^(−5/2), and its moments up to degree 4 (one
-matmul), because a and m²·a are quadratic polynomials of the pixel offset. ``backend="pallas"``
+replays the same chunks. Per pair it computes one per-pixel map, u = ct·e·a^(−5/2), and from it
+the moments of degree ≤ 2 of u·(N − a) and u·a about the Gaussian's own centre pixel (two
+matmuls against the tile's monomials and an exact binomial shift), which add up over the
+Gaussian's tiles: a and N are quadratic polynomials of the pixel offset, so these 13 sums per
+Gaussian determine its cotangent, formed once per Gaussian after the loop (deterministic segment
+sums in a fixed order). ``backend="pallas"``
 runs the same kernels as Pallas GPU kernels over a tile-sorted pair list
 (:mod:`insideout_jax.render.pallas_xray`).
 
@@ -211,34 +214,50 @@ def _offsets(rec, x0, y0, ts):
     return dj, di
 
 
+def _gram(rec):
+    """[B] entries of the Gram matrix of X, Y: N = Δj²·xx + 2ΔjΔi·xy + Δi²·yy."""
+    xv, yv = rec[:, 7:10], rec[:, 10:13]
+    return jnp.sum(xv * xv, 1), jnp.sum(xv * yv, 1), jnp.sum(yv * yv, 1)
+
+
+def _quad_n(rec, dj, di):
+    """Per-pixel N = ‖Δj·X + Δi·Y‖² as a quadratic form (5 operations per pixel instead of 9)."""
+    xx, xy, yy = (v[:, None] for v in _gram(rec))
+    return dj * (xx * dj + 2.0 * xy * di) + yy * (di * di)
+
+
 def _cone_terms(rec, dj, di):
+    """Per-pixel N, a, r = a^(−1/2) and m² = N/a of cone-beam records."""
     c = lambda i: rec[:, i][:, None]  # noqa: E731
     a = 1.0 + dj * (2.0 * c(2) + dj * c(4) + 2.0 * di * c(5)) + di * (2.0 * c(3) + di * c(6))
-    n = [dj * c(7 + k) + di * c(10 + k) for k in range(3)]
+    n = _quad_n(rec, dj, di)
     r = jax.lax.rsqrt(a)
-    m2 = (n[0] * n[0] + n[1] * n[1] + n[2] * n[2]) * (r * r)
-    return n, r, m2
+    return n, a, r, n * (r * r)
 
 
 def _eval_cone(rec, aux, x0, y0, layer, ts):
     dj, di = _offsets(rec, x0, y0, ts)
-    _, r, m2 = _cone_terms(rec, dj, di)
+    _, _, r, m2 = _cone_terms(rec, dj, di)
     val = rec[:, 13:14] * r * jnp.exp(-0.5 * m2)
     return jnp.where(m2 <= aux, val, 0.0)
 
 
-# Monomials lx^i·ly^j of the tile-centred local coordinates, ordered by degree:
-# 1, lx, ly, lx², lx·ly, ly², lx³, … (15 up to degree 4; the first 6 are those of degree ≤ 2).
 def _centre_offsets(rec, x0, y0, ts):
+    """Offsets (ox, oy) of the tile centre from the record's centre pixel (j0, i0)."""
     th, tw = ts
     return (x0.astype(jnp.float32) + (tw - 1) / 2.0 - rec[:, 0],
             y0.astype(jnp.float32) + (th - 1) / 2.0 - rec[:, 1])
 
 
+def _record_moments(rec, x0, y0, ts, g):
+    """[B, 6] Σₚ g·{1, Δj, Δi, Δj², ΔjΔi, Δi²} about the record centre (they add over tiles)."""
+    return jnp.stack(shift_moments(raw_moments(ts, g), *_centre_offsets(rec, x0, y0, ts)), 1)
+
+
 def _n_grads(rec, nj, ni, njj, nji, nii):
     """Cotangents of X, Y, j0, i0 through N = ‖Δj·X + Δi·Y‖² from gn moments (gn = ∂L/∂N)."""
     xv, yv = rec[:, 7:10], rec[:, 10:13]
-    xx, xy, yy = (jnp.sum(xv * xv, 1), jnp.sum(xv * yv, 1), jnp.sum(yv * yv, 1))
+    xx, xy, yy = _gram(rec)
     gx = 2.0 * (xv * njj[:, None] + yv * nji[:, None])
     gy = 2.0 * (xv * nji[:, None] + yv * nii[:, None])
     gj0 = -2.0 * (xx * nj + xy * ni)
@@ -247,68 +266,77 @@ def _n_grads(rec, nj, ni, njj, nji, nii):
 
 
 def _vjp_cone(rec, aux, x0, y0, layer, ts, ct):
-    """Hand-written VJP of :func:`_eval_cone`: [B, Pt] cotangents → [B, 14] record cotangents.
+    """Per-pair pixel sums for the VJP of :func:`_eval_cone` ([B, Pt] cotangents → [B, 13]).
 
     With v = K·r·e (r = a^(−1/2), e = exp(−½N/a)) and u = ct·e·r⁵ (the only per-pixel map):
     ∂L/∂K = Σ u·a², ∂L/∂a = (K/2)·u·(N − a), ∂L/∂N = −(K/2)·u·a per pixel. a and N are quadratic
-    polynomials of the pixel offset, so every sum is a combination of the moments of u of degree
-    ≤ 4 (one matmul), re-expanded per pair about the tile centre.
+    polynomials of the pixel offset, so the moments of degree ≤ 2 of u·(N − a) and u·a follow from
+    the moments of u of degree ≤ 4 (one matmul) and the pair's polynomial coefficients. They are
+    returned about the record centre (so that they add up over the record's tiles), with Σ u·a²;
+    :func:`_finish_cone` turns their per-record sums into record cotangents.
     """
     dj, di = _offsets(rec, x0, y0, ts)
-    _, r, m2 = _cone_terms(rec, dj, di)
+    _, _, r, m2 = _cone_terms(rec, dj, di)
     r2 = r * r
     u = ct * jnp.where(m2 <= aux, r * r2 * r2 * jnp.exp(-0.5 * m2), 0.0)
     mu = raw_moments(ts, u, 15)
-    # [B, 6, 6]: Σ u·l^(α+β), by static slicing (no captured index constants: Pallas-safe)
-    m = jnp.stack([jnp.stack([mu[:, int(MONO_SHIFT[a, b])] for b in range(6)], 1) for a in range(6)], 1)
     ox, oy = _centre_offsets(rec, x0, y0, ts)
     aj, ai, ajj, aji, aii = (rec[:, k] for k in range(2, 7))
-    xv, yv = rec[:, 7:10], rec[:, 10:13]
-    xx, xy, yy = jnp.sum(xv * xv, 1), jnp.sum(xv * yv, 1), jnp.sum(yv * yv, 1)
+    xx, xy, yy = _gram(rec)
     # a and N as polynomials in the tile-centred l (coefficients on 1, lx, ly, lx², lxly, ly²)
-    apoly = jnp.stack([1.0 + ox * (2.0 * aj + ajj * ox + 2.0 * aji * oy) + oy * (2.0 * ai + aii * oy),
-                       2.0 * (aj + ajj * ox + aji * oy), 2.0 * (ai + aji * ox + aii * oy),
-                       ajj, 2.0 * aji, aii], 1)
-    oc = ox[:, None] * xv + oy[:, None] * yv  # N(o) = ‖oc‖²
-    npoly = jnp.stack([jnp.sum(oc * oc, 1), 2.0 * jnp.sum(oc * xv, 1), 2.0 * jnp.sum(oc * yv, 1),
-                       xx, 2.0 * xy, yy], 1)
+    apoly = (1.0 + ox * (2.0 * aj + ajj * ox + 2.0 * aji * oy) + oy * (2.0 * ai + aii * oy),
+             2.0 * (aj + ajj * ox + aji * oy), 2.0 * (ai + aji * ox + aii * oy), ajj, 2.0 * aji, aii)
+    npoly = (ox * (xx * ox + 2.0 * xy * oy) + yy * oy * oy, 2.0 * (xx * ox + xy * oy),
+             2.0 * (xy * ox + yy * oy), xx, 2.0 * xy, yy)
+
+    def poly_moments(coef):  # Σ u·P(l)·l^α for the six α of degree ≤ 2, as [B, 6]
+        # explicit sums of products (a gathered [B, 6, 6] operand is several times slower on CPU)
+        return jnp.stack([sum(mu[:, int(MONO_SHIFT[al, k])] * coef[k] for k in range(6))
+                          for al in range(6)], 1)
+
+    sn = poly_moments(apoly)  # u·a
+    sa = poly_moments(tuple(n - a for n, a in zip(npoly, apoly, strict=True)))  # u·(N − a)
+    gk = sum(sn[:, k] * apoly[k] for k in range(6))  # Σ u·a²
+    sa, sn = (jnp.stack(shift_moments(m, ox, oy), 1) for m in (sa, sn))
+    return jnp.concatenate([sa, sn, gk[:, None]], axis=1)
+
+
+def _finish_cone(rec, aux, s):
+    """Record cotangents [R, 14] from the per-record sums [R, 13] of :func:`_vjp_cone`."""
     half_k = 0.5 * rec[:, 13]
-    ga_l = half_k[:, None] * jnp.einsum("bak,bk->ba", m, npoly - apoly)  # Σ ∂L/∂a · l^α
-    gn_l = -half_k[:, None] * jnp.einsum("bak,bk->ba", m, apoly)  # Σ ∂L/∂N · l^α
-    gk = jnp.einsum("bk,bkl,bl->b", apoly, m, apoly)
-    a0, a_j, a_i, ajj_, aji_, aii_ = shift_moments(ga_l, ox, oy)
-    _, n_j, n_i, njj, nji, nii = shift_moments(gn_l, ox, oy)
+    a0, a_j, a_i, ajj_, aji_, aii_ = (half_k * s[:, k] for k in range(6))
+    n_j, n_i, njj, nji, nii = (-half_k * s[:, k] for k in range(7, 12))
     gx, gy, gj0, gi0 = _n_grads(rec, n_j, n_i, njj, nji, nii)
+    aj, ai, ajj, aji, aii = (rec[:, k] for k in range(2, 7))
     gj0 = gj0 - 2.0 * (aj * a0 + ajj * a_j + aji * a_i)
     gi0 = gi0 - 2.0 * (ai * a0 + aii * a_i + aji * a_j)
     return jnp.concatenate([jnp.stack([gj0, gi0, 2.0 * a_j, 2.0 * a_i, ajj_, 2.0 * aji_, aii_], 1),
-                            gx, gy, gk[:, None]], axis=1)
+                            gx, gy, s[:, 12:13]], axis=1)
 
 
 def _eval_parallel(rec, aux, x0, y0, layer, ts):
     dj, di = _offsets(rec, x0, y0, ts)
-    n = [dj * rec[:, 7 + k][:, None] + di * rec[:, 10 + k][:, None] for k in range(3)]
-    m2 = n[0] * n[0] + n[1] * n[1] + n[2] * n[2]
+    m2 = _quad_n(rec, dj, di)
     return jnp.where(m2 <= aux, rec[:, 13:14] * jnp.exp(-0.5 * m2), 0.0)
 
 
 def _vjp_parallel(rec, aux, x0, y0, layer, ts, ct):
-    """Hand-written VJP of :func:`_eval_parallel` (one map u = ct·e; ∂L/∂N = −(K/2)·u)."""
+    """Per-pair sums for the VJP of :func:`_eval_parallel`: the moments of u = ct·e ([B, 6])."""
     dj, di = _offsets(rec, x0, y0, ts)
-    n = [dj * rec[:, 7 + k][:, None] + di * rec[:, 10 + k][:, None] for k in range(3)]
-    m2 = n[0] * n[0] + n[1] * n[1] + n[2] * n[2]
-    u = ct * jnp.where(m2 <= aux, jnp.exp(-0.5 * m2), 0.0)
-    k0, n_j, n_i, njj, nji, nii = shift_moments(raw_moments(ts, u),
-                                                *_centre_offsets(rec, x0, y0, ts))
+    m2 = _quad_n(rec, dj, di)
+    return _record_moments(rec, x0, y0, ts, ct * jnp.where(m2 <= aux, jnp.exp(-0.5 * m2), 0.0))
+
+
+def _finish_parallel(rec, aux, s):
+    """Record cotangents [R, 14] from the per-record moments of u (∂L/∂N = −(K/2)·u)."""
     half_k = -0.5 * rec[:, 13]
-    gx, gy, gj0, gi0 = _n_grads(rec, half_k * n_j, half_k * n_i, half_k * njj, half_k * nji,
-                                half_k * nii)
+    gx, gy, gj0, gi0 = _n_grads(rec, *(half_k * s[:, k] for k in range(1, 6)))
     z = jnp.zeros((rec.shape[0], 5), rec.dtype)
-    return jnp.concatenate([gj0[:, None], gi0[:, None], z, gx, gy, k0[:, None]], axis=1)
+    return jnp.concatenate([gj0[:, None], gi0[:, None], z, gx, gy, s[:, 0:1]], axis=1)
 
 
-CONE_KERNEL = SplatKernel(_eval_cone, _vjp_cone)
-PARALLEL_KERNEL = SplatKernel(_eval_parallel, _vjp_parallel)
+CONE_KERNEL = SplatKernel(_eval_cone, _vjp_cone, _finish_cone)
+PARALLEL_KERNEL = SplatKernel(_eval_parallel, _vjp_parallel, _finish_parallel)
 
 
 def ray_length_image(geometry: XrayGeometry) -> jax.Array:
