@@ -103,3 +103,19 @@ def test_internal_densification_prunes_faint_splats():
                                                max_scale_fraction=10.0))
     out, _ = train_internal(faint, planes, targets, cfg, progress=False)
     assert int(np.asarray(out.active).sum()) == 30
+
+
+def test_density_cap_keeps_peaks_at_or_below_the_targets_maximum():
+    truth = _truth()
+    planes = _planes()
+    targets = np.stack([np.asarray(render_slice(truth, p)) for p in planes])
+    # a few splats start 4x over-dense: the cap pulls them to the targets' maximum at once
+    hot = truth.replace(log_densities=truth.log_densities.at[:5].add(np.log(4.0) + 1.0))
+    cfg = InternalConfig(iterations=10, block=10, density_lr=0.01, projection_weight=0.0,
+                         density_cap=1.0)
+    out, _ = train_internal(hot, planes, targets, cfg, progress=False)
+    peak = np.exp(np.asarray(out.log_densities, np.float64))
+    assert peak.max() <= float(targets.max()) * (1 + 1e-5)
+    uncapped, _ = train_internal(hot, planes, targets, dataclasses.replace(cfg, density_cap=None),
+                                 progress=False)
+    assert np.exp(np.asarray(uncapped.log_densities)).max() > 2.0 * float(targets.max())

@@ -119,3 +119,21 @@ def test_sparse_views_compares_with_fdk_and_reaches_the_report(tiny_object, tmp_
     bad = subprocess.run(cmd[:-4] + ["--views", "999", "--out", str(tmp_path)], capture_output=True,
                          text=True, env=env, cwd=REPO)
     assert bad.returncode == 2 and "--views" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_fresh_stage_run_discards_an_earlier_runs_checkpoints(tmp_path, monkeypatch):
+    """Without --resume a stage starts afresh: a finished checkpoint of an earlier run (another
+    config) must not be returned as the result; with --resume it is continued."""
+    sys.path.insert(0, str(REPO))
+    from experiments import stages as st
+
+    seen = []
+    monkeypatch.setitem(st.STAGES, "internal", lambda ctx: seen.append(
+        sorted(p.name for p in ctx.stage_dir.glob("internal_*.npz"))))
+    for resume, expected in ((True, ["internal_rad.npz", "internal_rgb.npz"]), (False, [])):
+        ctx = st.RunContext("x", tmp_path, tmp_path / "out", preset("tiny"), resume=resume)
+        for name in st.STAGE_CHECKPOINTS["internal"]:
+            (ctx.stage_dir / name).write_bytes(b"stale")
+        ctx.done_marker("internal").unlink(missing_ok=True)
+        assert st.run_stage("internal", ctx)
+        assert seen[-1] == expected

@@ -63,6 +63,12 @@ class InternalConfig:
       densify_until: last iteration that densifies.
       densify: constants (grad_threshold in units of the per-mm centre gradient of this loss).
       cutoff_sigma: slice renderer culling (5σ: ≤ 1.5e-5 relative, EVALUATION §6).
+      density_cap: radiative only: after every step, peak densities are clipped to
+        ``density_cap`` × the targets' maximum (None = off). A splat's peak density is a lower
+        bound of the field at its centre (densities are ≥ 0), so a field that matches the CT never
+        exceeds the CT's maximum there; without the cap, mass-preserving splits leave small
+        over-dense children between the slice planes, which no slice sees and the projections
+        (which see only mass) cannot locate.
       seed: PRNG seed.
     """
 
@@ -81,6 +87,7 @@ class InternalConfig:
     densify_until: int = 0
     densify: DensifyConfig = DensifyConfig()
     cutoff_sigma: float = 5.0
+    density_cap: float | None = None
     seed: int = 0
 
     @property
@@ -152,7 +159,11 @@ def _make_block(cfg: InternalConfig, kind: str, extent: float, scale: float, p_m
         upd, opt_state = optimizer.update(g, opt_state, params)
         grad_acc = grad_acc + jnp.where(active, jnp.linalg.norm(g["means"], axis=-1), 0.0)
         count = count + active.astype(jnp.float32)
-        return (optax.apply_updates(params, upd), opt_state, grad_acc, count), loss
+        params = optax.apply_updates(params, upd)
+        if kind == "rad" and cfg.density_cap is not None:
+            cap = float(np.log(cfg.density_cap * scale))
+            params = dict(params, log_densities=jnp.minimum(params["log_densities"], cap))
+        return (params, opt_state, grad_acc, count), loss
 
     @jax.jit
     def block(params, opt_state, grad_acc, count, active, planes, targets, views, view_targets,
