@@ -174,10 +174,11 @@ _CPU_XRAY = XrayTrainConfig(iterations=2000, block=100, n_init=10_000, densify_f
 # view loss on: projections (radiative: weight 3 on every 2nd step) and photos (RGB: weight 5;
 # without it the contour loss alone costs 1.9 dB on held-out photos). Measured on the skull.
 # Radiative: two densification rounds (steps 100, 200) give the outer surface more, smaller
-# splats (4.1k → ~8.9k; Chamfer after internal rendering 13.5 → 8.5 mm), and peak densities are
-# capped at the CT slices' maximum (without the cap, split children between the planes stay
-# over-dense: held-out slices 17.6 dB with, 19.9 dB without them at 512²).
-# RGB: opacity rate 0.25 (0.05 left 80 % of the internal noise; 0.25 removes ~60 %).
+# splats (4.1k → ~8.9k; Chamfer after internal rendering 13.5 mm without them, 9.3 mm with them,
+# 12.6 mm after fitting alone), and peak densities are capped at the CT slices' maximum (without
+# the cap, split children between the planes stay over-dense: held-out slices at 512² 17.6 dB
+# without the cap, 19.9 dB with it).
+# RGB: opacity rate 0.25 (0.05 removed 20 % of the internal noise; 0.25 removes ~60 %).
 _CPU_INTERNAL = InternalStageConfig(
     resolution=128,
     rad=InternalConfig(iterations=1000, block=100, lr=2e-4, density_lr=1e-2, scale_lr=5e-3,
