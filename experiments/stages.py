@@ -72,6 +72,10 @@ class RunContext:
         if text not in self.metrics["notes"]:
             self.metrics["notes"].append(text)
 
+    def drop_notes(self, prefix: str) -> None:
+        """Remove the notes that start with ``prefix`` (a re-run stage rewrites its own notes)."""
+        self.metrics["notes"] = [n for n in self.metrics["notes"] if not n.startswith(prefix)]
+
     def done_marker(self, stage: str) -> Path:
         return self.stage_dir / f"{stage}.done.json"
 
@@ -515,12 +519,17 @@ def object_points(splats, *, min_opacity: float = 0.05, density_fraction: float 
     return np.asarray(splats.means)[keep]
 
 
+_CHAMFER_NOTE = "Chamfer rises with internal rendering"
+_PIQE_NOTE = "PIQE of the CT reference slices themselves"
+
+
 def _explain_chamfer_rise(ctx: RunContext, ch: dict, rgb_al, rgb_in, rad0, rad_in) -> None:
     """When internal rendering raises the Chamfer distance, say which splat set moved it: the
     two mixed rows (only the RGB set, or only the radiative set, after internal rendering) and
     the directed distances, in a note of the report."""
     from insideout_jax import evaluation as ev
 
+    ctx.drop_notes(_CHAMFER_NOTE)
     hier, inner = (float(ch["chamfer_mm"][k]) for k in ("hierarchical", "internal"))
     if not inner > hier:
         return
@@ -528,7 +537,7 @@ def _explain_chamfer_rise(ctx: RunContext, ch: dict, rgb_al, rgb_in, rad0, rad_i
                              {"rgb_only": rad0, "rad_only": rad_in}, protocol_points=rad0)
     d = ch["details"]
     ctx.note(
-        f"Chamfer rises with internal rendering ({hier:.2f} → {inner:.2f} mm). With only the RGB "
+        f"{_CHAMFER_NOTE} ({hier:.2f} → {inner:.2f} mm). With only the RGB "
         f"splats after internal rendering it is {float(mixed['chamfer_mm']['rgb_only']):.2f} mm, "
         f"with only the radiative ones {float(mixed['chamfer_mm']['rad_only']):.2f} mm. Directed "
         f"distances (RGB → radiative, radiative → RGB): {float(d['hierarchical']['a_to_b']):.2f} / "
@@ -548,12 +557,13 @@ def _note_reference_piqe(ctx: RunContext, refs) -> None:
 
     from insideout_jax.metrics.image import piqe_slice
 
+    ctx.drop_notes(_PIQE_NOTE)
     scores = [piqe_slice(r) for r in refs if float(np.ptp(r)) > 0]
     if not scores:
         return
     ref = float(np.mean(scores))
     cs = ctx.metrics["cross_sections"]
-    ctx.note(f"PIQE of the CT reference slices themselves (held-out positions): {ref:.1f}, against "
+    ctx.note(f"{_PIQE_NOTE} (held-out positions): {ref:.1f}, against "
              f"{cs['xgaussian']['heldout']['piqe']:.1f} for X-Gaussian and "
              f"{cs['insideout']['heldout']['piqe']:.1f} for InsideOut. PIQE is lower for images with "
              "texture or noise; when the reference itself scores near 100 (a noise-free, "

@@ -137,3 +137,15 @@ def test_a_fresh_stage_run_discards_an_earlier_runs_checkpoints(tmp_path, monkey
         ctx.done_marker("internal").unlink(missing_ok=True)
         assert st.run_stage("internal", ctx)
         assert seen[-1] == expected
+
+
+def test_a_rerun_stage_replaces_its_notes(tmp_path):
+    sys.path.insert(0, str(REPO))
+    from experiments import stages as st
+
+    ctx = st.RunContext("x", tmp_path, tmp_path / "out", preset("tiny"))
+    ctx.note("other note")
+    ctx.note(f"{st._PIQE_NOTE}: 100.0, first run")
+    ctx.drop_notes(st._PIQE_NOTE)
+    ctx.note(f"{st._PIQE_NOTE}: 99.0, second run")
+    assert ctx.metrics["notes"] == ["other note", f"{st._PIQE_NOTE}: 99.0, second run"]
