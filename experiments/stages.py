@@ -611,12 +611,12 @@ def stage_evaluation(ctx: RunContext) -> None:
 
     act = lambda sp: np.asarray(sp.means)[np.asarray(sp.active)]  # noqa: E731
     obj_pts = lambda sp: object_points(sp, min_opacity=ctx.cfg.fitting.min_opacity)  # noqa: E731
-    ch = ev.chamfer_block(
-        {"none": obj_pts(rgb0), "hierarchical": obj_pts(rgb_al), "internal": obj_pts(rgb_in)},
-        {"none": obj_pts(rad0), "hierarchical": obj_pts(rad0), "internal": obj_pts(rad_in)})
+    p_rgb0, p_rgb_al, p_rgb_in, p_rad0, p_rad_in = map(obj_pts, (rgb0, rgb_al, rgb_in, rad0, rad_in))
+    ch = ev.chamfer_block({"none": p_rgb0, "hierarchical": p_rgb_al, "internal": p_rgb_in},
+                          {"none": p_rad0, "hierarchical": p_rad0, "internal": p_rad_in})
     ctx.metrics["chamfer_mm"] = ev.to_json_ready(ch["chamfer_mm"])
     print(f"[evaluation] Chamfer (HPR) mm: {ctx.metrics['chamfer_mm']}")
-    _explain_chamfer_rise(ctx, ch, obj_pts(rgb_al), obj_pts(rgb_in), obj_pts(rad0), obj_pts(rad_in))
+    _explain_chamfer_rise(ctx, ch, p_rgb_al, p_rgb_in, p_rad0, p_rad_in)
 
     if (ctx.object_dir / SURFACE_FILE).is_file():
         pts, nrm = read_true_surface(ctx.object_dir)
@@ -702,24 +702,20 @@ STAGES: dict[str, Callable[[RunContext], None]] = {
 }
 
 
-# Mid-stage training checkpoints: continued under --resume, discarded when a stage runs afresh (a
-# finished checkpoint of an earlier run would otherwise be returned as is, whatever the config).
-STAGE_CHECKPOINTS = {"rgb": ("rgb_train.npz",), "xray": ("xray_train.npz",),
-                     "internal": ("internal_rad.npz", "internal_rgb.npz")}
-
-
 def run_stage(name: str, ctx: RunContext) -> bool:
     """Run one stage (or skip it under --resume when it finished before). Returns True if run.
 
-    Without --resume the stage starts from scratch: its training checkpoints are removed first.
+    Without --resume the stage starts from scratch: its training checkpoints (``<stage>_*.npz`` in
+    the stage folder: rgb_train, xray_train, internal_rad, internal_rgb) are removed first, or a
+    finished checkpoint of an earlier run would be returned as is, whatever the config.
     """
     marker = ctx.done_marker(name)
     if ctx.resume and marker.is_file():
         print(f"[{name}] already done (resume)")
         return False
     if not ctx.resume:
-        for f in STAGE_CHECKPOINTS.get(name, ()):
-            (ctx.stage_dir / f).unlink(missing_ok=True)
+        for f in ctx.stage_dir.glob(f"{name}_*.npz"):
+            f.unlink()
     t0 = time.perf_counter()
     STAGES[name](ctx)
     seconds = time.perf_counter() - t0

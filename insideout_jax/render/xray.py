@@ -37,10 +37,10 @@ counts them (they are outside any physical scan).
 Accumulation is additive and order-independent (no depth sort), with the chunked engine of
 :mod:`insideout_jax.render.additive`: (record, tile) pairs are enumerated on the fly, nothing is
 ever truncated, no pair capacity is guessed, and the hand-written backward (``jax.custom_vjp``)
-replays the same chunks. Per pair it computes one per-pixel map, u = ct·e·a^(−5/2), and from it
-the moments of degree ≤ 2 of u·(N − a) and u·a about the Gaussian's own centre pixel (two
-matmuls against the tile's monomials and an exact binomial shift), which add up over the
-Gaussian's tiles: a and N are quadratic polynomials of the pixel offset, so these 13 sums per
+replays the same chunks. Per pair it computes one per-pixel map, u = ct·e·a^(−5/2), its moments
+up to degree 4 (one matmul against the tile's monomials) and from them the moments of degree ≤ 2
+of u·(N − a) and u·a about the Gaussian's own centre pixel (exact binomial shift), which add up
+over the Gaussian's tiles: a and N are quadratic polynomials of the pixel offset, so these 13 sums per
 Gaussian determine its cotangent, formed once per Gaussian after the loop (deterministic segment
 sums in a fixed order). ``backend="pallas"``
 runs the same kernels as Pallas GPU kernels over a tile-sorted pair list
@@ -227,17 +227,16 @@ def _quad_n(rec, dj, di):
 
 
 def _cone_terms(rec, dj, di):
-    """Per-pixel N, a, r = a^(−1/2) and m² = N/a of cone-beam records."""
+    """Per-pixel r = a^(−1/2) and m² = N/a of cone-beam records."""
     c = lambda i: rec[:, i][:, None]  # noqa: E731
     a = 1.0 + dj * (2.0 * c(2) + dj * c(4) + 2.0 * di * c(5)) + di * (2.0 * c(3) + di * c(6))
-    n = _quad_n(rec, dj, di)
     r = jax.lax.rsqrt(a)
-    return n, a, r, n * (r * r)
+    return r, _quad_n(rec, dj, di) * (r * r)
 
 
 def _eval_cone(rec, aux, x0, y0, layer, ts):
     dj, di = _offsets(rec, x0, y0, ts)
-    _, _, r, m2 = _cone_terms(rec, dj, di)
+    r, m2 = _cone_terms(rec, dj, di)
     val = rec[:, 13:14] * r * jnp.exp(-0.5 * m2)
     return jnp.where(m2 <= aux, val, 0.0)
 
@@ -276,7 +275,7 @@ def _vjp_cone(rec, aux, x0, y0, layer, ts, ct):
     :func:`_finish_cone` turns their per-record sums into record cotangents.
     """
     dj, di = _offsets(rec, x0, y0, ts)
-    _, _, r, m2 = _cone_terms(rec, dj, di)
+    r, m2 = _cone_terms(rec, dj, di)
     r2 = r * r
     u = ct * jnp.where(m2 <= aux, r * r2 * r2 * jnp.exp(-0.5 * m2), 0.0)
     mu = raw_moments(ts, u, 15)
