@@ -12,6 +12,8 @@ reported: on a shared machine, wall time above CPU time means other processes he
 closed-form line integral of every Gaussian (no culling) is compared with the renderer:
 max |fast − exact| / max |exact| over those pixels.
 
+Compiled with :func:`insideout_jax.xla.compiler_options` (``--no-compiler-options``: XLA's defaults).
+
 Usage: python benchmarks/bench_xray_raster.py [--json] [--sizes 10000 50000] [--repeats 5]
 """
 
@@ -27,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from insideout_jax import xla
 from insideout_jax.cameras import make_xray_geometry
 from insideout_jax.render.xray import render_xray, xray_tile_stats
 from insideout_jax.render.xray_reference import precision_matrices, reference_rays
@@ -88,19 +91,20 @@ def _median_ms(fn, arg, repeats):
 
 
 def bench(n: int, repeats: int, *, size: int = 256, cutoff_sigma: float = 5.0,
-          tile_size: int = 16, chunk: int = 1024) -> dict:
+          tile_size: int = 16, chunk: int = 1024, compiler_options: bool = True) -> dict:
     splats = make_scene(n)
     geom = make_geometry(size)
     opts = dict(cutoff_sigma=cutoff_sigma, tile_size=tile_size, chunk=chunk)
     target = jnp.asarray(np.random.default_rng(2).uniform(0, 1, (1, size, size)), jnp.float32)
-    fwd = jax.jit(lambda s: render_xray(s, geom, **opts))
+    copts = xla.compiler_options() if compiler_options else {}
+    fwd = jax.jit(lambda s: render_xray(s, geom, **opts), compiler_options=copts)
 
     def loss(means, log_scales, quats, log_densities):
         s = splats.replace(means=means, log_scales=log_scales, quats=quats,
                            log_densities=log_densities)
         return jnp.sum((render_xray(s, geom, **opts) - target) ** 2)
 
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)), compiler_options=copts)
     params = (splats.means, splats.log_scales, splats.quats, splats.log_densities)
     fwd_ms, fwd_cpu = _median_ms(fwd, splats, repeats)
     fwdbwd_ms, fwdbwd_cpu = _median_ms(lambda p: grad(*p), params, repeats)
@@ -115,7 +119,8 @@ def bench(n: int, repeats: int, *, size: int = 256, cutoff_sigma: float = 5.0,
                 max_rel_err_vs_closed_form=closed_form_error(splats, geom, img),
                 fwd_cpu_ms_median=round(fwd_cpu, 2), fwdbwd_cpu_ms_median=round(fwdbwd_cpu, 2),
                 load_avg_1min=round(os.getloadavg()[0], 2), cutoff_sigma=cutoff_sigma,
-                tile_size=tile_size, chunk=chunk, device=jax.devices()[0].platform)
+                tile_size=tile_size, chunk=chunk, compiler_options=copts,
+                device=jax.devices()[0].platform)
 
 
 def main():
@@ -126,10 +131,12 @@ def main():
     ap.add_argument("--cutoff-sigma", type=float, default=5.0)
     ap.add_argument("--tile-size", type=int, default=16)
     ap.add_argument("--chunk", type=int, default=1024)
+    ap.add_argument("--no-compiler-options", action="store_true",
+                    help="compile without insideout_jax.xla.compiler_options() (XLA's defaults)")
     args = ap.parse_args()
     for n in args.sizes:
         r = bench(n, args.repeats, cutoff_sigma=args.cutoff_sigma, tile_size=args.tile_size,
-                  chunk=args.chunk)
+                  chunk=args.chunk, compiler_options=not args.no_compiler_options)
         if args.json:
             print(json.dumps(r), flush=True)
         else:

@@ -280,3 +280,75 @@ def test_additive_engine_generic_kernel_and_autodiff_fallback():
     g = jax.grad(lambda r: jnp.sum(layout.untile(
         sum_splat(SplatKernel(ev), layout, r, jnp.float32(1.0), boxes), 12, 16) * ct))(rec)
     np.testing.assert_allclose(np.asarray(g)[:, 0], expect_g, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 8])
+def test_chunk_decoding_enumerates_every_pair_once(chunk):
+    # The loop's windowed decoding (records with pairs first, a scatter and a prefix sum per chunk)
+    # against the binary-search enumeration of the same boxes, with empty records interspersed,
+    # multi-layer boxes and chunk sizes below and above the largest box.
+    from insideout_jax.render import additive as ad
+
+    rng = np.random.default_rng(3)
+    r = 40
+    layout = ad.TileLayout(3, 4, 5, 2, 2, chunk=chunk)
+    ntx, nty, nl = rng.integers(1, 4, r), rng.integers(1, 3, r), rng.integers(1, 3, r)
+    boxes = np.stack([rng.integers(0, 5 - ntx + 1), rng.integers(0, 4 - nty + 1),
+                      rng.integers(0, 3 - nl + 1), ntx, nty, nl], 1)
+    boxes[rng.random(r) < 0.3, 3:] = 0  # empty records
+    boxes = jnp.asarray(boxes, jnp.int32)
+    incl = jnp.cumsum(ad.box_counts(boxes))
+    total = int(incl[-1])
+    want = ad.decode_pairs(boxes, incl, jnp.arange(total, dtype=jnp.int32), layout)
+    en = ad._enumerate(boxes, chunk)
+    assert int(en.n_chunks) == -(-total // chunk)
+    got, r0 = [], jnp.int32(0)
+    for c in range(int(en.n_chunks)):
+        *out, r0 = ad._decode_chunk(en, layout, jnp.int32(c), r0)
+        got.append([np.asarray(x) for x in out])
+    got = [np.concatenate(x) for x in zip(*got, strict=True)]
+    valid = got[5]
+    assert valid.sum() == total and valid[:total].all()
+    np.testing.assert_array_equal(np.asarray(en.perm)[got[0][:total]], np.asarray(want[0]))
+    for a, b in zip(got[1:5], want[1:5], strict=True):
+        np.testing.assert_array_equal(a[:total], np.asarray(b))
+    assert (got[4][total:] == layout.n_tiles).all()  # padding pairs write nowhere
+
+
+def test_rsqrt_series_is_within_float32_rounding():
+    from insideout_jax.render.xray import SERIES_EPS, _rsqrt_1p
+
+    eps = np.linspace(-SERIES_EPS, SERIES_EPS, 20001)
+    exact = (1.0 + eps) ** -0.5
+    series = np.asarray(_rsqrt_1p(jnp.asarray(eps, jnp.float32), True), np.float64)
+    assert np.abs(series / exact - 1.0).max() < 4e-7  # truncation ≤ 2.3e-7, plus float32 rounding
+    # and outside the bound it would not be (the bound is what keeps the series exact)
+    far = np.float32(4 * SERIES_EPS)
+    assert abs(float(_rsqrt_1p(far, True)) * (1 + far) ** 0.5 - 1.0) > 1e-5
+
+
+def test_series_and_rsqrt_passes_both_run_in_the_accuracy_tests():
+    # The closed-form and gradient tests above (cone beam) hold for both passes of the XLA path:
+    # their scenes have records on both sides of the series bound.
+    from insideout_jax.render import additive as ad
+    from insideout_jax.render import xray as xr
+
+    for seed, scale in [(7, (1.5, 6.0)), (7, (0.05, 10.0)), (1, (1.5, 6.0))]:
+        s, g = _scene(seed=seed, scale=scale), _geom("cone")
+        layout = xr._layout(g, 2, 16, 1024)
+        rec, boxes, _ = xr._xray_setup(s, g, g.angles, jnp.float32(5.0), layout)
+        sel = np.asarray(xr.series_records(rec, boxes, layout))
+        has_pairs = np.asarray(ad.box_counts(boxes)) > 0
+        assert (sel & has_pairs).sum() >= 5 and (~sel & has_pairs).sum() >= 5
+
+
+def test_xla_jit_options_top_level_and_nested():
+    from insideout_jax import xla
+
+    assert xla.compiler_options() == {"xla_cpu_prefer_vector_width": 512}
+    s, g = _scene(seed=7), _geom("cone")
+    top = render_xray(s, g)  # top-level: compiled with the options
+    nested = jax.jit(lambda x: render_xray(x, g))(s)  # inside a user's jit: a plain nested jit
+    # the same arithmetic; the vector width changes only the float32 rounding
+    np.testing.assert_allclose(np.asarray(top), np.asarray(nested), rtol=1e-5, atol=1e-6)
+    assert _rel(top, _ref(s, g)) < 1e-4

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from insideout_jax import xla
 from insideout_jax.losses import photometric_loss, xray_reference_loss
 from insideout_jax.render.rgb import render_rgb
 from insideout_jax.render.slices import SlicePlane, render_slice
@@ -165,7 +166,7 @@ def _make_block(cfg: InternalConfig, kind: str, extent: float, scale: float, p_m
             params = dict(params, log_densities=jnp.minimum(params["log_densities"], cap))
         return (params, opt_state, grad_acc, count), loss
 
-    @jax.jit
+    @xla.jit
     def block(params, opt_state, grad_acc, count, active, planes, targets, views, view_targets,
               background, s_idx, v_idx, with_view):
         body = lambda c, x: step(c, x, active=active, planes=planes, targets=targets, views=views,

@@ -6,10 +6,13 @@ a box of tiles (tx0, ty0, layer0, ntx, nty, n_layers); every (record, tile) pair
 tile's pixels by a :class:`SplatKernel` and the values are summed per tile. No depth order exists or
 is needed (the quantities are sums).
 
-Pairs are enumerated on the fly in record-major order from the inclusive prefix sum of the
-per-record tile counts (:func:`decode_pairs`), ``chunk`` pairs per step of a ``while_loop`` whose
-trip count is the dynamic number of pairs: nothing is ever truncated and no pair capacity has to be
-guessed or synchronised to the host. Each step adds its pairs' rows into the per-tile buffer. The
+Pairs are enumerated on the fly in record-major order, ``chunk`` pairs per step of a
+``while_loop`` whose trip count is the dynamic number of pairs: nothing is ever truncated and no
+pair capacity has to be guessed or synchronised to the host. The records that have pairs are
+moved to the front (a stable partition), so the pairs of one chunk belong to at most ``chunk``
+consecutive records, found with one scatter and one prefix sum over ``chunk`` slots
+(:func:`_decode_chunk`; :func:`decode_pairs` is the binary-search form of the same enumeration).
+Each step adds its pairs' rows into the per-tile buffer. The
 backward pass (``jax.custom_vjp``) replays the same chunks: it reads each pair's tile cotangent
 row, computes the pair's contribution with the kernel's hand-written VJP (or ``jax.vjp`` of its
 ``eval``) and adds it to its record (segment sum, indices sorted); an optional per-record
@@ -205,20 +208,89 @@ def sum_splat(kernel: SplatKernel, layout: TileLayout, records: jax.Array, aux, 
     return _sum_splat_fwd_impl(kernel, layout, records, aux, boxes)
 
 
+class _Enumeration(NamedTuple):
+    """Record-major pair enumeration over the records that have pairs (see :func:`_enumerate`)."""
+
+    perm: jax.Array  # [R] int32: record at each compacted position (records with pairs first)
+    boxes: jax.Array  # [R, 6] int32 boxes in compacted order
+    starts: jax.Array  # [R + chunk + 1] int32 first pair of each compacted record, padded
+    total: jax.Array  # [] int32 number of pairs
+    n_chunks: jax.Array  # [] int32
+
+
+_NO_START = np.iinfo(np.int32).max // 2
+
+
+def _enumerate(boxes: jax.Array, chunk: int) -> _Enumeration:
+    """Stable partition of the records (those with pairs first) and their first pair indices.
+
+    Every compacted record before ``total`` owns at least one pair, so the records of the pairs
+    [c·B, (c+1)·B) are at most B consecutive compacted records from the one that owns pair c·B:
+    :func:`_decode_chunk` finds them with one scatter and one prefix sum over B slots instead of a
+    binary search over all R records per pair (which cost XLA:CPU ~16 small loop steps per chunk).
+    """
+    counts = box_counts(boxes)
+    nz = counts > 0
+    before_nz = jnp.cumsum(nz.astype(jnp.int32))
+    before_z = jnp.cumsum((~nz).astype(jnp.int32))
+    pos = jnp.where(nz, before_nz - 1, before_nz[-1] + before_z - 1)
+    perm = jnp.zeros_like(pos).at[pos].set(jnp.arange(pos.shape[0], dtype=pos.dtype),
+                                           unique_indices=True)
+    cboxes = boxes[perm]
+    ccounts = counts[perm]
+    incl = jnp.cumsum(ccounts)
+    starts = jnp.concatenate([incl - ccounts, jnp.full((chunk + 1,), _NO_START, jnp.int32)])
+    total = incl[-1]
+    return _Enumeration(perm, cboxes, starts, total, (total + chunk - 1) // chunk)
+
+
+def _decode_chunk(en: _Enumeration, layout: TileLayout, c, r0):
+    """Pairs of chunk c → compacted record, tile origin, layer, tile, validity; and the next r0.
+
+    Args:
+      en: the :func:`_enumerate` result; c: [] int32 chunk index; r0: [] int32 compacted record
+        that owns pair c·B (0 for the first chunk; the loop carries it).
+
+    Returns:
+      rid [B] (compacted), x0 [B], y0 [B], layer [B], tile [B] (n_tiles for invalid pairs),
+      valid [B], and r0 of chunk c + 1.
+    """
+    b = layout.chunk
+    k0 = c * b
+    win = jax.lax.dynamic_slice(en.starts, (r0,), (b + 1,))  # starts of records r0 .. r0 + B
+    # record r0 + j (j ≥ 1) starts after k0; mark its first pair (offsets > B are dropped)
+    marks = jnp.zeros((b + 1,), jnp.int32).at[win[1:] - k0].add(1, mode="drop")
+    csum = jnp.cumsum(marks)
+    rloc = csum[:b]
+    rid = jnp.minimum(r0 + rloc, en.boxes.shape[0] - 1)
+    k = k0 + jnp.arange(b, dtype=jnp.int32)
+    valid = k < en.total
+    box = en.boxes[rid]
+    local = k - win[rloc]
+    ntx = jnp.maximum(box[:, 3], 1)
+    nty = jnp.maximum(box[:, 4], 1)
+    tx = box[:, 0] + local % ntx
+    ty = box[:, 1] + (local // ntx) % nty
+    layer = box[:, 2] + local // (ntx * nty)
+    tile = (layer * layout.tiles_y + ty) * layout.tiles_x + tx
+    tile = jnp.where(valid, tile, layout.n_tiles)
+    return rid, tx * layout.tile_w, ty * layout.tile_h, layer, tile, valid, r0 + csum[b]
+
+
 def _sum_splat_fwd_impl(kernel, layout, records, aux, boxes):
-    incl = jnp.cumsum(box_counts(boxes))
-    n_chunks = (incl[-1] + layout.chunk - 1) // layout.chunk
+    en = _enumerate(boxes, layout.chunk)
+    crec = records[en.perm]
     ts = (layout.tile_h, layout.tile_w)
 
-    def body(c, buf):
-        rid, x0, y0, layer, tile, valid = decode_pairs(
-            boxes, incl, c * layout.chunk + jnp.arange(layout.chunk, dtype=jnp.int32), layout)
-        vals = kernel.eval(records[rid], aux, x0, y0, layer, ts)
+    def body(c, carry):
+        buf, r0 = carry
+        rid, x0, y0, layer, tile, valid, r0 = _decode_chunk(en, layout, c, r0)
+        vals = kernel.eval(crec[rid], aux, x0, y0, layer, ts)
         vals = jnp.where(valid[:, None], vals, 0.0)
-        return buf.at[tile].add(vals, mode="drop")
+        return buf.at[tile].add(vals, mode="drop"), r0
 
     buf0 = jnp.zeros((layout.n_tiles, layout.tile_pixels), records.dtype)
-    return jax.lax.fori_loop(0, n_chunks, body, buf0)
+    return jax.lax.fori_loop(0, en.n_chunks, body, (buf0, jnp.int32(0)))[0]
 
 
 def _sum_splat_fwd(kernel, layout, records, aux, boxes):
@@ -227,27 +299,28 @@ def _sum_splat_fwd(kernel, layout, records, aux, boxes):
 
 def _sum_splat_bwd(kernel, layout, res, ct):
     records, aux, boxes = res
-    incl = jnp.cumsum(box_counts(boxes))
-    n_chunks = (incl[-1] + layout.chunk - 1) // layout.chunk
+    en = _enumerate(boxes, layout.chunk)
+    crec = records[en.perm]
     ts = (layout.tile_h, layout.tile_w)
     ct_pad = jnp.concatenate([ct, jnp.zeros((1, ct.shape[1]), ct.dtype)], axis=0)
 
-    def body(c, acc):
-        rid, x0, y0, layer, tile, valid = decode_pairs(
-            boxes, incl, c * layout.chunk + jnp.arange(layout.chunk, dtype=jnp.int32), layout)
+    def body(c, carry):
+        acc, r0 = carry
+        rid, x0, y0, layer, tile, valid, r0 = _decode_chunk(en, layout, c, r0)
         ct_pairs = ct_pad[tile]  # invalid pairs read the zero row
-        rec = records[rid]
+        rec = crec[rid]
         if kernel.vjp is not None:
             g = kernel.vjp(rec, aux, x0, y0, layer, ts, ct_pairs)
         else:
             _, vjp = jax.vjp(lambda r: kernel.eval(r, aux, x0, y0, layer, ts), rec)
             (g,) = vjp(ct_pairs)
         g = jnp.where(valid[:, None], g, 0.0)
-        return acc.at[rid].add(g, indices_are_sorted=True)
+        return acc.at[rid].add(g, indices_are_sorted=True), r0
 
     width = vjp_width(kernel, records, aux, ts, layout.chunk)
     acc0 = jnp.zeros((records.shape[0], width), records.dtype)
-    acc = jax.lax.fori_loop(0, n_chunks, body, acc0)
+    acc = jax.lax.fori_loop(0, en.n_chunks, body, (acc0, jnp.int32(0)))[0]
+    acc = jnp.zeros_like(acc).at[en.perm].set(acc, unique_indices=True)  # original record order
     if kernel.finish is not None:
         acc = kernel.finish(records, aux, acc)
     zeros_aux = jax.tree_util.tree_map(jnp.zeros_like, aux)

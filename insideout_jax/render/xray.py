@@ -19,6 +19,11 @@ where Lpix = ‖pixel − source‖ is a per-pixel factor common to all Gaussian
 and t₀ = depth/DSD. No large quantity is ever subtracted from another one (the naive c − b²/a loses
 ~eps·(DSO/σ)² in float32).
 
+aₙ^(−1/2) = (1 + ε)^(−1/2) is evaluated as its Taylor polynomial of degree 5 in ε for records whose
+|ε| ≤ ``SERIES_EPS`` = 0.1 on every pixel of their tiles (truncation ≤ 2.3e-7, float32 rounding;
+:func:`series_records` bounds ε rigorously), and with rsqrt for the others (needle-like Gaussians),
+in a second pass of the engine.
+
 Culling: a Gaussian contributes to a pixel only where m ≤ ``cutoff_sigma`` (k). The set of rays with
 m ≤ k is exactly the set that meets the k-σ ellipsoid, so its detector footprint is the ellipsoid's
 silhouette, whose bounding box is computed *exactly* (tangent planes through the source, a quadratic
@@ -58,6 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from insideout_jax import xla
 from insideout_jax.cameras import XrayGeometry
 from insideout_jax.render.additive import (
     MONO_SHIFT,
@@ -73,8 +79,8 @@ from insideout_jax.render.additive import (
 from insideout_jax.splats import RadSplats, quat_to_rotmat
 
 __all__ = ["render_xray", "xray_records", "xray_tile_stats", "ray_length_image",
-           "resolve_view_angles", "safe_quats", "XRAY_RECORD_FIELDS", "CONE_KERNEL",
-           "PARALLEL_KERNEL"]
+           "resolve_view_angles", "safe_quats", "series_records", "XRAY_RECORD_FIELDS", "CONE_KERNEL",
+           "CONE_SERIES_KERNEL", "PARALLEL_KERNEL", "SERIES_EPS"]
 
 XRAY_RECORD_FIELDS = ("j0", "i0", "aj", "ai", "ajj", "aji", "aii", "x0", "x1", "x2",
                       "y0", "y1", "y2", "k")
@@ -226,17 +232,51 @@ def _quad_n(rec, dj, di):
     return dj * (xx * dj + 2.0 * xy * di) + yy * (di * di)
 
 
-def _cone_terms(rec, dj, di):
+# Records whose |a − 1| stays below this bound on every pixel of their tiles evaluate a^(−1/2) as its
+# Taylor polynomial of degree 5 in ε = a − 1 (truncation error ≤ (231/1024)·|ε|⁶ ≤ 2.3e-7, the size of
+# float32 rounding): five fused multiply-adds instead of the rsqrt instruction with its Newton steps
+# and special-case masks (measured 1.4x faster on the whole rasterizer). For cone beam ε is about
+# (in-plane offset / source distance) × anisotropy, far below the bound for all but needle-like
+# Gaussians, which keep the rsqrt form (a separate pass of the same engine).
+SERIES_EPS = 0.1
+
+
+def _rsqrt_1p(eps, series: bool):
+    """(1 + ε)^(−1/2): Taylor polynomial of degree 5 (``series``, |ε| ≤ ``SERIES_EPS``) or rsqrt."""
+    if series:
+        return 1.0 + eps * (-0.5 + eps * (0.375 + eps * (-0.3125 + eps * (0.2734375
+                                                                       - eps * 0.24609375))))
+    return jax.lax.rsqrt(1.0 + eps)
+
+
+def _cone_terms(rec, dj, di, series: bool = False):
     """Per-pixel r = a^(−1/2) and m² = N/a of cone-beam records."""
     c = lambda i: rec[:, i][:, None]  # noqa: E731
-    a = 1.0 + dj * (2.0 * c(2) + dj * c(4) + 2.0 * di * c(5)) + di * (2.0 * c(3) + di * c(6))
-    r = jax.lax.rsqrt(a)
+    eps = dj * (2.0 * c(2) + dj * c(4) + 2.0 * di * c(5)) + di * (2.0 * c(3) + di * c(6))
+    r = _rsqrt_1p(eps, series)
     return r, _quad_n(rec, dj, di) * (r * r)
 
 
-def _eval_cone(rec, aux, x0, y0, layer, ts):
+def series_records(rec: jax.Array, boxes: jax.Array, layout: TileLayout) -> jax.Array:
+    """[R] bool: records whose |a − 1| ≤ ``SERIES_EPS`` on every pixel of their tile box.
+
+    A rigorous bound (triangle inequality on the quadratic ε(Δj, Δi) over the box's pixel extent),
+    so the series form is only ever used inside its error bound.
+    """
+    x_lo = (boxes[:, 0] * layout.tile_w).astype(jnp.float32) - rec[:, 0]
+    x_hi = x_lo + (boxes[:, 3] * layout.tile_w - 1).astype(jnp.float32)
+    y_lo = (boxes[:, 1] * layout.tile_h).astype(jnp.float32) - rec[:, 1]
+    y_hi = y_lo + (boxes[:, 4] * layout.tile_h - 1).astype(jnp.float32)
+    xm = jnp.maximum(jnp.abs(x_lo), jnp.abs(x_hi))
+    ym = jnp.maximum(jnp.abs(y_lo), jnp.abs(y_hi))
+    aj, ai, ajj, aji, aii = (jnp.abs(rec[:, k]) for k in range(2, 7))
+    bound = xm * (2.0 * aj + ajj * xm + 2.0 * aji * ym) + ym * (2.0 * ai + aii * ym)
+    return bound <= SERIES_EPS
+
+
+def _eval_cone(rec, aux, x0, y0, layer, ts, series: bool = False):
     dj, di = _offsets(rec, x0, y0, ts)
-    r, m2 = _cone_terms(rec, dj, di)
+    r, m2 = _cone_terms(rec, dj, di, series)
     val = rec[:, 13:14] * r * jnp.exp(-0.5 * m2)
     return jnp.where(m2 <= aux, val, 0.0)
 
@@ -264,7 +304,7 @@ def _n_grads(rec, nj, ni, njj, nji, nii):
     return gx, gy, gj0, gi0
 
 
-def _vjp_cone(rec, aux, x0, y0, layer, ts, ct):
+def _vjp_cone(rec, aux, x0, y0, layer, ts, ct, series: bool = False):
     """Per-pair pixel sums for the VJP of :func:`_eval_cone` ([B, Pt] cotangents → [B, 13]).
 
     With v = K·r·e (r = a^(−1/2), e = exp(−½N/a)) and u = ct·e·r⁵ (the only per-pixel map):
@@ -275,7 +315,7 @@ def _vjp_cone(rec, aux, x0, y0, layer, ts, ct):
     :func:`_finish_cone` turns their per-record sums into record cotangents.
     """
     dj, di = _offsets(rec, x0, y0, ts)
-    r, m2 = _cone_terms(rec, dj, di)
+    r, m2 = _cone_terms(rec, dj, di, series)
     r2 = r * r
     u = ct * jnp.where(m2 <= aux, r * r2 * r2 * jnp.exp(-0.5 * m2), 0.0)
     mu = raw_moments(ts, u, 15)
@@ -335,6 +375,9 @@ def _finish_parallel(rec, aux, s):
 
 
 CONE_KERNEL = SplatKernel(_eval_cone, _vjp_cone, _finish_cone)
+# the same kernel with a^(−1/2) as its series, for the records of :func:`series_records`
+CONE_SERIES_KERNEL = SplatKernel(functools.partial(_eval_cone, series=True),
+                                 functools.partial(_vjp_cone, series=True), _finish_cone)
 PARALLEL_KERNEL = SplatKernel(_eval_parallel, _vjp_parallel, _finish_parallel)
 
 
@@ -447,8 +490,7 @@ def _pair_counts(splats, geometry, angles, cutoff_sigma, *, tile_size):
     return box_counts(boxes), ok
 
 
-@functools.partial(jax.jit, static_argnames=("static_cutoff", "tile_size", "chunk", "backend",
-                                             "capacity"))
+@xla.jit(static_argnames=("static_cutoff", "tile_size", "chunk", "backend", "capacity"))
 def _render_xray_jit(splats, geometry, angles, cutoff_sigma, *, static_cutoff, tile_size, chunk,
                      backend, capacity):
     # cutoff_sigma is traced for the XLA path (one compilation for all cutoffs); the Pallas
@@ -456,9 +498,16 @@ def _render_xray_jit(splats, geometry, angles, cutoff_sigma, *, static_cutoff, t
     layout = _layout(geometry, angles.shape[0], tile_size, chunk)
     cutoff = jax.lax.stop_gradient(cutoff_sigma)
     rec, boxes, _ = _xray_setup(splats, geometry, angles, cutoff, layout)
-    kernel = CONE_KERNEL if geometry.mode == "cone" else PARALLEL_KERNEL
-    if backend == "xla":
-        buf = sum_splat(kernel, layout, rec, cutoff * cutoff, boxes)
+    if backend == "xla" and geometry.mode == "cone":
+        # two passes of the engine: records in the series regime, then the others (each pass
+        # enumerates only its own records' pairs)
+        sel = series_records(rec, boxes, layout)[:, None]
+        empty = boxes.at[:, 3:].set(0)
+        buf = (sum_splat(CONE_SERIES_KERNEL, layout, rec, cutoff * cutoff,
+                         jnp.where(sel, boxes, empty))
+               + sum_splat(CONE_KERNEL, layout, rec, cutoff * cutoff, jnp.where(sel, empty, boxes)))
+    elif backend == "xla":
+        buf = sum_splat(PARALLEL_KERNEL, layout, rec, cutoff * cutoff, boxes)
     else:
         from insideout_jax.render import pallas_xray
 

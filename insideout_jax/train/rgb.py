@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from insideout_jax import xla
 from insideout_jax.cameras import PinholeCamera, camera_center
 from insideout_jax.losses import photometric_loss
 from insideout_jax.render.rgb import RasterConfig, render_rgb
@@ -154,7 +155,7 @@ def _make_block(cfg: RGBTrainConfig, raster: RasterConfig, width: int, height: i
         count = count + seen.astype(jnp.float32)
         return (params, opt_state, grad_acc, count), loss
 
-    @functools.partial(jax.jit, static_argnames=("degree",))
+    @xla.jit(static_argnames=("degree",))
     def block(params, opt_state, grad_acc, count, active, order, cams, images, degree):
         body = lambda c, x: step(c, x, active=active, cams=cams, images=images, degree=degree)
         return jax.lax.scan(body, (params, opt_state, grad_acc, count), order)

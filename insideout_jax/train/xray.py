@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from insideout_jax import xla
 from insideout_jax.cameras import XrayGeometry
 from insideout_jax.losses import photometric_loss, tv_3d
 from insideout_jax.render.slices import VoxelGrid, voxelize
@@ -146,7 +147,7 @@ def _make_block(cfg: XrayTrainConfig, extent: float, p_max: float):
         count = count + active.astype(jnp.float32)
         return (params, opt_state, grad_acc, count), loss
 
-    @jax.jit
+    @xla.jit
     def block(params, opt_state, grad_acc, count, active, geometry, projections, views, tv_origins):
         body = lambda c, x: step(c, x, active=active, geometry=geometry, projections=projections)
         return jax.lax.scan(body, (params, opt_state, grad_acc, count), (views, tv_origins))
