@@ -1,9 +1,7 @@
 """XLA compiler options for the package's own compiled entry points.
 
-On CPU the package asks XLA to prefer 512-bit vectors (``xla_cpu_prefer_vector_width``): on
-processors with AVX-512 the per-pixel loops of the rasterizers then run 16 lanes per instruction
-instead of 8 (X-ray rasterizer, 50k Gaussians, forward + backward on the 2-core CI machine:
-325 → 270 ms); LLVM ignores the preference on processors without AVX-512. Other backends get no
+On CPU the package asks XLA to prefer 512-bit vectors (AVX-512 where the processor has it) and
+not to hand fusions to YNNPACK (see ``_CPU_OPTIONS`` for the measurements). Other backends get no
 options. Functions of the package that compile a training step or a renderer use
 :func:`compiler_options`; code that wraps the package's pure functions in its own ``jax.jit`` can
 pass ``compiler_options=insideout_jax.xla.compiler_options()`` to get the same code generation.
@@ -19,11 +17,32 @@ from jax._src import core as jax_core  # trace_state_clean: no public equivalent
 __all__ = ["compiler_options", "jit"]
 
 
+# Measured on the 2-core CI machine (Sapphire Rapids), X-ray rasterizer 50k Gaussians fwd + bwd:
+# - xla_cpu_prefer_vector_width=512: 16 float lanes per instruction in the per-pixel loops where
+#   the processor has AVX-512 (LLVM ignores it elsewhere); 325 → 270 ms.
+# - xla_cpu_experimental_ynn_fusion_type="" (no YNNPACK library fusions): XLA:CPU otherwise hands
+#   reductions over short axes (the 3-vectors of every Gaussian) to YNNPACK at ~2.5 ms per [50k, 3]
+#   reduction; the X-ray record setup for 50k Gaussians goes from 18 to 2 ms, the whole benchmark
+#   from 250 to 203 ms, and the RGB rasterizer does not change.
+_CPU_OPTIONS = {"xla_cpu_prefer_vector_width": 512, "xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.cache
 def compiler_options() -> dict:
-    """Options for ``jax.jit(..., compiler_options=...)`` on the default backend (initialises it)."""
-    if jax.default_backend() == "cpu":
-        return {"xla_cpu_prefer_vector_width": 512}
-    return {}
+    """Options for ``jax.jit(..., compiler_options=...)`` on the default backend (initialises it).
+
+    Options this jaxlib does not know are left out (each is tried once on a one-line function).
+    """
+    if jax.default_backend() != "cpu":
+        return {}
+    known = {}
+    for key, value in _CPU_OPTIONS.items():
+        try:
+            jax.jit(lambda x: x + 1, compiler_options={key: value}).lower(1.0).compile()
+        except Exception:  # noqa: BLE001 - an unknown option: XLA's error type varies by version
+            continue
+        known[key] = value
+    return known
 
 
 def _tracing() -> bool:

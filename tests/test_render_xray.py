@@ -345,7 +345,8 @@ def test_series_and_rsqrt_passes_both_run_in_the_accuracy_tests():
 def test_xla_jit_options_top_level_and_nested():
     from insideout_jax import xla
 
-    assert xla.compiler_options() == {"xla_cpu_prefer_vector_width": 512}
+    assert xla.compiler_options() == {"xla_cpu_prefer_vector_width": 512,
+                                      "xla_cpu_experimental_ynn_fusion_type": ""}
     s, g = _scene(seed=7), _geom("cone")
     top = render_xray(s, g)  # top-level: compiled with the options
     nested = jax.jit(lambda x: render_xray(x, g))(s)  # inside a user's jit: a plain nested jit

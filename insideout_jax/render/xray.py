@@ -129,10 +129,11 @@ def _view_records(means, rot, scales, rho, geom: XrayGeometry, angle, k2):
     pr, pu, pv = p @ e_r, p @ e_u, p @ e_v
 
     def whiten(x):  # [C, 3] → W x = (Rᵀ x) / s
-        return jnp.einsum("cb,cba->ca", x, rot) / scales
+        # explicit sums: XLA:CPU runs [C, 3] x [C, 3, 3] batched dots as C tiny matmuls
+        return sum(x[:, b, None] * rot[:, b, :] for b in range(3)) / scales
 
     def sqrt_cov(e):  # [C, 3] g_e = S Rᵀ e, so that aᵀΣb = g_a·g_b
-        return jnp.einsum("b,cba->ca", e, rot) * scales
+        return sum(e[b] * rot[:, b, :] for b in range(3)) * scales
 
     g_u, g_v, g_r = sqrt_cov(e_u), sqrt_cov(e_v), sqrt_cov(e_r)
     s_uu, s_vv, s_rr = (jnp.sum(g * g, -1) for g in (g_u, g_v, g_r))
