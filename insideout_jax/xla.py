@@ -2,7 +2,7 @@
 
 On CPU the package asks XLA to prefer 512-bit vectors (AVX-512 where the processor has it) and
 not to hand fusions to YNNPACK (see ``_CPU_OPTIONS`` for the measurements). Other backends get no
-options. Functions of the package that compile a training step or a renderer use
+options. The training steps, ``render_xray``, ``render_slice`` and ``voxelize`` use
 :func:`compiler_options`; code that wraps the package's pure functions in its own ``jax.jit`` can
 pass ``compiler_options=insideout_jax.xla.compiler_options()`` to get the same code generation.
 """
@@ -27,22 +27,28 @@ __all__ = ["compiler_options", "jit"]
 _CPU_OPTIONS = {"xla_cpu_prefer_vector_width": 512, "xla_cpu_experimental_ynn_fusion_type": ""}
 
 
-@functools.cache
 def compiler_options() -> dict:
     """Options for ``jax.jit(..., compiler_options=...)`` on the default backend (initialises it).
 
     Options this jaxlib does not know are left out (each is tried once on a one-line function).
+    The choice follows ``jax.default_backend()``, not the device a computation is placed on.
+    Returns a new dict on every call.
     """
+    return dict(_known_options())
+
+
+@functools.cache
+def _known_options() -> tuple:
     if jax.default_backend() != "cpu":
-        return {}
-    known = {}
+        return ()
+    known = []
     for key, value in _CPU_OPTIONS.items():
         try:
             jax.jit(lambda x: x + 1, compiler_options={key: value}).lower(1.0).compile()
         except Exception:  # noqa: BLE001 - an unknown option: XLA's error type varies by version
             continue
-        known[key] = value
-    return known
+        known.append((key, value))
+    return tuple(known)
 
 
 def _tracing() -> bool:
@@ -69,4 +75,5 @@ def jit(fn=None, **jit_kwargs):
     def wrapper(*args, **kwargs):
         return (nested if _tracing() else top_level())(*args, **kwargs)
 
+    wrapper.lower = lambda *args, **kwargs: top_level().lower(*args, **kwargs)
     return wrapper

@@ -224,7 +224,7 @@ _NO_START = np.iinfo(np.int32).max // 2
 def _enumerate(boxes: jax.Array, chunk: int) -> _Enumeration:
     """Stable partition of the records (those with pairs first) and their first pair indices.
 
-    Every compacted record before ``total`` owns at least one pair, so the records of the pairs
+    Every compacted record before the first one without pairs owns at least one pair, so the records of the pairs
     [c·B, (c+1)·B) are at most B consecutive compacted records from the one that owns pair c·B:
     :func:`_decode_chunk` finds them with one scatter and one prefix sum over B slots instead of a
     binary search over all R records per pair (which cost XLA:CPU ~16 small loop steps per chunk).

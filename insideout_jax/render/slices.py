@@ -27,12 +27,12 @@ has centre origin + (c + ½ − W/2)·(width/W)·e1 + (r + ½ − H/2)·(height/
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from insideout_jax import xla
 from insideout_jax.render.additive import (
     SplatKernel,
     TileLayout,
@@ -267,7 +267,7 @@ def render_slice(splats: RadSplats | RGBSplats, plane: SlicePlane, *, cutoff_sig
                              chunk=int(chunk))
 
 
-@functools.partial(jax.jit, static_argnames=("tile_size", "chunk"))
+@xla.jit(static_argnames=("tile_size", "chunk"))
 def _render_slice_jit(splats, plane, cutoff_sigma, *, tile_size, chunk):
     h, w = plane.resolution
     t = tile_size
@@ -323,7 +323,7 @@ def voxelize(splats: RadSplats | RGBSplats, grid: VoxelGrid, *, cutoff_sigma: fl
                          chunk=int(chunk))
 
 
-@functools.partial(jax.jit, static_argnames=("tile_size", "chunk"))
+@xla.jit(static_argnames=("tile_size", "chunk"))
 def _voxelize_jit(splats, grid, cutoff_sigma, *, tile_size, chunk):
     nz, ny, nx = grid.shape_zyx
     t = tile_size

@@ -20,7 +20,7 @@ and t₀ = depth/DSD. No large quantity is ever subtracted from another one (the
 ~eps·(DSO/σ)² in float32).
 
 aₙ^(−1/2) = (1 + ε)^(−1/2) is evaluated as its Taylor polynomial of degree 5 in ε for records whose
-|ε| ≤ ``SERIES_EPS`` = 0.1 on every pixel of their tiles (truncation ≤ 2.3e-7, float32 rounding;
+|ε| ≤ ``SERIES_EPS`` = 0.1 on every pixel of their tiles (truncation ≤ 2.5e-7, float32 rounding;
 :func:`series_records` bounds ε rigorously), and with rsqrt for the others (needle-like Gaussians),
 in a second pass of the engine.
 
@@ -234,7 +234,7 @@ def _quad_n(rec, dj, di):
 
 
 # Records whose |a − 1| stays below this bound on every pixel of their tiles evaluate a^(−1/2) as its
-# Taylor polynomial of degree 5 in ε = a − 1 (truncation error ≤ (231/1024)·|ε|⁶ ≤ 2.3e-7, the size of
+# Taylor polynomial of degree 5 in ε = a − 1 (truncation error ≤ (231/1024)·|ε|⁶/(1 − |ε|) ≤ 2.5e-7, the size of
 # float32 rounding): five fused multiply-adds instead of the rsqrt instruction with its Newton steps
 # and special-case masks (measured 1.4x faster on the whole rasterizer). For cone beam ε is about
 # (in-plane offset / source distance) × anisotropy, far below the bound for all but needle-like
