@@ -146,8 +146,13 @@ def decode_pairs(boxes: jax.Array, incl: jax.Array, k: jax.Array, layout: TileLa
     rid = jnp.searchsorted(incl, k, side="right").astype(jnp.int32)
     rid = jnp.minimum(rid, boxes.shape[0] - 1)
     box = boxes[rid]
-    counts = box[:, 3] * box[:, 4] * box[:, 5]
-    local = k - (incl[rid] - counts)
+    local = k - (incl[rid] - box_counts(box))
+    return (rid, *_pair_tile(box, local, valid, layout), valid)
+
+
+def _pair_tile(box: jax.Array, local: jax.Array, valid: jax.Array, layout: TileLayout):
+    """Tile of pair ``local`` of each box [B, 6]: origin x0, y0 (pixels), layer, flat tile index
+    (n_tiles where not ``valid``)."""
     ntx = jnp.maximum(box[:, 3], 1)
     nty = jnp.maximum(box[:, 4], 1)
     tx = box[:, 0] + local % ntx
@@ -155,7 +160,7 @@ def decode_pairs(boxes: jax.Array, incl: jax.Array, k: jax.Array, layout: TileLa
     layer = box[:, 2] + local // (ntx * nty)
     tile = (layer * layout.tiles_y + ty) * layout.tiles_x + tx
     tile = jnp.where(valid, tile, layout.n_tiles)
-    return rid, tx * layout.tile_w, ty * layout.tile_h, layer, tile, valid
+    return tx * layout.tile_w, ty * layout.tile_h, layer, tile
 
 
 class SplatKernel(NamedTuple):
@@ -205,7 +210,7 @@ def sum_splat(kernel: SplatKernel, layout: TileLayout, records: jax.Array, aux, 
     Returns:
       [T, Pt] float32 per-tile sums.
     """
-    return _sum_splat_fwd_impl(kernel, layout, records, aux, boxes)
+    return _sum_splat_fwd_impl(kernel, layout, records, aux, _enumerate(boxes, layout.chunk))
 
 
 class _Enumeration(NamedTuple):
@@ -265,20 +270,10 @@ def _decode_chunk(en: _Enumeration, layout: TileLayout, c, r0):
     rid = jnp.minimum(r0 + rloc, en.boxes.shape[0] - 1)
     k = k0 + jnp.arange(b, dtype=jnp.int32)
     valid = k < en.total
-    box = en.boxes[rid]
-    local = k - win[rloc]
-    ntx = jnp.maximum(box[:, 3], 1)
-    nty = jnp.maximum(box[:, 4], 1)
-    tx = box[:, 0] + local % ntx
-    ty = box[:, 1] + (local // ntx) % nty
-    layer = box[:, 2] + local // (ntx * nty)
-    tile = (layer * layout.tiles_y + ty) * layout.tiles_x + tx
-    tile = jnp.where(valid, tile, layout.n_tiles)
-    return rid, tx * layout.tile_w, ty * layout.tile_h, layer, tile, valid, r0 + csum[b]
+    return (rid, *_pair_tile(en.boxes[rid], k - win[rloc], valid, layout), valid, r0 + csum[b])
 
 
-def _sum_splat_fwd_impl(kernel, layout, records, aux, boxes):
-    en = _enumerate(boxes, layout.chunk)
+def _sum_splat_fwd_impl(kernel, layout, records, aux, en: _Enumeration):
     crec = records[en.perm]
     ts = (layout.tile_h, layout.tile_w)
 
@@ -294,12 +289,12 @@ def _sum_splat_fwd_impl(kernel, layout, records, aux, boxes):
 
 
 def _sum_splat_fwd(kernel, layout, records, aux, boxes):
-    return _sum_splat_fwd_impl(kernel, layout, records, aux, boxes), (records, aux, boxes)
+    en = _enumerate(boxes, layout.chunk)  # the backward replays the same enumeration
+    return _sum_splat_fwd_impl(kernel, layout, records, aux, en), (records, aux, en)
 
 
 def _sum_splat_bwd(kernel, layout, res, ct):
-    records, aux, boxes = res
-    en = _enumerate(boxes, layout.chunk)
+    records, aux, en = res
     crec = records[en.perm]
     ts = (layout.tile_h, layout.tile_w)
     ct_pad = jnp.concatenate([ct, jnp.zeros((1, ct.shape[1]), ct.dtype)], axis=0)
