@@ -11,7 +11,9 @@ MODULES = ["insideout_jax", "insideout_jax.io", "insideout_jax.metrics", "inside
            "insideout_jax.losses", "insideout_jax.fitting", "insideout_jax.evaluation",
            "insideout_jax.visual", "insideout_jax.train.rgb", "insideout_jax.train.xray",
            "insideout_jax.internal.train", "insideout_jax.internal.pseudo_gt",
-           "insideout_jax.data.phantom", "insideout_jax.data.sfm", "insideout_jax.config"]
+           "insideout_jax.data.phantom", "insideout_jax.data.sfm", "insideout_jax.config",
+           "insideout_jax.stacks", "insideout_jax.stacks.surface", "insideout_jax.stacks.evaluate",
+           "insideout_jax.stacks.folded"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -1,0 +1,41 @@
+"""Slice and frame stacks as Gaussian splats (MedGS on the package's exact slice renderer).
+
+- :mod:`.frames`: frame stacks (from volumes, DICOM, TIFF, image folders), splits, the
+  interpolation baselines, head labels.
+- :mod:`.model`: the splat model of a stack, its losses and training.
+- :mod:`.surface`: surfaces from mask fields and the surface metrics (CD, ASD, HD, HD95).
+"""
+
+from insideout_jax.stacks.frames import (
+    FrameStack,
+    head_labels,
+    interpolate_stack,
+    make_stack,
+    read_frame_folder,
+    read_label_folder,
+    split_stack,
+    stack_from_volume,
+)
+from insideout_jax.stacks.model import (
+    StackConfig,
+    StackModel,
+    band_penalty,
+    frame_plane,
+    ibfr_target,
+    init_stack_model,
+    label_volume,
+    render_frame,
+    render_frames,
+    render_labels,
+    sigma_z,
+    stack_loss,
+    train_stack,
+)
+
+__all__ = [
+    "FrameStack", "head_labels", "interpolate_stack", "make_stack", "read_frame_folder",
+    "read_label_folder", "split_stack", "stack_from_volume",
+    "StackConfig", "StackModel", "band_penalty", "frame_plane", "ibfr_target", "init_stack_model",
+    "label_volume", "render_frame", "render_frames", "render_labels", "sigma_z", "stack_loss",
+    "train_stack",
+]

@@ -1,0 +1,494 @@
+"""MedGS on our splats: a 3D Gaussian density field fitted to the kept frames of a stack.
+
+A 3D Gaussian restricted to the plane z = t is a 2D Gaussian whose centre drifts linearly with t,
+whose shape is constant and whose peak fades as exp(−½(t − μ_z)²/Σ_zz) — MedGS's "folded"
+Gaussian with polynomial degree 1, centre m = μ_z and width σ = √Σ_zz (``SEED_SYSTEMS.md`` §3.4).
+So a frame at any position (or any plane orientation) is the exact slice renderer
+(:func:`insideout_jax.render.slices.render_slice`) of a :class:`RadSplats`; the segmentation head
+is a second set of per-splat amplitudes on the same geometry (one per label), rendered the same
+way.
+
+Loss per iteration (MedGS's, mapped onto this renderer; weights in :class:`StackConfig`):
+
+    L = 2·L1(I_k) + 0.25·D-SSIM(I_k) + 0.5·IBFR + 0.25·L_band + λ_seg·2·L1(M_k)
+
+- I_k: a random kept frame; M_k: its label masks rendered by the segmentation head.
+- IBFR (in-between frame regulariser, on from ``ibfr_start`` of the run): a render at
+  z = z_j + α(z_{j+1} − z_j), α ~ U(0.2, 0.8), against the blend (1 − α)·I_j + α·I_{j+1} of two
+  neighbouring kept frames.
+- L_band (until ``band_until`` of the run): mean(relu(lo − σ_z)) + mean(relu(σ_z − hi)) with σ_z in
+  units of the kept frame spacing Δ, lo = ``band_lo`` (MedGS: one frame spacing, 1/F in its
+  normalised time) and hi = the stack's depth; it keeps every splat spanning neighbouring frames.
+
+Decisions (not in MedGS): densities and mask amplitudes are stored as logs (the field is a sum of
+non-negative Gaussians, like CT attenuation); initial centres are drawn from the kept frames'
+voxels with probability proportional to their value (air gets no splats) and jittered within a
+voxel and half a frame gap; initial amplitudes are the voxel values, rescaled by one least-squares
+factor per head so that the first renders match the frames' level.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from insideout_jax.losses import d_ssim
+from insideout_jax.render.slices import SlicePlane, make_voxel_grid, render_slice, voxelize
+from insideout_jax.splats import RadSplats, knn_log_scales, quat_to_rotmat
+from insideout_jax.stacks.frames import FrameStack
+from insideout_jax.train.loop import run_training
+from insideout_jax.train.optim import remap_optimizer_state
+
+__all__ = ["StackConfig", "StackModel", "init_stack_model", "frame_plane", "render_frame",
+           "render_frames", "render_labels", "label_volume", "ibfr_target", "band_penalty",
+           "sigma_z", "frames_loss", "stack_loss", "fit_frames", "relocate_splats", "train_stack"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StackConfig:
+    """Constants of the stack model (MedGS's defaults where they map; [SEED_SYSTEMS §3.3, §3.5]).
+
+    Attributes:
+      n_splats: number of Gaussians (MedGS: 100k flat ones; §3.5's CPU version: 20k).
+      iterations: training iterations, one kept frame (+ one in-between render) each.
+      block: iterations per jitted block (checkpoint interval).
+      lambda_l1, lambda_ssim, lambda_ibfr, lambda_band: MedGS's image-loss weights 2, 0.25, 0.5, 0.25.
+      lambda_seg: weight of the segmentation loss 2·L1 (MedGS README: 2–3 works well).
+      ibfr_start: fraction of the run after which IBFR is on (MedGS: 10k of 30k).
+      band_until: fraction of the run during which the band penalty is on (MedGS: 20k of 30k).
+      band_lo: lower bound of σ_z in kept-frame spacings (MedGS: one frame).
+      lr_means: initial position rate × the stack's extent (3DGS: 1.6e-4, decaying 100× to 1.6e-6).
+      lr_scales, lr_quats, lr_density, lr_seg: Adam rates (3DGS: 5e-3, 1e-3, opacity 2.5e-2).
+      lr_decay: these four rates decay exponentially to this fraction at the end (1 = constant, as
+        in 3DGS and MedGS).
+      relocate_every, relocate_until, relocate_fraction: densification at a fixed splat count
+        (:func:`relocate_splats`): every ``relocate_every`` iterations (0 = never) until
+        ``relocate_until`` of the run, the ``relocate_fraction`` of splats with the least mass
+        move to split the splats with the largest positional gradient (3DGS densifies by gradient
+        too, but grows the count; a fixed count keeps one compiled step and a known cost).
+      cutoff_sigma: Mahalanobis cut-off of the renderer, used for training and rendering alike.
+      seed: PRNG seed of initialisation and frame sampling.
+    """
+
+    n_splats: int = 20_000
+    iterations: int = 3_000
+    block: int = 100
+    lambda_l1: float = 2.0
+    lambda_ssim: float = 0.25
+    lambda_ibfr: float = 0.5
+    lambda_band: float = 0.25
+    lambda_seg: float = 2.0
+    ibfr_start: float = 1.0 / 3.0
+    band_until: float = 2.0 / 3.0
+    band_lo: float = 1.0
+    lr_means: float = 1.6e-4
+    lr_scales: float = 5e-3
+    lr_quats: float = 1e-3
+    lr_density: float = 2.5e-2
+    lr_seg: float = 2.5e-2
+    lr_decay: float = 1.0
+    relocate_every: int = 200
+    relocate_until: float = 0.6
+    relocate_fraction: float = 0.05
+    cutoff_sigma: float = 4.0
+    seed: int = 0
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class StackModel:
+    """Splats of a stack: the image field and L mask fields on one geometry.
+
+    Attributes:
+      splats: [C] :class:`RadSplats`; ``log_densities`` is the log amplitude of the image field
+        (frames in [0, 1]).
+      seg: [C, L] float32 log amplitudes of the L mask fields (L may be 0).
+    """
+
+    splats: RadSplats
+    seg: jax.Array
+
+    @property
+    def n_labels(self) -> int:
+        return int(self.seg.shape[-1])
+
+    def head(self, label: int | None) -> RadSplats:
+        """The image field (None) or mask field ``label`` as a RadSplats to render."""
+        if label is None:
+            return self.splats
+        return self.splats.replace(log_densities=self.seg[:, label])
+
+
+def frame_plane(stack: FrameStack, z) -> SlicePlane:
+    """The plane of a frame of ``stack`` at position z (mm; may be a traced scalar)."""
+    h, w = stack.shape_hw
+    cx, cy = stack.center_xy
+    origin = jnp.stack([jnp.float32(cx), jnp.float32(cy), jnp.asarray(z, jnp.float32)])
+    return SlicePlane(origin, jnp.asarray([1.0, 0.0, 0.0], jnp.float32),
+                      jnp.asarray([0.0, 1.0, 0.0], jnp.float32),
+                      jnp.asarray(stack.extent_xy, jnp.float32), (h, w))
+
+
+def render_frame(model: StackModel, stack: FrameStack, z, *, label: int | None = None,
+                 cutoff_sigma: float = 4.0) -> jax.Array:
+    """[H, W] the image field (or mask field ``label``) on the frame plane at z (mm)."""
+    return render_slice(model.head(label), frame_plane(stack, z), cutoff_sigma=cutoff_sigma)
+
+
+def render_frames(model: StackModel, stack: FrameStack, z, *, label: int | None = None,
+                  cutoff_sigma: float = 4.0) -> np.ndarray:
+    """[M, H, W] float32 renders at the positions z [M] (host array)."""
+    return np.stack([np.asarray(render_frame(model, stack, float(t), label=label,
+                                             cutoff_sigma=cutoff_sigma)) for t in np.ravel(z)])
+
+
+def render_labels(model: StackModel, stack: FrameStack, z, *, cutoff_sigma: float = 4.0) -> np.ndarray:
+    """[L, M, H, W] float32 mask fields at the positions z [M]."""
+    return np.stack([render_frames(model, stack, z, label=i, cutoff_sigma=cutoff_sigma)
+                     for i in range(model.n_labels)])
+
+
+def label_volume(model: StackModel, stack: FrameStack, label: int, dz: float, z0: float, z1: float,
+                 *, cutoff_sigma: float = 4.0) -> tuple[np.ndarray, tuple, tuple]:
+    """Mask field ``label`` voxelized on the frame grid with z spacing ``dz`` from z0 to z1.
+
+    Returns:
+      ([Z, H, W] float32, spacing_zyx, origin_xyz) in the stack's frame.
+    """
+    nz = int(round((z1 - z0) / dz)) + 1
+    spacing = (float(dz), float(stack.spacing_yx[0]), float(stack.spacing_yx[1]))
+    origin = (float(stack.origin_xy[0]), float(stack.origin_xy[1]), float(z0))
+    grid = make_voxel_grid((nz,) + stack.shape_hw, spacing, origin)
+    vol = voxelize(model.head(label), grid, cutoff_sigma=cutoff_sigma)
+    return np.asarray(vol), spacing, origin
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisation
+
+
+def _rescale(model_logamp: np.ndarray, renders: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Log amplitudes shifted by the least-squares factor s = ⟨t, r⟩ / ⟨r, r⟩ (r renders, t targets)."""
+    den = float(np.sum(renders.astype(np.float64) ** 2))
+    s = float(np.sum(renders.astype(np.float64) * targets)) / den if den > 0 else 1.0
+    return (model_logamp + np.log(max(s, 1e-12))).astype(np.float32)
+
+
+def _sample_voxels(key: jax.Array, kept: FrameStack, n: int) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """n distinct voxels of the kept frames drawn with probability ∝ value, jittered within the voxel
+    and ±½ frame gap along the stack axis: (points [n, 3] float32 mm, values [n], (k, r, c) indices)."""
+    f, h, w = kept.frames.shape
+    vals = kept.frames.reshape(-1).astype(np.float64)
+    if not np.any(vals > 0):
+        raise ValueError("the kept frames are all at the bottom of their value range: nothing to fit")
+    n = int(n)
+    if n < 4 or n > np.count_nonzero(vals > 0):
+        raise ValueError(f"n_splats must be between 4 and the {np.count_nonzero(vals > 0)} non-empty "
+                         f"voxels of the kept frames, got {n}")
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel()[-1].item())
+    idx = rng.choice(vals.size, size=n, replace=False, p=vals / vals.sum())
+    k, r, c = np.unravel_index(idx, (f, h, w))
+    pts = kept.voxel_points(k, r + rng.uniform(-0.5, 0.5, n), c + rng.uniform(-0.5, 0.5, n))
+    pts[:, 2] += rng.uniform(-0.5, 0.5, n) * kept.mean_dz
+    return pts.astype(np.float32), kept.frames[k, r, c], (k, r, c)
+
+
+def init_stack_model(key: jax.Array, kept: FrameStack, cfg: StackConfig = StackConfig()) -> StackModel:
+    """Splats on the kept frames (module docstring, "Decisions").
+
+    Args:
+      key: PRNG key.
+      kept: the training frames (and their labels, if any).
+      cfg: ``n_splats``, ``band_lo``, ``cutoff_sigma``.
+
+    Returns:
+      A :class:`StackModel` with ``cfg.n_splats`` active splats and L = kept's label count heads.
+    """
+    pts, vals, (k, r, c) = _sample_voxels(key, kept, cfg.n_splats)
+    n, f = len(pts), kept.n_frames
+    ls = knn_log_scales(pts)
+    ls[:, 2] = np.maximum(ls[:, 2], np.log(cfg.band_lo * kept.mean_dz))
+    amp = np.maximum(vals, 1e-3)
+    splats = RadSplats(
+        means=jnp.asarray(pts), log_scales=jnp.asarray(ls),
+        quats=jnp.tile(jnp.asarray([1.0, 0.0, 0.0, 0.0], jnp.float32), (n, 1)),
+        log_densities=jnp.asarray(np.log(amp), jnp.float32),
+        opacity_logits=jnp.zeros((n,), jnp.float32), features=jnp.zeros((n, 1), jnp.float32),
+        colors=jnp.zeros((n, 3), jnp.float32), active=jnp.ones((n,), bool))
+    n_lab = 0 if kept.labels is None else kept.labels.shape[0]
+    seg = np.zeros((n, n_lab), np.float32)
+    for i in range(n_lab):
+        seg[:, i] = np.log(np.where(kept.labels[i, k, r, c], 1.0, 1e-3))
+    model = StackModel(splats, jnp.asarray(seg))
+    probe = np.unique(np.linspace(0, f - 1, min(f, 5)).round().astype(int))
+    z = kept.z[probe]
+    rend = render_frames(model, kept, z, cutoff_sigma=cfg.cutoff_sigma)
+    splats = splats.replace(log_densities=jnp.asarray(
+        _rescale(np.asarray(splats.log_densities), rend, kept.frames[probe])))
+    for i in range(n_lab):
+        rend = render_frames(model, kept, z, label=i, cutoff_sigma=cfg.cutoff_sigma)
+        seg[:, i] = _rescale(seg[:, i], rend, kept.labels[i][probe].astype(np.float32))
+    return StackModel(splats, jnp.asarray(seg))
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+
+
+def ibfr_target(frame_a: jax.Array, frame_b: jax.Array, alpha) -> jax.Array:
+    """[H, W] MedGS's in-between target: the blend (1 − α)·a + α·b of two neighbouring frames."""
+    return (1.0 - alpha) * frame_a + alpha * frame_b
+
+
+def sigma_z(splats: RadSplats) -> jax.Array:
+    """[C] √Σ_zz, the splats' standard deviation along the stack axis, mm."""
+    rot = quat_to_rotmat(splats.quats / jnp.linalg.norm(splats.quats, axis=-1, keepdims=True))
+    return jnp.sqrt(jnp.sum(jnp.square(rot[:, 2, :] * jnp.exp(splats.log_scales)), axis=-1))
+
+
+def band_penalty(sigma, lo: float, hi: float) -> jax.Array:
+    """MedGS's ``penalize_outside_range``: mean(relu(lo − σ)) + mean(relu(σ − hi)) (scalar)."""
+    sigma = jnp.asarray(sigma)
+    return jnp.mean(jax.nn.relu(lo - sigma)) + jnp.mean(jax.nn.relu(sigma - hi))
+
+
+def frames_loss(render: Callable, sig_z: jax.Array, n_labels: int, frames: jax.Array, labels: jax.Array,
+                i: jax.Array, j: jax.Array, alpha: jax.Array, ibfr_on: jax.Array, band_on: jax.Array,
+                cfg: StackConfig, z: jax.Array, dz: float, depth: float) -> jax.Array:
+    """The loss of one iteration (module docstring) for kept frame i and the pair (j, j + 1), for any
+    frame renderer.
+
+    Args:
+      render: ``render(z, label) -> [H, W]``, the image field (label None) or a mask field at z.
+      sig_z: [C] the splats' widths along the stack axis, mm (band penalty).
+      n_labels: number of mask heads.
+      frames: [F, H, W] kept frames; labels: [L, F, H, W] float masks; z: [F] their positions, mm.
+      i, j: int32 frame indices; alpha: in-between position; ibfr_on, band_on: bool switches.
+      dz: kept frame spacing, mm; depth: the stack's depth, mm.
+    """
+    pred = render(z[i], None)
+    loss = cfg.lambda_l1 * jnp.mean(jnp.abs(pred - frames[i])) + cfg.lambda_ssim * d_ssim(pred, frames[i])
+
+    def ibfr(_):
+        mid = render(z[j] + alpha * (z[j + 1] - z[j]), None)
+        return jnp.mean(jnp.abs(mid - ibfr_target(frames[j], frames[j + 1], alpha)))
+
+    loss = loss + cfg.lambda_ibfr * jax.lax.cond(ibfr_on, ibfr, lambda _: jnp.float32(0.0), None)
+    band = band_penalty(sig_z / dz, cfg.band_lo, depth / dz)
+    loss = loss + cfg.lambda_band * jnp.where(band_on, band, 0.0)
+    for lab in range(n_labels):
+        loss = loss + cfg.lambda_seg * 2.0 * jnp.mean(jnp.abs(render(z[i], lab) - labels[lab, i]))
+    return loss
+
+
+def stack_loss(model: StackModel, stack: FrameStack, frames: jax.Array, labels: jax.Array,
+               i: jax.Array, j: jax.Array, alpha: jax.Array, ibfr_on: jax.Array, band_on: jax.Array,
+               cfg: StackConfig, z: jax.Array, dz: float, depth: float) -> jax.Array:
+    """:func:`frames_loss` of a :class:`StackModel` (exact slice renderer, σ_z = √Σ_zz)."""
+    def render(zz, label):
+        return render_slice(model.head(label), frame_plane(stack, zz), cutoff_sigma=cfg.cutoff_sigma)
+
+    return frames_loss(render, sigma_z(model.splats), model.n_labels, frames, labels, i, j, alpha, ibfr_on,
+                       band_on, cfg, z, dz, depth)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def _optimizer(cfg: StackConfig, extent: float, names: tuple = ("log_scales", "quats", "log_densities", "seg")
+               ) -> optax.GradientTransformation:
+    """Adam per field: ``means`` at lr_means × extent decaying 100×; the others by name."""
+    means = optax.exponential_decay(cfg.lr_means * extent, cfg.iterations, 0.01)
+
+    def rate(r):
+        return r if cfg.lr_decay == 1.0 else optax.exponential_decay(r, cfg.iterations, cfg.lr_decay)
+
+    by_name = {"log_scales": cfg.lr_scales, "quats": cfg.lr_quats, "log_densities": cfg.lr_density,
+               "seg": cfg.lr_seg}
+    rates = {"means": means} | {n: rate(by_name.get(n, cfg.lr_quats)) for n in names}
+    return optax.multi_transform({k: optax.adam(v, eps=1e-15) for k, v in rates.items()},
+                                 {k: k for k in rates})
+
+
+def _params(model: StackModel) -> dict:
+    s = model.splats
+    return {"means": s.means, "log_scales": s.log_scales, "quats": s.quats,
+            "log_densities": s.log_densities, "seg": model.seg}
+
+
+def _model(like: StackModel, p: dict) -> StackModel:
+    return StackModel(like.splats.replace(means=p["means"], log_scales=p["log_scales"], quats=p["quats"],
+                                          log_densities=p["log_densities"]), p["seg"])
+
+
+def fit_frames(key: jax.Array, params: dict, loss_fn: Callable, kept: FrameStack, cfg: StackConfig,
+               optimizer: optax.GradientTransformation, *, checkpoint_path: str | Path | None = None,
+               progress: bool = True, desc: str = "stack", relocate: Callable | None = None) -> tuple[dict, dict]:
+    """The shared training loop of the stack models.
+
+    Args:
+      key: PRNG key of frame and position sampling.
+      params: {field: [C, ...]} trainable arrays.
+      loss_fn: ``loss_fn(params, i, j, alpha, ibfr_on, band_on) -> scalar`` for kept frame i and the
+        pair (j, j + 1) (:func:`frames_loss` bound to a model).
+      kept: the training frames; cfg: ``iterations``, ``block``, ``ibfr_start``, ``band_until``.
+      optimizer: over ``params``.
+      checkpoint_path: resumable checkpoint (atomic, one per block).
+      relocate: ``relocate(key, params, opt_state, avg_grad) -> (params, opt_state, n_moved)``,
+        called between blocks on cfg's relocation schedule with the mean positional-gradient norm
+        [C] since the last call (None: never).
+
+    Returns:
+      (params, history) with history = dict(step, loss, seconds) per block, and ``relocated``,
+      the number of splats moved at each relocation.
+    """
+    n_f = kept.n_frames
+    relocated = []
+    ibfr_step = int(cfg.ibfr_start * cfg.iterations)
+    band_step = int(cfg.band_until * cfg.iterations)
+
+    def one(carry, xs):
+        p, opt_state, acc = carry
+        i, j, alpha, step = xs
+        loss, g = jax.value_and_grad(loss_fn)(p, i, j, alpha, step >= ibfr_step, step < band_step)
+        upd, opt_state = optimizer.update(g, opt_state, p)
+        acc = acc + jnp.linalg.norm(g["means"], axis=-1)
+        return (optax.apply_updates(p, upd), opt_state, acc), loss
+
+    @jax.jit
+    def block_fn(p, opt_state, acc, i, j, alpha, steps):
+        return jax.lax.scan(one, (p, opt_state, acc), (i, j, alpha, steps))
+
+    def run_block(state, n):
+        s0 = int(state["step"])
+        k1, k2, k3 = jax.random.split(jax.random.fold_in(key, s0), 3)
+        i = jax.random.randint(k1, (n,), 0, n_f)
+        j = jax.random.randint(k2, (n,), 0, n_f - 1)
+        alpha = jax.random.uniform(k3, (n,), minval=0.2, maxval=0.8)
+        (p, opt_state, acc), losses = block_fn(state["params"], state["opt_state"], state["grad_acc"], i, j,
+                                               alpha, jnp.arange(s0, s0 + n))
+        return dict(state, params=p, opt_state=opt_state, grad_acc=acc, count=state["count"] + n), losses
+
+    every, until = int(cfg.relocate_every), int(cfg.relocate_until * cfg.iterations)
+
+    def after_block(state):
+        step = int(state["step"])
+        if relocate is None or every <= 0 or step > until or step % every >= cfg.block:
+            return state
+        avg = state["grad_acc"] / jnp.maximum(state["count"], 1)
+        p, opt_state, moved = relocate(jax.random.fold_in(key, 10_000_000 + step), state["params"],
+                                       state["opt_state"], avg)
+        relocated.append(int(moved))
+        return dict(state, params=p, opt_state=opt_state, grad_acc=jnp.zeros_like(state["grad_acc"]),
+                    count=jnp.zeros((), jnp.float32))
+
+    def fresh_state(p):
+        c = p["means"].shape[0]
+        return {"step": 0, "params": p, "opt_state": optimizer.init(p), "grad_acc": jnp.zeros(c, jnp.float32),
+                "count": jnp.zeros((), jnp.float32)}
+
+    def template(capacity):
+        return fresh_state(jax.tree_util.tree_map(lambda x: jnp.zeros((capacity,) + x.shape[1:], x.dtype), params))
+
+    state, history = run_training(fresh_state(params), n_iters=cfg.iterations, block=cfg.block,
+                                  run_block=run_block, after_block=after_block, template=template,
+                                  checkpoint_path=checkpoint_path, desc=desc, progress=progress)
+    history["relocated"] = relocated
+    return state["params"], history
+
+
+def relocate_splats(key: jax.Array, params: dict, opt_state, avg_grad: jax.Array, *,
+                    optimizer: optax.GradientTransformation, fraction: float, split_factor: float = 1.6):
+    """Densification at a fixed count: the K = ⌊fraction·C⌋ splats of least mass (ρ·σ₁σ₂σ₃, the
+    integral of the image field up to (2π)^{3/2}) are removed and their slots hold the second halves
+    of the K splats with the largest mean positional gradient, split as 3DGS splits (two children at
+    positions drawn from the parent, scales / φ) with every amplitude × φ³/2 so that each field's
+    mass is preserved (as :mod:`insideout_jax.train.densify` does for radiative splats). Moved and
+    split slots restart their Adam moments.
+
+    Args:
+      params: {"means", "log_scales", "quats", "log_densities", "seg"} of a :class:`StackModel`.
+      opt_state, optimizer: the optimizer state of ``params`` and its transformation.
+      avg_grad: [C] mean positional-gradient norm.
+
+    Returns:
+      (params, opt_state, K).
+    """
+    p = {k: np.array(v) for k, v in params.items()}
+    c = len(p["means"])
+    k = int(fraction * c)
+    if k < 1:
+        return params, opt_state, 0
+    mass = p["log_densities"] + p["log_scales"].sum(1)
+    dead = np.argsort(mass, kind="stable")[:k]
+    alive = np.setdiff1d(np.arange(c), dead)
+    g = np.asarray(avg_grad)[alive]
+    src = alive[np.argsort(-g, kind="stable")[:k]]
+    rot = np.asarray(quat_to_rotmat(jnp.asarray(p["quats"][src] / np.linalg.norm(p["quats"][src], axis=1,
+                                                                                 keepdims=True))))
+    z = np.asarray(jax.random.normal(key, (2, k, 3)))
+    offs = np.einsum("nij,knj->kni", rot, np.exp(p["log_scales"][src])[None] * z)
+    mu = p["means"][src].copy()
+    for f in p:
+        p[f][dead] = p[f][src]
+    p["means"][src], p["means"][dead] = mu + offs[0], mu + offs[1]
+    gain = np.log(split_factor ** 3 / 2.0)
+    for slot in (src, dead):
+        p["log_scales"][slot] -= np.log(split_factor)
+        p["log_densities"][slot] += gain
+        p["seg"][slot] += gain
+    remap = np.arange(c)
+    remap[dead] = src
+    fresh = np.zeros(c, bool)
+    fresh[dead] = fresh[src] = True
+    opt_state = remap_optimizer_state(optimizer, opt_state, jnp.asarray(remap), jnp.asarray(fresh))
+    return {f: jnp.asarray(v) for f, v in p.items()}, opt_state, k
+
+
+def _check_training(kept: FrameStack, n_lab: int) -> tuple[jax.Array, jax.Array, jax.Array, float, float]:
+    if kept.n_frames < 2:
+        raise ValueError(f"training needs at least two kept frames, got {kept.n_frames}")
+    if n_lab and (kept.labels is None or kept.labels.shape[0] != n_lab):
+        raise ValueError(f"the model has {n_lab} mask heads but the kept frames carry "
+                         f"{0 if kept.labels is None else kept.labels.shape[0]} label masks")
+    frames = jnp.asarray(kept.frames)
+    labels = jnp.asarray(kept.labels[:n_lab], jnp.float32) if n_lab else jnp.zeros((0,) + frames.shape)
+    return frames, labels, jnp.asarray(kept.z, jnp.float32), kept.mean_dz, float(kept.z[-1] - kept.z[0])
+
+
+def train_stack(key: jax.Array, model: StackModel, kept: FrameStack, cfg: StackConfig = StackConfig(), *,
+                checkpoint_path: str | Path | None = None, progress: bool = True) -> tuple[StackModel, dict]:
+    """Fit a stack model to the kept frames (and their labels).
+
+    Args:
+      key: PRNG key of frame and position sampling.
+      model: initial model (:func:`init_stack_model`).
+      kept: training frames; their labels train the segmentation head when present.
+      cfg: constants.
+      checkpoint_path: resumable checkpoint (atomic, one per block).
+      progress: show a progress bar.
+
+    Returns:
+      (model, history) with history = dict(step, loss, seconds) per block.
+    """
+    frames, labels, z, dz, depth = _check_training(kept, model.n_labels)
+
+    def loss_fn(p, i, j, alpha, ibfr_on, band_on):
+        return stack_loss(_model(model, p), kept, frames, labels, i, j, alpha, ibfr_on, band_on, cfg, z, dz,
+                          depth)
+
+    opt = _optimizer(cfg, float(np.hypot(*kept.extent_xy) / 2))
+
+    def relocate(k, p, opt_state, avg):
+        return relocate_splats(k, p, opt_state, avg, optimizer=opt, fraction=cfg.relocate_fraction)
+
+    params, history = fit_frames(key, _params(model), loss_fn, kept, cfg, opt, checkpoint_path=checkpoint_path,
+                                 progress=progress, relocate=relocate)
+    return _model(model, params), history
