@@ -25,6 +25,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plt
 
 from insideout_jax.render import project as proj
 from insideout_jax.render import tiles as tl
@@ -33,6 +34,8 @@ __all__ = ["composite_window_pallas", "composite_window_bwd_pallas"]
 
 _COLS = 16  # parameter columns padded to a power of two
 _T_MIN = 1e-4  # same constant as rgb.T_MIN (not imported: rgb imports this module lazily)
+# Triton, not JAX's default GPU back end (Mosaic GPU, which needs the whole list in shared memory)
+_TRITON = plt.CompilerParams(num_warps=4, num_stages=1)
 
 
 def _pad_params(pair_params: jax.Array) -> jax.Array:
@@ -161,6 +164,7 @@ def composite_window_pallas(pair_params, starts, ends, state, *, grid, interpret
         in_specs=[_scalar_spec(), _scalar_spec(), pl.no_block_spec] + [tile] * 5,
         out_specs=[tile] * 5,
         interpret=interpret,
+        compiler_params=_TRITON,
     )(starts, ends, pp, *(state[:, k] for k in range(5)))
     return jnp.stack(outs, axis=1)
 
@@ -190,6 +194,7 @@ def composite_window_bwd_pallas(pair_params, starts, ends, bstate, cot, *, grid,
         out_specs=[tile, tile, pl.no_block_spec],
         input_output_aliases={10: 2},
         interpret=interpret,
+        compiler_params=_TRITON,
     )(starts, ends, pp, bstate[:, 0], bstate[:, 1], *(cot[:, k] for k in range(5)),
       jnp.zeros(pp.shape, bstate.dtype))
     return outs[2][:p, :10], jnp.stack(outs[:2], axis=1)
