@@ -12,10 +12,13 @@ its own row of the output: every row is written by exactly one program, so there
 and the result is deterministic. Rows of pairs never reached (their pixels had stopped) keep the
 zeros of the aliased input buffer.
 
-Written for the Triton back end of Pallas (power-of-two blocks: S² pixels, 16 padded parameter
-columns; scalar loads of the pair parameters). On CPU the kernels run with ``interpret=True`` and
-are tested against the XLA path at small sizes. Status: developed without access to a GPU – the
-interpreted kernels are tested, the Triton lowering has not been run yet.
+Written for the Triton back end of Pallas, selected with ``compiler_params`` (JAX's default GPU
+back end, Mosaic GPU, would need the whole pair list in shared memory): power-of-two blocks (S²
+pixels, 16 padded parameter columns; scalar loads of the pair parameters). On CPU the kernels run
+with ``interpret=True`` and are tested against the XLA path and the float64 dense reference;
+``tests/test_pallas_lowering.py`` lowers them to Triton IR on a CPU host. Status: the Triton → PTX
+compilation and the GPU run are checked by ``pytest -m gpu`` (``benchmarks/gpu_check.sh``), which
+has not been run on a GPU yet.
 """
 
 from __future__ import annotations
