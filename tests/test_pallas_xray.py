@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from test_render_xray import SHAPE, _geom, _grads, _ref, _rel, _scene
 
-from insideout_jax.render import pallas_xray
+from insideout_jax.render import additive as ad
+from insideout_jax.render import pallas_additive, pallas_xray
 from insideout_jax.render.xray import render_xray, resolve_xray_backend, xray_tile_stats
 from insideout_jax.render.xray_reference import render_xray_reference
 
@@ -87,7 +88,7 @@ def test_sorted_segment_sum_matches_numpy():
     ids = np.sort(rng.integers(0, 9, 200)).astype(np.int32)
     ids[-7:] = 9  # dropped rows (id ≥ n), e.g. the invalid slots of a window
     vals = rng.normal(size=(200, 3)).astype(np.float32)
-    out = np.asarray(pallas_xray.sorted_segment_sum(jnp.asarray(vals), jnp.asarray(ids), 9))
+    out = np.asarray(pallas_additive.sorted_segment_sum(jnp.asarray(vals), jnp.asarray(ids), 9))
     ref = np.zeros((9, 3))
     np.add.at(ref, ids[ids < 9], vals[ids < 9].astype(np.float64))
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
@@ -101,7 +102,7 @@ def test_segments_give_every_pair_one_row_of_its_tile():
     layout = xr._layout(g, 2, 16, 1)
     rec, boxes, _ = xr._xray_setup(s, g, g.angles, jnp.float32(5.0), layout)
     bk, cap = 16, 64
-    rid, pos, valid, seg, n_rows, total = pallas_xray.build_segments(boxes, layout, cap, bk, 32)
+    rid, pos, valid, seg, n_rows, total = pallas_additive.build_segments(boxes, layout, cap, bk, 32)
     rid, pos, valid, seg = map(np.asarray, (rid, pos, valid, seg))
     assert int(total) > 32 + cap  # the window is full
     assert valid.all() and np.all(np.diff(rid) >= 0)  # record-major order
@@ -113,8 +114,8 @@ def test_segments_give_every_pair_one_row_of_its_tile():
         assert start % bk == 0
         assert np.all(tile_of_row[start:start + nblk * bk] == -1)
         tile_of_row[start:start + nblk * bk] = t
-    _, _, _, _, tile, _ = pallas_xray.ad.decode_pairs(
-        boxes, jnp.cumsum(pallas_xray.ad.box_counts(boxes)), 32 + jnp.arange(cap), layout)
+    _, _, _, _, tile, _ = ad.decode_pairs(boxes, jnp.cumsum(ad.box_counts(boxes)),
+                                          32 + jnp.arange(cap), layout)
     np.testing.assert_array_equal(tile_of_row[pos], np.asarray(tile))
 
 
@@ -125,11 +126,13 @@ def test_auto_backend_is_xla_off_gpu_and_bad_arguments_are_named():
         assert resolve_xray_backend("auto") == "pallas"
     with pytest.raises(ValueError, match="backend"):
         resolve_xray_backend("triton")
-    layout = pallas_xray.ad.TileLayout(1, 2, 2, 16, 16)
+    layout = ad.TileLayout(1, 2, 2, 16, 16)
     rec, boxes = jnp.zeros((4, 14)), jnp.zeros((4, 6), jnp.int32)
-    with pytest.raises(ValueError, match="cutoff_sigma"):
-        jax.jit(lambda k: pallas_xray.integrate_tiles(rec, boxes, layout, mode="cone",
-                                                      cutoff_sigma=k, interpret=True))(5.0)
+    with pytest.raises(ValueError, match="rec"):
+        pallas_xray.integrate_tiles(rec[:, :13], boxes, layout, mode="cone", cutoff_sigma=5.0)
+    with pytest.raises(ValueError, match="tile_h"):
+        pallas_xray.integrate_tiles(rec, boxes, ad.TileLayout(1, 2, 2, 12, 16), mode="cone",
+                                    cutoff_sigma=5.0)
     with pytest.raises(ValueError, match="pair_block"):
         pallas_xray.integrate_tiles(rec, boxes, layout, mode="cone", cutoff_sigma=5.0,
                                     pair_block=24)

@@ -476,8 +476,7 @@ def render_xray(splats: RadSplats, geometry: XrayGeometry, views=None, *,
       views: None (all views), [V] int view indices into ``geometry.angles``, or [V] float angles
         in radians.
       cutoff_sigma: k; contributions with Mahalanobis ray distance m > k are dropped (relative
-        error ≤ e^(−k²/2) of each Gaussian's central integral: 3.7e-6 at the default 5). The
-        Pallas back ends need a Python float (it is compiled into the kernels).
+        error ≤ e^(−k²/2) of each Gaussian's central integral: 3.7e-6 at the default 5).
       tile_size: square tile side in pixels (a power of two for the Pallas back ends).
       chunk: XLA back end: (record, tile) pairs evaluated per loop step (memory ≈ chunk ·
         tile_size² floats).
@@ -485,7 +484,7 @@ def render_xray(splats: RadSplats, geometry: XrayGeometry, views=None, *,
         device), "pallas" (GPU kernels, :mod:`insideout_jax.render.pallas_xray`) or
         "pallas_interpret" (the same kernels in the Pallas interpreter, for tests on CPU).
       capacity: Pallas back ends only: static pairs per window (performance and memory only;
-        more pairs run further windows). None: ``pallas_xray.default_window_capacity``.
+        more pairs run further windows). None: ``pallas_additive.default_window_capacity``.
 
     Returns:
       [V, nv, nu] float32 line integrals (dimensionless attenuation −ln(I/I₀)).
@@ -493,17 +492,20 @@ def render_xray(splats: RadSplats, geometry: XrayGeometry, views=None, *,
     _check_inputs(splats, geometry, cutoff_sigma, tile_size, chunk)
     backend = resolve_xray_backend(backend)
     angles = resolve_view_angles(geometry, views)
-    static_cut = None
     if backend != "xla":
-        t = int(tile_size)
-        if t & (t - 1):
-            raise ValueError(f"tile_size must be a power of two for backend={backend!r}, got {t}")
-        static_cut = float(cutoff_sigma)
-        if capacity is not None and int(capacity) < 1:
-            raise ValueError(f"capacity must be positive or None, got {capacity}")
+        check_pallas_options(tile_size, capacity, backend)
     return _render_xray_jit(splats, geometry, angles, jnp.float32(cutoff_sigma),
-                            static_cutoff=static_cut, tile_size=int(tile_size), chunk=int(chunk),
-                            backend=backend, capacity=None if capacity is None else int(capacity))
+                            tile_size=int(tile_size), chunk=int(chunk), backend=backend,
+                            capacity=None if capacity is None else int(capacity))
+
+
+def check_pallas_options(tile_size: int, capacity, backend: str) -> None:
+    """ValueError naming the argument for Pallas options the kernels cannot take."""
+    t = int(tile_size)
+    if t < 1 or t & (t - 1):
+        raise ValueError(f"tile_size must be a power of two for backend={backend!r}, got {t}")
+    if capacity is not None and int(capacity) < 1:
+        raise ValueError(f"capacity must be positive or None, got {capacity}")
 
 
 @functools.partial(jax.jit, static_argnames=("tile_size",))
@@ -513,11 +515,10 @@ def _pair_counts(splats, geometry, angles, cutoff_sigma, *, tile_size):
     return box_counts(boxes), ok
 
 
-@xla.jit(static_argnames=("static_cutoff", "tile_size", "chunk", "backend", "capacity"))
-def _render_xray_jit(splats, geometry, angles, cutoff_sigma, *, static_cutoff, tile_size, chunk,
-                     backend, capacity):
-    # cutoff_sigma is traced for the XLA path (one compilation for all cutoffs); the Pallas
-    # kernels take it as a static constant.
+@xla.jit(static_argnames=("tile_size", "chunk", "backend", "capacity"))
+def _render_xray_jit(splats, geometry, angles, cutoff_sigma, *, tile_size, chunk, backend,
+                     capacity):
+    # cutoff_sigma is traced (one compilation for all cutoffs)
     layout = _layout(geometry, angles.shape[0], tile_size, chunk)
     cutoff = jax.lax.stop_gradient(cutoff_sigma)
     rec, boxes, _ = _xray_setup(splats, geometry, angles, cutoff, layout)
@@ -535,7 +536,7 @@ def _render_xray_jit(splats, geometry, angles, cutoff_sigma, *, static_cutoff, t
         from insideout_jax.render import pallas_xray
 
         buf = pallas_xray.integrate_tiles(rec, boxes, layout, mode=geometry.mode,
-                                          cutoff_sigma=static_cutoff,
+                                          cutoff_sigma=cutoff,
                                           interpret=backend == "pallas_interpret",
                                           capacity=capacity)
     nv, nu = geometry.n_detector
