@@ -1,9 +1,10 @@
 """GPU checks (``pytest -m gpu`` on a GPU machine; skipped elsewhere by ``conftest.py``).
 
-The Pallas kernels compiled by Triton and run on the GPU, at moderate sizes, against the XLA path
-on the same GPU and the float64 references (on the GPU too), with the CPU tests' tolerances where
-they compare with a float64 reference; plus determinism of the backward passes, the slice renderer
-and voxelizer (XLA on the GPU) and one training step of each X-ray trainer with ``backend="auto"``.
+The Pallas kernels (RGB, X-ray cone and parallel beam, slices / voxelizer) compiled by Triton and
+run on the GPU, at moderate sizes, against the XLA path on the same GPU and the float64 references
+(on the GPU too), with the CPU tests' tolerances where they compare with a float64 reference; plus
+determinism of the backward passes and one training step of each X-ray trainer with
+``backend="auto"``.
 
 Tolerances Pallas vs XLA are 10× the CPU ones (1e-5): XLA:GPU and Triton use their own ``exp`` and
 ``rsqrt`` (and XLA the a^(−1/2) series), so the two float32 paths differ by a few ulp per term.
@@ -139,14 +140,31 @@ def test_rgb_pallas_backward_is_deterministic(rgb_scene):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_slices_and_voxelizer_on_gpu_match_brute_force():
-    """No Pallas kernels: the XLA engine, compiled for the GPU, against the float64 field."""
+@pytest.mark.parametrize("backend", ["pallas", "xla"])
+def test_slices_and_voxelizer_match_brute_force(backend):
     s = _slice_scene()
     for name, plane in _planes().items():
         ref = _field(s, slice_pixel_centers(plane))
-        assert _rel(render_slice(s, plane), ref) < 1e-5, name  # the CPU tolerance
+        assert _rel(render_slice(s, plane, backend=backend), ref) < 1e-5, name  # CPU tolerance
     grid = make_voxel_grid((20, 24, 28), (2.0, 1.5, 1.75), (-24.0, -18.0, -20.0))
-    assert _rel(voxelize(s, grid), _field(s, voxel_centers(grid))) < 1e-5
+    ref = _field(s, voxel_centers(grid))
+    assert _rel(voxelize(s, grid, backend=backend), ref) < 1e-5
+    assert _rel(voxelize(s, grid, backend=backend, capacity=256), ref) < 1e-5  # windows
+
+
+def test_slice_pallas_gradients_match_xla_and_are_deterministic():
+    s, plane = _slice_scene(), _planes()["oblique"]
+    w = jnp.asarray(np.random.default_rng(3).normal(size=plane.resolution), jnp.float32)
+
+    def grads(backend):
+        f = jax.jit(jax.grad(lambda x: jnp.sum(render_slice(x, plane, backend=backend) * w),
+                             allow_int=True))
+        return f(s)
+
+    a, b, x = grads("pallas"), grads("pallas"), grads("xla")
+    for name in XFIELDS:
+        np.testing.assert_array_equal(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)))
+        assert _rel(getattr(a, name), getattr(x, name)) < 2e-5, name
 
 
 def test_training_steps_with_auto_match_xla():
@@ -158,9 +176,10 @@ def test_training_steps_with_auto_match_xla():
         out = {}
         for backend in ("xla", "auto"):
             if trainer == "xray":
-                cfg = XrayTrainConfig(iterations=1, block=1, backend=backend)
+                cfg = XrayTrainConfig(iterations=1, block=1, backend=backend, lambda_tv=0.1,
+                                      tv_size=16, tv_spacing=2.0)
                 optimizer, block = xray_block(cfg, 30.0, float(target.max()))
-                extra = (g, target, jnp.asarray([[1]]), jnp.zeros((1, 3), jnp.float32))
+                extra = (g, target, jnp.asarray([[1]]), jnp.full((1, 3), -16.0, jnp.float32))
             else:
                 cfg = InternalConfig(iterations=1, block=1, projection_weight=1.0, backend=backend)
                 optimizer, block = internal_block(cfg, "rad", 30.0, 0.05, float(target.max()))

@@ -1,4 +1,4 @@
-"""The Pallas kernels lower to Triton IR for a CUDA device, checked on any host.
+"""The Pallas kernels (RGB, X-ray, slices / voxelizer) lower to Triton IR for CUDA, on any host.
 
 ``jax.export`` with ``platforms=["cuda"]`` runs the Pallas → Triton lowering in Python without a
 GPU: an operation the Triton back end does not support (a slice, a block that is not a power of
@@ -14,6 +14,7 @@ import pytest
 
 from insideout_jax.cameras import make_pinhole, make_xray_geometry
 from insideout_jax.render import RasterConfig, render_rgb
+from insideout_jax.render.slices import axial_plane, make_voxel_grid, render_slice, voxelize
 from insideout_jax.render.xray import render_xray
 from insideout_jax.splats import rad_splats_from_points, rgb_splats_from_points
 
@@ -66,3 +67,20 @@ def test_rgb_kernels_lower_to_triton():
     bwd = _lower_for_cuda(jax.grad(loss, argnums=(0, 1, 2)), s.means, s.log_scales,
                           s.opacity_logits)
     assert _n_triton_calls(bwd) == 2
+
+
+def test_slice_and_voxelizer_kernels_lower_to_triton():
+    rng = np.random.default_rng(0)
+    s = rad_splats_from_points(rng.uniform(-20, 20, (16, 3)), 0.02)
+    plane = axial_plane(0.0, (0.0, 0.0), (60.0, 60.0), (40, 48))
+    grid = make_voxel_grid((4, 20, 24), (3.0, 3.0, 3.0), (-30.0, -30.0, -6.0))
+
+    def loss(means, log_scales):
+        sp = s.replace(means=means, log_scales=log_scales)
+        return (jnp.sum(render_slice(sp, plane, backend="pallas") ** 2)
+                + jnp.sum(voxelize(sp, grid, backend="pallas") ** 2))
+
+    fwd = _lower_for_cuda(lambda m: loss(m, s.log_scales), s.means)
+    assert _n_triton_calls(fwd) == 2 and "mosaic_gpu" not in fwd
+    bwd = _lower_for_cuda(jax.grad(loss, argnums=(0, 1)), s.means, s.log_scales)
+    assert _n_triton_calls(bwd) == 4  # forward and backward kernels of both

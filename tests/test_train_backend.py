@@ -1,5 +1,7 @@
-"""The trainers' X-ray back end (``backend=`` in their configs): one jitted training step with the
-Pallas kernels (interpreted on CPU) gives the loss and gradients of the XLA path.
+"""The trainers' back end (``backend=`` in their configs): one jitted training step with the
+Pallas kernels (interpreted on CPU) gives the loss and gradients of the XLA path. The steps use
+every renderer with Pallas kernels: X-ray projections and the TV term's voxelizer (radiative
+training), slices and projections (internal rendering).
 
 The gradients are read from the optimizer state after one Adam step: its first moment is
 (1 − β₁)·g and its second (1 − β₂)·g², per field, and ``grad_acc`` holds ‖∂L/∂means‖ per splat.
@@ -43,12 +45,13 @@ def test_xray_training_step_pallas_matches_xla(xray_data):
     s, g, target = xray_data
     out = {}
     for backend in ("xla", "pallas_interpret"):
-        cfg = XrayTrainConfig(iterations=1, block=1, backend=backend)
+        cfg = XrayTrainConfig(iterations=1, block=1, backend=backend, lambda_tv=0.1, tv_size=8,
+                              tv_spacing=4.0)
         optimizer, block = xray_block(cfg, 30.0, float(target.max()))
         st = initial_train_state(s, optimizer)
         (_, opt_state, acc, _), losses = block(
             st["params"], st["opt_state"], st["grad_acc"], st["count"], st["active"], g, target,
-            jnp.asarray([[1]]), jnp.zeros((1, 3), jnp.float32))
+            jnp.asarray([[1]]), jnp.full((1, 3), -16.0, jnp.float32))
         out[backend] = (losses, acc, opt_state)
     (l1, a1, o1), (l2, a2, o2) = out["xla"], out["pallas_interpret"]
     assert float(l1[0]) > 0

@@ -71,11 +71,10 @@ class InternalConfig:
         over-dense children between the slice planes, which no slice sees and the projections
         (which see only mass) cannot locate.
       seed: PRNG seed.
-      backend: back end of the X-ray renderer of the projection term
-        (:func:`~insideout_jax.render.xray.render_xray`): "auto" (Pallas kernels on GPU, XLA
-        elsewhere), "xla", "pallas" or "pallas_interpret" (tests). The slice renderer runs on XLA
-        whatever this is (it has no Pallas kernels); RGB splats' photo term uses ``render_rgb``'s
-        own "auto".
+      backend: back end of the slice renderer (:func:`~insideout_jax.render.slices.render_slice`)
+        and of the X-ray renderer of the projection term: "auto" (Pallas kernels on GPU, XLA
+        elsewhere), "xla", "pallas" or "pallas_interpret" (the kernels in the Pallas interpreter;
+        tests). RGB splats' photo term uses ``render_rgb``'s own "auto".
     """
 
     iterations: int = 20_000
@@ -143,7 +142,7 @@ def _make_block(cfg: InternalConfig, kind: str, extent: float, scale: float, p_m
     def loss_fn(params, active, plane, target, views, view, view_target, with_view, background):
         cls = RGBSplats if kind == "rgb" else RadSplats
         sp = cls(**params, active=active)
-        pred = render_slice(sp, plane, cutoff_sigma=cfg.cutoff_sigma) / scale
+        pred = render_slice(sp, plane, cutoff_sigma=cfg.cutoff_sigma, backend=cfg.backend) / scale
         logits = sp.opacity_logits if kind == "rgb" else radiative_opacity_logits(sp)
         loss = xray_reference_loss(pred, target / scale, logits, lambda_ssim=cfg.lambda_ssim,
                                    lambda_zero_one=cfg.lambda_zero_one, mask=active)

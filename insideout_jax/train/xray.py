@@ -56,9 +56,9 @@ class XrayTrainConfig:
       capacity_factor: initial capacity = factor × n_init.
       holdout_every: every k-th view is held out.
       seed: PRNG seed.
-      backend: X-ray renderer back end (:func:`~insideout_jax.render.xray.render_xray`): "auto"
-        (Pallas kernels on GPU, XLA elsewhere), "xla", "pallas" or "pallas_interpret" (tests).
-        The TV term's voxelizer runs on XLA whatever this is (it has no Pallas kernels).
+      backend: back end of the X-ray renderer (:func:`~insideout_jax.render.xray.render_xray`)
+        and of the TV term's voxelizer: "auto" (Pallas kernels on GPU, XLA elsewhere), "xla",
+        "pallas" or "pallas_interpret" (the kernels in the Pallas interpreter; tests).
     """
 
     iterations: int = 5000
@@ -136,7 +136,7 @@ def _make_block(cfg: XrayTrainConfig, extent: float, p_max: float):
             pred, target / p_max))
         if cfg.lambda_tv > 0:
             grid = VoxelGrid(jnp.full(3, cfg.tv_spacing, jnp.float32), tv_origin, (cfg.tv_size,) * 3)
-            loss = loss + cfg.lambda_tv * tv_3d(voxelize(sp, grid))
+            loss = loss + cfg.lambda_tv * tv_3d(voxelize(sp, grid, backend=cfg.backend))
         return loss
 
     def step(carry, xs, *, active, geometry, projections):
