@@ -9,9 +9,10 @@
 Steps, in this order (``--steps`` picks some):
 
 1. ``env``: Python, jax / jaxlib versions, devices, ``nvidia-smi`` → ``env.json``.
-2. ``install``: ``pip install -e ".[test]"``; then, if JAX sees no GPU, ``pip install
-   "jax[cuda12]==<jax version>"`` (each may fail on a machine without a package index: logged,
-   and the steps after it still run with ``PYTHONPATH`` set to this checkout).
+2. ``install``: ``pip install -e ".[test]"`` where the dependencies do not import; then, if JAX
+   sees no GPU, ``pip install "jax[cuda12]==<installed jax version>"`` (then ``cuda13``). Each may
+   fail on a machine without a package index: logged, and the steps after it still run, with
+   ``PYTHONPATH`` set to this checkout (``summary.json`` then says ``blocked``).
 3. ``tests``: ``pytest -m gpu`` (``tests/test_gpu.py``) → ``pytest_gpu.log``, ``pytest_gpu.xml``.
 4. ``bench``: the RGB and X-ray rasterizers, forward and forward+backward, XLA vs Pallas, one
    subprocess per (renderer, N, S, back end), most informative configurations first →
@@ -127,20 +128,31 @@ def step_env(r: Runner) -> None:
     r.save()
 
 
+_DEPS = "insideout_jax, optax, flax, chex, scipy, cv2, tifffile, pycolmap, skimage, pytest, hypothesis"
+_PIP = ("-m", "pip", "install", "--retries", "1", "--timeout", "20")
+
+
 def step_install(r: Runner) -> None:
-    cmds = [_py("-m", "pip", "install", "-e", ".[test]")]
+    """Install what is missing: the package's dependencies, then a CUDA build of JAX."""
+    cmds = [_py(*_PIP, "-e", ".[test]")] + [
+        _py(*_PIP, f"jax[{cuda}]==<jax version>") for cuda in ("cuda12", "cuda13")]
     if r.dry_run:
-        r.summary["install"] = {"would_run": [" ".join(c) for c in cmds]
-                                + ["pip install jax[cuda12]==<jax> (if JAX has no GPU)"]}
+        r.summary["install"] = {"would_run_where_missing": [" ".join(c) for c in cmds]}
         r.save()
         return
-    r.run("install", cmds[0], cap_s=150)
+    deps = r.run("install", _py("-c", f"import {_DEPS}"), cap_s=120)
+    if deps["status"] != "ok":
+        r.run("install", cmds[0], cap_s=150)
     if not _gpu_visible(r):
         import importlib.metadata as md
 
         ver = md.version("jax")
-        r.run("install", _py("-m", "pip", "install", f"jax[cuda12]=={ver}"), cap_s=150)
-    r.summary["install"] = {"gpu_visible": _gpu_visible(r)}
+        for cuda in ("cuda12", "cuda13"):
+            r.run("install", _py(*_PIP, f"jax[{cuda}]=={ver}"), cap_s=150)
+            if _gpu_visible(r):
+                break
+    r.summary["install"] = {"deps_were_importable": deps["status"] == "ok",
+                            "gpu_visible": _gpu_visible(r)}
     r.save()
 
 

@@ -25,7 +25,7 @@ def test_gpu_check_dry_run_at_tiny_sizes(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dry_run"] and summary["env"]["jax"]
-    assert "would_run" in summary["install"]  # nothing is installed in a dry run
+    assert "would_run_where_missing" in summary["install"]  # nothing is installed in a dry run
     for step in ("bench", "paper"):
         assert all(rec["status"] == "ok" for rec in summary["steps"][step]), step
     assert summary["steps"]["gsplat"][-1]["status"] == "ok"  # the anchor script (after the probe)
