@@ -18,8 +18,9 @@ volumes are within 1e-5 of the exact field whatever the overlap; pass 5 (or less
 matters more (the footprint area grows as k²). Accumulation is
 additive over tiles with the chunked engine of :mod:`insideout_jax.render.additive` and a
 hand-written VJP (gradients with respect to the splats; the plane and grid are not differentiated).
-``backend="pallas"`` (chosen by ``"auto"`` on GPU) runs the same kernel as Pallas GPU programs
-(:mod:`insideout_jax.render.pallas_additive`, :data:`DENSITY_PALLAS`).
+``backend="pallas"`` (chosen by ``"auto"`` on GPU) runs the same kernel, written on record columns
+(``_pallas_value``, ``_pallas_sums``), as Pallas GPU programs
+(:mod:`insideout_jax.render.pallas_additive`).
 
 Conventions: CT frame in mm; volumes indexed [z, y, x]; voxel [k, j, i] has centre
 origin_xyz + (i·sx, j·sy, k·sz) with spacing_zyx = (sz, sy, sx). A plane's pixel (row r, column c)

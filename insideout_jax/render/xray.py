@@ -81,7 +81,7 @@ from insideout_jax.splats import RadSplats, quat_to_rotmat
 __all__ = ["render_xray", "xray_records", "xray_tile_stats", "ray_length_image",
            "resolve_view_angles", "safe_quats", "series_records", "XRAY_RECORD_FIELDS", "CONE_KERNEL",
            "CONE_SERIES_KERNEL", "PARALLEL_KERNEL", "SERIES_EPS", "XRAY_BACKENDS",
-           "resolve_xray_backend"]
+           "resolve_xray_backend", "check_pallas_options"]
 
 XRAY_RECORD_FIELDS = ("j0", "i0", "aj", "ai", "ajj", "aji", "aii", "x0", "x1", "x2",
                       "y0", "y1", "y2", "k")
@@ -447,7 +447,7 @@ def resolve_xray_backend(backend: str) -> str:
 
     "auto" is the Pallas kernels where ``jax.default_backend() == "gpu"`` and the XLA path
     elsewhere (on CPU it is always XLA). The Pallas kernels are tested on CPU in the Pallas
-    interpreter and lowered to Triton IR there; ``pytest -m gpu`` (``benchmarks/gpu_check.sh``)
+    interpreter and lowered to Triton IR there; ``pytest -m gpu`` (``benchmarks/gpu_check.py``)
     checks them on a GPU — pass ``"xla"`` where that has not been run.
 
     Raises:
