@@ -11,7 +11,10 @@ MODULES = ["insideout_jax", "insideout_jax.io", "insideout_jax.metrics", "inside
            "insideout_jax.losses", "insideout_jax.fitting", "insideout_jax.evaluation",
            "insideout_jax.visual", "insideout_jax.train.rgb", "insideout_jax.train.xray",
            "insideout_jax.internal.train", "insideout_jax.internal.pseudo_gt",
-           "insideout_jax.data.phantom", "insideout_jax.data.sfm", "insideout_jax.config"]
+           "insideout_jax.data.phantom", "insideout_jax.data.sfm", "insideout_jax.config",
+           "insideout_jax.render.xray", "insideout_jax.render.slices",
+           "insideout_jax.render.pallas_additive", "insideout_jax.render.pallas_xray",
+           "insideout_jax.render.pallas_rgb"]
 
 
 @pytest.mark.parametrize("name", MODULES)
