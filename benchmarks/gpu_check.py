@@ -203,7 +203,7 @@ def step_bench(r: Runner, sweep: str, pallas: str, reserve_s: float,
 def step_gsplat(r: Runner, sweep: str, reserve_s: float) -> None:
     probe = r.run("gsplat", _py("-c", "import torch, gsplat"), cap_s=60, reserve_s=reserve_s)
     if probe["status"] != "ok" and not r.dry_run:
-        r.run("gsplat", _py("-m", "pip", "install", "gsplat"), cap_s=120, reserve_s=reserve_s)
+        r.run("gsplat", _py(*_PIP, "gsplat"), cap_s=120, reserve_s=reserve_s)
     n, s = SWEEPS[sweep][0]
     res = r.run("gsplat", _py("benchmarks/bench_gsplat_anchor.py", "--json", "--sizes", str(n),
                               "--image-sizes", str(s), "--repeats", "1" if sweep == "tiny" else "5"),
