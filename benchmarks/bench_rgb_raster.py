@@ -1,10 +1,13 @@
 """Benchmark of the RGB tile rasterizer (issue 4, deliverable 5).
 
-    python benchmarks/bench_rgb_raster.py --json
+    python benchmarks/bench_rgb_raster.py --json [--sizes 10000 50000] [--image-sizes 256]
+        [--backend auto|xla|pallas|pallas_interpret]
 
-Prints one JSON object per line: N = 10 000 and 50 000 Gaussians at 256×256 with the keys
-``n_gaussians, height, width, fwd_ms_median, fwdbwd_ms_median, tile_pairs, max_pairs_per_tile,
-peak_rss_mb``, then one line for a 64×64 crop that adds ``dense_ms_median`` and
+Prints one JSON object per line: N = 10 000 and 50 000 Gaussians (``--sizes``) at 256×256
+(``--image-sizes``) with the keys ``n_gaussians, height, width, fwd_ms_median, fwdbwd_ms_median,
+tile_pairs, max_pairs_per_tile, peak_rss_mb`` and ``benchmark, backend`` (the back end that ran;
+``auto`` is Pallas on GPU), ``device, device_name, jax_version``, then one line for a 64×64 crop
+that adds ``dense_ms_median`` and
 ``max_abs_diff_vs_dense`` (against the dense every-pixel × every-Gaussian reference): the central
 64×64 px of the first scene (10 000 Gaussians), rendered by a camera with a shifted principal point.
 
@@ -31,7 +34,7 @@ import numpy as np
 
 from insideout_jax.cameras import make_pinhole
 from insideout_jax.render import RasterConfig, render_rgb, render_rgb_dense
-from insideout_jax.render.rgb import pair_capacity_bucket
+from insideout_jax.render.rgb import _resolve_backend, pair_capacity_bucket
 from insideout_jax.splats import RGBSplats
 
 
@@ -109,6 +112,9 @@ def bench_one(n: int, size: int, repeats: int, config: RasterConfig, *, crop: in
         row["max_abs_diff_vs_dense"] = float(max(jnp.abs(out.color - c_ref).max(),
                                                  jnp.abs(out.alpha - a_ref).max()))
     row["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    dev = jax.devices()[0]
+    row.update(benchmark="rgb_raster", backend=_resolve_backend(config), device=dev.platform,
+               device_name=dev.device_kind, jax_version=jax.__version__)
     return row
 
 
@@ -116,18 +122,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 50_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 50_000],
+                        help="numbers of Gaussians")
+    parser.add_argument("--image-sizes", type=int, nargs="+", default=[256],
+                        help="image sides (square images)")
+    parser.add_argument("--backend", default="auto",
+                        choices=["auto", "xla", "pallas", "pallas_interpret"])
     parser.add_argument("--tile-size", type=int, default=None, help="default: RasterConfig's")
     parser.add_argument("--chunk-size", type=int, default=RasterConfig.chunk_size)
     parser.add_argument("--tiles-per-step", type=int, default=None)
     parser.add_argument("--no-crop", action="store_true", help="skip the 64×64 dense comparison")
     args = parser.parse_args()
     config = RasterConfig(tile_size=args.tile_size, chunk_size=args.chunk_size,
-                          tiles_per_step=args.tiles_per_step)
-    rows = [bench_one(n, 256, args.repeats, config) for n in args.sizes]
+                          tiles_per_step=args.tiles_per_step, backend=args.backend)
+    for size in args.image_sizes:
+        for n in args.sizes:
+            row = bench_one(n, size, args.repeats, config)
+            print(json.dumps(row) if args.json else row, flush=True)
     if not args.no_crop:
-        rows.append(bench_one(args.sizes[0], 256, args.repeats, config, crop=64))
-    for row in rows:
+        row = bench_one(args.sizes[0], 256, args.repeats, config, crop=64)
         print(json.dumps(row) if args.json else row, flush=True)
 
 

@@ -205,7 +205,7 @@ def stage_xray(ctx: RunContext) -> None:
         raise StageError(f"stage 'xray': {e}") from e
     write_ply(ctx.stage_dir / "xray_splats.ply", splats)
     ctx.save_history("xray", hist)
-    ev = evaluate_xray(splats, proj[ho], g_ho)
+    ev = evaluate_xray(splats, proj[ho], g_ho, backend=cfg.backend)
     ctx.metrics["heldout_views"]["xray"] = {"psnr": ev["psnr"], "ssim": ev["ssim"]}
     print(f"[xray] held-out projection PSNR {ev['psnr']:.2f} dB, SSIM {ev['ssim']:.4f}")
     truth = obj.truth_volume or obj.volume

@@ -1,4 +1,8 @@
-"""Shared test fixtures: the location of the optional real data beside the project."""
+"""Shared test fixtures: the location of the optional real data beside the project; GPU tests.
+
+Tests marked ``gpu`` run only where ``jax.default_backend() == "gpu"``; elsewhere (CPU CI) they are
+skipped with a message that says how to run them.
+"""
 
 from pathlib import Path
 
@@ -6,6 +10,21 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+NO_GPU = "no GPU: run `pytest -m gpu` on a GPU machine (see README, GPU)"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests marked ``gpu`` unless JAX's default back end is a GPU."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    import jax  # only when GPU tests were collected: JAX initialises its back ends here
+
+    if jax.default_backend() == "gpu":
+        return
+    skip = pytest.mark.skip(reason=NO_GPU)
+    for item in gpu_items:
+        item.add_marker(skip)
 
 
 @pytest.fixture

@@ -265,12 +265,19 @@ def test_inactive_slots_and_determinism(scene, main_result):
     assert np.all(np.asarray(out.visible)[:6] == 0)  # behind the near plane
 
 
-def test_pallas_interpret_matches_xla(scene, main_result):
-    """Pallas kernels (interpreted, 16-px tiles, one window) vs the XLA loop (MAIN: 8-px tiles,
-    several windows): the same compositing, so equal up to float round-off."""
-    splats, cam, (_, (g_ref, _)) = scene
+@pytest.mark.parametrize("pair_capacity", [None, 128], ids=["one-window", "windows"])
+def test_pallas_interpret_matches_xla(scene, main_result, pair_capacity):
+    """Pallas kernels (interpreted, 16-px tiles; one window, or several that carry the per-pixel
+    state from kernel call to kernel call) vs the XLA loop (MAIN: 8-px tiles, several windows)
+    and the float64 dense reference: the same compositing, so equal up to float round-off."""
+    splats, cam, ((_, (c_ref, a_ref, _)), (g_ref, _)) = scene
     (_, o1), (g1, gb1, _) = main_result
-    (_, o2), (g2, gb2, _) = _fast_value_and_grad(splats, cam, RasterConfig(backend="pallas_interpret"))
+    cfg = RasterConfig(backend="pallas_interpret", pair_capacity=pair_capacity)
+    (_, o2), (g2, gb2, _) = _fast_value_and_grad(splats, cam, cfg)
+    if pair_capacity is not None:
+        assert int(o2.n_pairs) > 2 * pair_capacity  # three or more windows
+    assert np.abs(o2.color - c_ref).max() <= 1e-5  # the XLA path's tolerances vs float64
+    assert np.abs(o2.alpha - a_ref).max() <= 1e-5
     assert np.abs(o1.color - o2.color).max() <= 1e-5
     assert np.abs(o1.alpha - o2.alpha).max() <= 1e-5
     assert np.abs(o1.alpha * o1.depth - o2.alpha * o2.depth).max() <= 1e-5 * 6

@@ -32,7 +32,7 @@ from insideout_jax import xla
 from insideout_jax.losses import photometric_loss, xray_reference_loss
 from insideout_jax.render.rgb import render_rgb
 from insideout_jax.render.slices import SlicePlane, render_slice
-from insideout_jax.render.xray import render_xray
+from insideout_jax.render.xray import render_xray, resolve_xray_backend
 from insideout_jax.splats import RadSplats, RGBSplats
 from insideout_jax.train.densify import DensifyConfig, densify_if_due, initial_train_state
 from insideout_jax.train.loop import run_training
@@ -71,6 +71,10 @@ class InternalConfig:
         over-dense children between the slice planes, which no slice sees and the projections
         (which see only mass) cannot locate.
       seed: PRNG seed.
+      backend: back end of the slice renderer (:func:`~insideout_jax.render.slices.render_slice`)
+        and of the X-ray renderer of the projection term: "auto" (Pallas kernels on GPU, XLA
+        elsewhere), "xla", "pallas" or "pallas_interpret" (the kernels in the Pallas interpreter;
+        tests). RGB splats' photo term uses ``render_rgb``'s own "auto".
     """
 
     iterations: int = 20_000
@@ -90,6 +94,7 @@ class InternalConfig:
     cutoff_sigma: float = 5.0
     density_cap: float | None = None
     seed: int = 0
+    backend: str = "auto"
 
     @property
     def view_every(self) -> int:
@@ -128,7 +133,7 @@ def _make_block(cfg: InternalConfig, kind: str, extent: float, scale: float, p_m
 
     def view_term(sp, views, view, view_target, background):
         if kind == "rad":  # stage 1's projection loss
-            p = render_xray(sp, views, view[None])[0] / p_max
+            p = render_xray(sp, views, view[None], backend=cfg.backend)[0] / p_max
             return photometric_loss(p, view_target / p_max, lambda_ssim=cfg.lambda_ssim)
         cam = jax.tree_util.tree_map(lambda x: x[view], views)  # 3DGS's photometric loss
         img = render_rgb(sp, cam, background=background).color
@@ -137,7 +142,7 @@ def _make_block(cfg: InternalConfig, kind: str, extent: float, scale: float, p_m
     def loss_fn(params, active, plane, target, views, view, view_target, with_view, background):
         cls = RGBSplats if kind == "rgb" else RadSplats
         sp = cls(**params, active=active)
-        pred = render_slice(sp, plane, cutoff_sigma=cfg.cutoff_sigma) / scale
+        pred = render_slice(sp, plane, cutoff_sigma=cfg.cutoff_sigma, backend=cfg.backend) / scale
         logits = sp.opacity_logits if kind == "rgb" else radiative_opacity_logits(sp)
         loss = xray_reference_loss(pred, target / scale, logits, lambda_ssim=cfg.lambda_ssim,
                                    lambda_zero_one=cfg.lambda_zero_one, mask=active)
@@ -200,6 +205,7 @@ def train_internal(splats: RGBSplats | RadSplats, planes, targets: np.ndarray,
       (splats, history).
     """
     kind = "rgb" if isinstance(splats, RGBSplats) else "rad"
+    resolve_xray_backend(cfg.backend)  # ValueError for an unknown back end, before any work
     tgt = np.asarray(targets, np.float32)
     planes = list(planes)
     if tgt.ndim != 3 or len(tgt) != len(planes) or len(planes) == 0:

@@ -17,7 +17,10 @@ backward pass (``jax.custom_vjp``) replays the same chunks: it reads each pair's
 row, computes the pair's contribution with the kernel's hand-written VJP (or ``jax.vjp`` of its
 ``eval``) and adds it to its record (segment sum, indices sorted); an optional per-record
 ``finish`` turns the summed contributions into record cotangents once, after the loop. Both
-loops run in a fixed order, so results are bitwise reproducible on CPU.
+loops run in a fixed order, so results are bitwise reproducible on CPU. On a GPU, XLA lowers the
+scatter-adds with atomics, so sums may be reordered from run to run (float32 round-off; tested
+tolerance 1e-6 relative in ``tests/test_gpu.py``); the Pallas engine
+(:mod:`insideout_jax.render.pallas_additive`, the default there) is deterministic.
 
 Hand-written VJPs reduce pixel sums to *moments* Σₚ g·lx^i·ly^j of one map g per pair, computed
 with one matmul against pair-independent monomials of the tile-centred pixel offsets

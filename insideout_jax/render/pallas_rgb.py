@@ -12,10 +12,13 @@ its own row of the output: every row is written by exactly one program, so there
 and the result is deterministic. Rows of pairs never reached (their pixels had stopped) keep the
 zeros of the aliased input buffer.
 
-Written for the Triton back end of Pallas (power-of-two blocks: S² pixels, 16 padded parameter
-columns; scalar loads of the pair parameters). On CPU the kernels run with ``interpret=True`` and
-are tested against the XLA path at small sizes. Status: developed without access to a GPU – the
-interpreted kernels are tested, the Triton lowering has not been run yet.
+Written for the Triton back end of Pallas, selected with ``compiler_params`` (JAX's default GPU
+back end, Mosaic GPU, would need the whole pair list in shared memory): power-of-two blocks (S²
+pixels, 16 padded parameter columns; scalar loads of the pair parameters). On CPU the kernels run
+with ``interpret=True`` and are tested against the XLA path and the float64 dense reference;
+``tests/test_pallas_lowering.py`` lowers them to Triton IR on a CPU host. Status: the Triton → PTX
+compilation and the GPU run are checked by ``pytest -m gpu`` (``benchmarks/gpu_check.sh``), which
+has not been run on a GPU yet.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plt
 
 from insideout_jax.render import project as proj
 from insideout_jax.render import tiles as tl
@@ -33,6 +37,8 @@ __all__ = ["composite_window_pallas", "composite_window_bwd_pallas"]
 
 _COLS = 16  # parameter columns padded to a power of two
 _T_MIN = 1e-4  # same constant as rgb.T_MIN (not imported: rgb imports this module lazily)
+# Triton, not JAX's default GPU back end (Mosaic GPU, which needs the whole list in shared memory)
+_TRITON = plt.CompilerParams(num_warps=4, num_stages=1)
 
 
 def _pad_params(pair_params: jax.Array) -> jax.Array:
@@ -161,6 +167,7 @@ def composite_window_pallas(pair_params, starts, ends, state, *, grid, interpret
         in_specs=[_scalar_spec(), _scalar_spec(), pl.no_block_spec] + [tile] * 5,
         out_specs=[tile] * 5,
         interpret=interpret,
+        compiler_params=_TRITON,
     )(starts, ends, pp, *(state[:, k] for k in range(5)))
     return jnp.stack(outs, axis=1)
 
@@ -190,6 +197,7 @@ def composite_window_bwd_pallas(pair_params, starts, ends, bstate, cot, *, grid,
         out_specs=[tile, tile, pl.no_block_spec],
         input_output_aliases={10: 2},
         interpret=interpret,
+        compiler_params=_TRITON,
     )(starts, ends, pp, bstate[:, 0], bstate[:, 1], *(cot[:, k] for k in range(5)),
       jnp.zeros(pp.shape, bstate.dtype))
     return outs[2][:p, :10], jnp.stack(outs[:2], axis=1)

@@ -16,8 +16,11 @@ Gaussian's peak, and for a dense field of overlapping Gaussians a relative P(χ�
 (k = 3: 3%, k = 5: 1.5e-5, k = 6: 7e-8). Default k = 6, so that metrics computed on slices and
 volumes are within 1e-5 of the exact field whatever the overlap; pass 5 (or less) where speed
 matters more (the footprint area grows as k²). Accumulation is
-additive over tiles with the chunked engine of :mod:`insideout_jax.render.xray` and a hand-written
-VJP (gradients with respect to the splats; the plane and grid are not differentiated).
+additive over tiles with the chunked engine of :mod:`insideout_jax.render.additive` and a
+hand-written VJP (gradients with respect to the splats; the plane and grid are not differentiated).
+``backend="pallas"`` (chosen by ``"auto"`` on GPU) runs the same kernel, written on record columns
+(``_pallas_value``, ``_pallas_sums``), as Pallas GPU programs
+(:mod:`insideout_jax.render.pallas_additive`).
 
 Conventions: CT frame in mm; volumes indexed [z, y, x]; voxel [k, j, i] has centre
 origin_xyz + (i·sx, j·sy, k·sz) with spacing_zyx = (sz, sy, sx). A plane's pixel (row r, column c)
@@ -41,7 +44,7 @@ from insideout_jax.render.additive import (
     tile_local_coords,
     tile_moments,
 )
-from insideout_jax.render.xray import safe_quats
+from insideout_jax.render.xray import check_pallas_options, resolve_xray_backend, safe_quats
 from insideout_jax.splats import RadSplats, RGBSplats, quat_to_rotmat
 
 __all__ = ["SlicePlane", "make_slice_plane", "axial_plane", "coronal_plane",
@@ -229,6 +232,72 @@ def _vjp_density(rec, aux, x0, y0, layer, ts, ct):
 DENSITY_KERNEL = SplatKernel(_eval_density, _vjp_density)
 
 
+# The same kernel for the Pallas engine, on record columns r[k] ([Bk]) and scalar constants
+# aux = (x00 (3), step_c (3), step_r (3), step_l (3), k²): every intermediate is a [Bk] or [Bk, Pt]
+# block (no 3-vectors, no 3 × 3 matmul).
+
+
+def _pallas_stage(r, aux, x0, y0, layer, ts):
+    """o = W(x_t − μ), g1 = W·step_c, g2 = W·step_r as three lists of [Bk] columns, and x_t − μ."""
+    th, tw = ts
+    xc = x0 + (tw - 1) / 2.0
+    yc = y0 + (th - 1) / 2.0
+    d = [aux[j] + xc * aux[3 + j] + yc * aux[6 + j] + layer * aux[9 + j] - r[j] for j in range(3)]
+    w = lambda i, j: r[3 + 3 * i + j]  # noqa: E731
+    o = [w(i, 0) * d[0] + w(i, 1) * d[1] + w(i, 2) * d[2] for i in range(3)]
+    g1 = [w(i, 0) * aux[3] + w(i, 1) * aux[4] + w(i, 2) * aux[5] for i in range(3)]
+    g2 = [w(i, 0) * aux[6] + w(i, 1) * aux[7] + w(i, 2) * aux[8] for i in range(3)]
+    return o, g1, g2, d
+
+
+def _pallas_m2(o, g1, g2, ts):
+    lx, ly = tile_local_coords(ts, centred=True)
+    v = [o[k][:, None] + lx[None] * g1[k][:, None] + ly[None] * g2[k][:, None] for k in range(3)]
+    return v[0] * v[0] + v[1] * v[1] + v[2] * v[2], lx, ly
+
+
+def _pallas_value(r, aux, x0, y0, layer, ts):
+    o, g1, g2, _ = _pallas_stage(r, aux, x0, y0, layer, ts)
+    m2, _, _ = _pallas_m2(o, g1, g2, ts)
+    return jnp.where(m2 <= aux[12], r[12][:, None] * jnp.exp(-0.5 * m2), 0.0)
+
+
+def _pallas_sums(r, aux, x0, y0, layer, ts, ct):
+    """Record cotangents of one pair (μ (3), W row-major (9), peak): :func:`_vjp_density`."""
+    o, g1, g2, d = _pallas_stage(r, aux, x0, y0, layer, ts)
+    m2, lx, ly = _pallas_m2(o, g1, g2, ts)
+    ge = ct * jnp.where(m2 <= aux[12], jnp.exp(-0.5 * m2), 0.0)  # ∂L/∂peak per pixel
+    gm = -0.5 * ge * r[12][:, None]  # ∂L/∂m²
+    gx, gy = gm * lx[None], gm * ly[None]
+    s0, sx, sy = jnp.sum(gm, 1), jnp.sum(gx, 1), jnp.sum(gy, 1)
+    sxx, sxy, syy = jnp.sum(gx * lx[None], 1), jnp.sum(gx * ly[None], 1), jnp.sum(gy * ly[None], 1)
+    go = [2.0 * (o[i] * s0 + g1[i] * sx + g2[i] * sy) for i in range(3)]
+    gg1 = [2.0 * (o[i] * sx + g1[i] * sxx + g2[i] * sxy) for i in range(3)]
+    gg2 = [2.0 * (o[i] * sy + g1[i] * sxy + g2[i] * syy) for i in range(3)]
+    w = lambda i, j: r[3 + 3 * i + j]  # noqa: E731
+    g_mu = [-(w(0, j) * go[0] + w(1, j) * go[1] + w(2, j) * go[2]) for j in range(3)]
+    g_w = [go[i] * d[j] + gg1[i] * aux[3 + j] + gg2[i] * aux[6 + j]
+           for i in range(3) for j in range(3)]
+    return (*g_mu, *g_w, jnp.sum(ge, 1))
+
+
+def _density_pallas():
+    from insideout_jax.render import pallas_additive  # noqa: PLC0415 (optional back end)
+
+    return pallas_additive.PallasKernel(13, 13, _pallas_value, _pallas_sums)
+
+
+def _sum_density(layout, rec, aux, boxes, backend, capacity):
+    """The density kernel on the tiles of ``layout`` by the chosen back end ([T, Pt])."""
+    if backend == "xla":
+        return sum_splat(DENSITY_KERNEL, layout, rec, aux, boxes)
+    from insideout_jax.render import pallas_additive  # noqa: PLC0415 (optional back end)
+
+    flat = jnp.concatenate([aux[0], aux[1], aux[2], aux[3], aux[4][None]])
+    return pallas_additive.integrate(_density_pallas(), layout, rec, flat, boxes,
+                                     interpret=backend == "pallas_interpret", capacity=capacity)
+
+
 def _records(splats):
     rot = quat_to_rotmat(safe_quats(splats))
     w = jnp.swapaxes(rot, -1, -2) * jnp.exp(-splats.log_scales)[:, :, None]
@@ -239,36 +308,46 @@ def _records(splats):
     return rec, jax.lax.stop_gradient(g)
 
 
-def _check(splats, cutoff_sigma, tile_size, chunk):
+def _check(splats, cutoff_sigma, tile_size, chunk, backend, capacity) -> str:
     splat_peaks(splats)  # type check
     if not cutoff_sigma > 0:
         raise ValueError(f"cutoff_sigma must be > 0, got {cutoff_sigma}")
     if int(tile_size) < 1 or int(chunk) < 1:
         raise ValueError(f"tile_size and chunk must be positive, got {tile_size}, {chunk}")
+    backend = resolve_xray_backend(backend)
+    if backend != "xla":
+        check_pallas_options(tile_size, capacity, backend)
+    return backend
 
 
 def render_slice(splats: RadSplats | RGBSplats, plane: SlicePlane, *, cutoff_sigma: float = 6.0,
-                 tile_size: int = 16, chunk: int = 1024) -> jax.Array:
+                 tile_size: int = 16, chunk: int = 1024, backend: str = "auto",
+                 capacity: int | None = None) -> jax.Array:
     """Density field on the pixel centres of a plane (exact plane restriction, additive).
 
     Args:
       splats: RadSplats (density) or RGBSplats (opacity as density); inactive splats ignored.
       plane: :class:`SlicePlane`.
       cutoff_sigma: k; contributions beyond Mahalanobis distance k are dropped (module docstring).
-      tile_size, chunk: tiling and pairs per loop step (performance only).
+      tile_size, chunk: tiling and pairs per loop step of the XLA engine (performance only);
+        tile_size a power of two for the Pallas back ends.
+      backend: "auto" (Pallas on GPU, XLA elsewhere), "xla", "pallas" or "pallas_interpret" (the
+        Pallas kernels in the interpreter, for tests on CPU); as for
+        :func:`~insideout_jax.render.xray.render_xray`.
+      capacity: Pallas back ends only: static pairs per window (performance and memory only).
 
     Returns:
       [H, W] float32 density (1/mm for RadSplats; dimensionless for RGBSplats).
     """
-    _check(splats, cutoff_sigma, tile_size, chunk)
+    backend = _check(splats, cutoff_sigma, tile_size, chunk, backend, capacity)
     if not isinstance(plane, SlicePlane):
         raise ValueError(f"plane must be a SlicePlane, got {type(plane).__name__}")
     return _render_slice_jit(splats, plane, jnp.float32(cutoff_sigma), tile_size=int(tile_size),
-                             chunk=int(chunk))
+                             chunk=int(chunk), backend=backend, capacity=capacity)
 
 
-@xla.jit(static_argnames=("tile_size", "chunk"))
-def _render_slice_jit(splats, plane, cutoff_sigma, *, tile_size, chunk):
+@xla.jit(static_argnames=("tile_size", "chunk", "backend", "capacity"))
+def _render_slice_jit(splats, plane, cutoff_sigma, *, tile_size, chunk, backend, capacity):
     h, w = plane.resolution
     t = tile_size
     layout = TileLayout(1, -(-h // t), -(-w // t), t, t, chunk)
@@ -299,12 +378,13 @@ def _render_slice_jit(splats, plane, cutoff_sigma, *, tile_size, chunk):
     x00 = plane.origin + (0.5 - w / 2.0) * step_c + (0.5 - h / 2.0) * step_r
     aux = (x00, step_c, step_r, jnp.zeros(3, jnp.float32), k2)
     aux = jax.tree_util.tree_map(jax.lax.stop_gradient, aux)
-    buf = sum_splat(DENSITY_KERNEL, layout, rec, aux, boxes)
+    buf = _sum_density(layout, rec, aux, boxes, backend, capacity)
     return layout.untile(buf, h, w)[0]
 
 
 def voxelize(splats: RadSplats | RGBSplats, grid: VoxelGrid, *, cutoff_sigma: float = 6.0,
-             tile_size: int = 16, chunk: int = 1024) -> jax.Array:
+             tile_size: int = 16, chunk: int = 1024, backend: str = "auto",
+             capacity: int | None = None) -> jax.Array:
     """Density field at the voxel centres of a grid (one additive slice per z index).
 
     Args:
@@ -312,19 +392,20 @@ def voxelize(splats: RadSplats | RGBSplats, grid: VoxelGrid, *, cutoff_sigma: fl
       grid: :class:`VoxelGrid`.
       cutoff_sigma: k; contributions beyond Mahalanobis distance k are dropped.
       tile_size, chunk: tiling of each z-slice and pairs per loop step (performance only).
+      backend, capacity: as for :func:`render_slice`.
 
     Returns:
       [Z, Y, X] float32 density.
     """
-    _check(splats, cutoff_sigma, tile_size, chunk)
+    backend = _check(splats, cutoff_sigma, tile_size, chunk, backend, capacity)
     if not isinstance(grid, VoxelGrid):
         raise ValueError(f"grid must be a VoxelGrid, got {type(grid).__name__}")
     return _voxelize_jit(splats, grid, jnp.float32(cutoff_sigma), tile_size=int(tile_size),
-                         chunk=int(chunk))
+                         chunk=int(chunk), backend=backend, capacity=capacity)
 
 
-@xla.jit(static_argnames=("tile_size", "chunk"))
-def _voxelize_jit(splats, grid, cutoff_sigma, *, tile_size, chunk):
+@xla.jit(static_argnames=("tile_size", "chunk", "backend", "capacity"))
+def _voxelize_jit(splats, grid, cutoff_sigma, *, tile_size, chunk, backend, capacity):
     nz, ny, nx = grid.shape_zyx
     t = tile_size
     layout = TileLayout(nz, -(-ny // t), -(-nx // t), t, t, chunk)
@@ -342,5 +423,5 @@ def _voxelize_jit(splats, grid, cutoff_sigma, *, tile_size, chunk):
     eye = jnp.eye(3, dtype=jnp.float32)
     aux = (grid.origin_xyz, sp_xyz[0] * eye[0], sp_xyz[1] * eye[1], sp_xyz[2] * eye[2], k * k)
     aux = jax.tree_util.tree_map(jax.lax.stop_gradient, aux)
-    buf = sum_splat(DENSITY_KERNEL, layout, rec, aux, boxes)
+    buf = _sum_density(layout, rec, aux, boxes, backend, capacity)
     return layout.untile(buf, ny, nx)

@@ -47,8 +47,8 @@ up to degree 4 (one matmul against the tile's monomials) and from them the momen
 of u·(N − a) and u·a about the Gaussian's own centre pixel (exact binomial shift), which add up
 over the Gaussian's tiles: a and N are quadratic polynomials of the pixel offset, so these 13 sums per
 Gaussian determine its cotangent, formed once per Gaussian after the loop (deterministic segment
-sums in a fixed order). ``backend="pallas"``
-runs the same kernels as Pallas GPU kernels over a tile-sorted pair list
+sums in a fixed order). ``backend="pallas"`` (chosen by ``"auto"`` on GPU)
+runs the same integrals as Pallas GPU kernels over tile-sorted windows of pairs
 (:mod:`insideout_jax.render.pallas_xray`).
 
 Glossary: C capacity, V views, R = V·C records, T tiles, Pt pixels per tile, B pairs per chunk.
@@ -80,7 +80,8 @@ from insideout_jax.splats import RadSplats, quat_to_rotmat
 
 __all__ = ["render_xray", "xray_records", "xray_tile_stats", "ray_length_image",
            "resolve_view_angles", "safe_quats", "series_records", "XRAY_RECORD_FIELDS", "CONE_KERNEL",
-           "CONE_SERIES_KERNEL", "PARALLEL_KERNEL", "SERIES_EPS"]
+           "CONE_SERIES_KERNEL", "PARALLEL_KERNEL", "SERIES_EPS", "XRAY_BACKENDS",
+           "resolve_xray_backend", "check_pallas_options"]
 
 XRAY_RECORD_FIELDS = ("j0", "i0", "aj", "ai", "ajj", "aji", "aii", "x0", "x1", "x2",
                       "y0", "y1", "y2", "k")
@@ -438,9 +439,30 @@ def _xray_setup(splats, geometry, angles, cutoff_sigma, layout):
     return rec.reshape(v * c, -1), boxes, ok
 
 
+XRAY_BACKENDS = ("auto", "xla", "pallas", "pallas_interpret")
+
+
+def resolve_xray_backend(backend: str) -> str:
+    """The back end that ``backend`` selects on this machine.
+
+    "auto" is the Pallas kernels where ``jax.default_backend() == "gpu"`` and the XLA path
+    elsewhere (on CPU it is always XLA). The Pallas kernels are tested on CPU in the Pallas
+    interpreter and lowered to Triton IR there; ``pytest -m gpu`` (``benchmarks/gpu_check.py``)
+    checks them on a GPU — pass ``"xla"`` where that has not been run.
+
+    Raises:
+      ValueError: for an unknown back end (the message names ``backend``).
+    """
+    if backend not in XRAY_BACKENDS:
+        raise ValueError(f"backend must be one of {XRAY_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "pallas" if jax.default_backend() == "gpu" else "xla"
+    return backend
+
+
 def render_xray(splats: RadSplats, geometry: XrayGeometry, views=None, *,
                 cutoff_sigma: float = 5.0, tile_size: int = 16, chunk: int = 1024,
-                backend: str = "xla", capacity: int | None = None) -> jax.Array:
+                backend: str = "auto", capacity: int | None = None) -> jax.Array:
     """X-ray projections (line integrals of the density field) of radiative splats.
 
     Exact closed-form Gaussian line integral per ray (module docstring), cone or parallel beam
@@ -455,33 +477,35 @@ def render_xray(splats: RadSplats, geometry: XrayGeometry, views=None, *,
         in radians.
       cutoff_sigma: k; contributions with Mahalanobis ray distance m > k are dropped (relative
         error ≤ e^(−k²/2) of each Gaussian's central integral: 3.7e-6 at the default 5).
-      tile_size: square tile side in pixels.
-      chunk: (record, tile) pairs evaluated per loop step (memory ≈ chunk · tile_size² floats).
-      backend: "xla" (any device) or "pallas" (GPU kernels; ``"pallas_interpret"`` runs them in
-        the Pallas interpreter, for tests on CPU).
-      capacity: pallas backends only: static number of tile pairs (needed under ``jit``; an
-        overflow returns NaN). None: computed on the host.
+      tile_size: square tile side in pixels (a power of two for the Pallas back ends).
+      chunk: XLA back end: (record, tile) pairs evaluated per loop step (memory ≈ chunk ·
+        tile_size² floats).
+      backend: "auto" (:func:`resolve_xray_backend`: Pallas on GPU, XLA elsewhere), "xla" (any
+        device), "pallas" (GPU kernels, :mod:`insideout_jax.render.pallas_xray`) or
+        "pallas_interpret" (the same kernels in the Pallas interpreter, for tests on CPU).
+      capacity: Pallas back ends only: static pairs per window (performance and memory only;
+        more pairs run further windows). None: ``pallas_additive.default_window_capacity``.
 
     Returns:
       [V, nv, nu] float32 line integrals (dimensionless attenuation −ln(I/I₀)).
     """
     _check_inputs(splats, geometry, cutoff_sigma, tile_size, chunk)
-    if backend not in ("xla", "pallas", "pallas_interpret"):
-        raise ValueError(f"backend must be 'xla', 'pallas' or 'pallas_interpret', got {backend!r}")
+    backend = resolve_xray_backend(backend)
     angles = resolve_view_angles(geometry, views)
-    if backend != "xla" and capacity is None:
-        try:
-            counts, _ = _pair_counts(splats, geometry, angles, jnp.float32(cutoff_sigma),
-                                     tile_size=int(tile_size))
-            n = int(jnp.sum(counts))
-        except jax.errors.ConcretizationTypeError as e:
-            raise ValueError("backend='pallas' under jit needs an explicit capacity= (number of "
-                             "tile pairs, see xray_tile_stats)") from e
-        capacity = 1 << max(max(n, 1024) - 1, 1).bit_length()
-    static_cut = None if backend == "xla" else float(cutoff_sigma)
+    if backend != "xla":
+        check_pallas_options(tile_size, capacity, backend)
     return _render_xray_jit(splats, geometry, angles, jnp.float32(cutoff_sigma),
-                            static_cutoff=static_cut, tile_size=int(tile_size), chunk=int(chunk),
-                            backend=backend, capacity=None if capacity is None else int(capacity))
+                            tile_size=int(tile_size), chunk=int(chunk), backend=backend,
+                            capacity=None if capacity is None else int(capacity))
+
+
+def check_pallas_options(tile_size: int, capacity, backend: str) -> None:
+    """ValueError naming the argument for Pallas options the kernels cannot take."""
+    t = int(tile_size)
+    if t < 1 or t & (t - 1):
+        raise ValueError(f"tile_size must be a power of two for backend={backend!r}, got {t}")
+    if capacity is not None and int(capacity) < 1:
+        raise ValueError(f"capacity must be positive or None, got {capacity}")
 
 
 @functools.partial(jax.jit, static_argnames=("tile_size",))
@@ -491,11 +515,10 @@ def _pair_counts(splats, geometry, angles, cutoff_sigma, *, tile_size):
     return box_counts(boxes), ok
 
 
-@xla.jit(static_argnames=("static_cutoff", "tile_size", "chunk", "backend", "capacity"))
-def _render_xray_jit(splats, geometry, angles, cutoff_sigma, *, static_cutoff, tile_size, chunk,
-                     backend, capacity):
-    # cutoff_sigma is traced for the XLA path (one compilation for all cutoffs); the Pallas
-    # kernels take it as a static constant.
+@xla.jit(static_argnames=("tile_size", "chunk", "backend", "capacity"))
+def _render_xray_jit(splats, geometry, angles, cutoff_sigma, *, tile_size, chunk, backend,
+                     capacity):
+    # cutoff_sigma is traced (one compilation for all cutoffs)
     layout = _layout(geometry, angles.shape[0], tile_size, chunk)
     cutoff = jax.lax.stop_gradient(cutoff_sigma)
     rec, boxes, _ = _xray_setup(splats, geometry, angles, cutoff, layout)
@@ -513,7 +536,7 @@ def _render_xray_jit(splats, geometry, angles, cutoff_sigma, *, static_cutoff, t
         from insideout_jax.render import pallas_xray
 
         buf = pallas_xray.integrate_tiles(rec, boxes, layout, mode=geometry.mode,
-                                          cutoff_sigma=static_cutoff,
+                                          cutoff_sigma=cutoff,
                                           interpret=backend == "pallas_interpret",
                                           capacity=capacity)
     nv, nu = geometry.n_detector

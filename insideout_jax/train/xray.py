@@ -28,7 +28,7 @@ from insideout_jax import xla
 from insideout_jax.cameras import XrayGeometry
 from insideout_jax.losses import photometric_loss, tv_3d
 from insideout_jax.render.slices import VoxelGrid, voxelize
-from insideout_jax.render.xray import render_xray
+from insideout_jax.render.xray import render_xray, resolve_xray_backend
 from insideout_jax.splats import RadSplats, rad_splats_from_points
 from insideout_jax.train.densify import DensifyConfig, densify_if_due, initial_train_state
 from insideout_jax.train.loop import run_training
@@ -56,6 +56,9 @@ class XrayTrainConfig:
       capacity_factor: initial capacity = factor × n_init.
       holdout_every: every k-th view is held out.
       seed: PRNG seed.
+      backend: back end of the X-ray renderer (:func:`~insideout_jax.render.xray.render_xray`)
+        and of the TV term's voxelizer: "auto" (Pallas kernels on GPU, XLA elsewhere), "xla",
+        "pallas" or "pallas_interpret" (the kernels in the Pallas interpreter; tests).
     """
 
     iterations: int = 5000
@@ -79,6 +82,7 @@ class XrayTrainConfig:
     capacity_factor: float = 2.0
     holdout_every: int = 8
     seed: int = 0
+    backend: str = "auto"
 
 
 def scan_cuboid(geometry: XrayGeometry) -> tuple[np.ndarray, np.ndarray]:
@@ -127,12 +131,12 @@ def _make_block(cfg: XrayTrainConfig, extent: float, p_max: float):
 
     def loss_fn(params, active, geometry, views, target, tv_origin):
         sp = RadSplats(**params, active=active)
-        pred = render_xray(sp, geometry, views) / p_max
+        pred = render_xray(sp, geometry, views, backend=cfg.backend) / p_max
         loss = jnp.mean(jax.vmap(lambda a, b: photometric_loss(a, b, lambda_ssim=cfg.lambda_ssim))(
             pred, target / p_max))
         if cfg.lambda_tv > 0:
             grid = VoxelGrid(jnp.full(3, cfg.tv_spacing, jnp.float32), tv_origin, (cfg.tv_size,) * 3)
-            loss = loss + cfg.lambda_tv * tv_3d(voxelize(sp, grid))
+            loss = loss + cfg.lambda_tv * tv_3d(voxelize(sp, grid, backend=cfg.backend))
         return loss
 
     def step(carry, xs, *, active, geometry, projections):
@@ -170,6 +174,7 @@ def train_xray(projections: np.ndarray, geometry: XrayGeometry,
     Returns:
       (splats, history).
     """
+    resolve_xray_backend(cfg.backend)  # ValueError for an unknown back end, before any work
     proj = np.asarray(projections, np.float32)
     nv, nu = geometry.n_detector
     if proj.ndim != 3 or proj.shape != (geometry.n_views, nv, nu):
@@ -222,8 +227,11 @@ def train_xray(projections: np.ndarray, geometry: XrayGeometry,
 
 
 def evaluate_xray(splats: RadSplats, projections: np.ndarray, geometry: XrayGeometry,
-                  views=None) -> dict:
-    """Held-out projection metrics: PSNR (min–max normalised, EVALUATION §2) and valid SSIM."""
+                  views=None, *, backend: str = "auto") -> dict:
+    """Held-out projection metrics: PSNR (min–max normalised, EVALUATION §2) and valid SSIM.
+
+    ``backend``: the X-ray renderer's (:func:`~insideout_jax.render.xray.render_xray`).
+    """
     from insideout_jax.metrics.image import psnr_minmax, ssim_valid
 
     def to_unit_range(x):
@@ -233,7 +241,7 @@ def evaluate_xray(splats: RadSplats, projections: np.ndarray, geometry: XrayGeom
     idx = np.arange(geometry.n_views) if views is None else np.asarray(views)
     ps, ss = [], []
     for i in idx:
-        pred = np.asarray(render_xray(splats, geometry, np.array([i]))[0])
+        pred = np.asarray(render_xray(splats, geometry, np.array([i]), backend=backend)[0])
         ref = np.asarray(projections[i])
         ps.append(psnr_minmax(pred, ref))
         ss.append(ssim_valid(to_unit_range(pred), to_unit_range(ref)))
