@@ -91,3 +91,11 @@ def test_trainers_name_an_unknown_backend(xray_data):
     with pytest.raises(ValueError, match="backend"):
         train_internal(s, planes, np.zeros((1, 16, 16), np.float32),
                        InternalConfig(iterations=1, block=1, backend="triton"), progress=False)
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="checks the message on machines without a GPU")
+def test_trainers_refuse_compiled_pallas_without_a_gpu(xray_data):
+    s, g, target = xray_data
+    with pytest.raises(ValueError, match="backend='pallas'.*'auto' or 'xla'"):
+        train_xray(np.asarray(target), g, XrayTrainConfig(iterations=1, block=1, backend="pallas"),
+                   progress=False)

@@ -205,7 +205,7 @@ def train_internal(splats: RGBSplats | RadSplats, planes, targets: np.ndarray,
       (splats, history).
     """
     kind = "rgb" if isinstance(splats, RGBSplats) else "rad"
-    resolve_xray_backend(cfg.backend)  # ValueError for an unknown back end, before any work
+    resolve_xray_backend(cfg.backend, runnable=True)  # ValueError for a bad back end, before any work
     tgt = np.asarray(targets, np.float32)
     planes = list(planes)
     if tgt.ndim != 3 or len(tgt) != len(planes) or len(planes) == 0:

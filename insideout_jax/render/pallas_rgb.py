@@ -17,7 +17,7 @@ back end, Mosaic GPU, would need the whole pair list in shared memory): power-of
 pixels, 16 padded parameter columns; scalar loads of the pair parameters). On CPU the kernels run
 with ``interpret=True`` and are tested against the XLA path and the float64 dense reference;
 ``tests/test_pallas_lowering.py`` lowers them to Triton IR on a CPU host. Status: the Triton → PTX
-compilation and the GPU run are checked by ``pytest -m gpu`` (``benchmarks/gpu_check.sh``), which
+compilation and the GPU run are checked by ``pytest -m gpu`` (``benchmarks/gpu_check.py``), which
 has not been run on a GPU yet.
 """
 

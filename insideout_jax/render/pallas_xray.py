@@ -62,12 +62,13 @@ def _moments6(p, dj, di):
 
 def _sums(r, aux, x0, y0, layer, ts, ct, *, cone):
     dj, di, n, eps, rr, m2 = _pixel_terms(r, x0, y0, ts, cone)
-    e = jnp.where(m2 <= aux[0], jnp.exp(-0.5 * m2), 0.0)
+    inside = m2 <= aux[0]
     if not cone:  # moments of u = ct·e (xray._vjp_parallel)
-        return _moments6(ct * e, dj, di)
-    # u = ct·e·a^(−5/2); moments of u·(N − a) and u·a, and Σ u·a² (xray._vjp_cone)
+        return _moments6(ct * jnp.where(inside, jnp.exp(-0.5 * m2), 0.0), dj, di)
+    # u = ct·e·a^(−5/2); moments of u·(N − a) and u·a, and Σ u·a² (xray._vjp_cone). The mask is
+    # applied to the whole product, so a pixel outside the cut-off never contributes 0·inf = NaN.
     r2 = rr * rr
-    u = ct * (e * (rr * r2 * r2))
+    u = ct * jnp.where(inside, jnp.exp(-0.5 * m2) * (rr * r2 * r2), 0.0)
     a = 1.0 + eps
     ua = u * a
     return _moments6(u * (n - a), dj, di) + _moments6(ua, dj, di) + (jnp.sum(ua * a, 1),)

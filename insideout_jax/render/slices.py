@@ -343,7 +343,8 @@ def render_slice(splats: RadSplats | RGBSplats, plane: SlicePlane, *, cutoff_sig
     if not isinstance(plane, SlicePlane):
         raise ValueError(f"plane must be a SlicePlane, got {type(plane).__name__}")
     return _render_slice_jit(splats, plane, jnp.float32(cutoff_sigma), tile_size=int(tile_size),
-                             chunk=int(chunk), backend=backend, capacity=capacity)
+                             chunk=int(chunk), backend=backend,
+                             capacity=None if capacity is None else int(capacity))
 
 
 @xla.jit(static_argnames=("tile_size", "chunk", "backend", "capacity"))
@@ -401,7 +402,8 @@ def voxelize(splats: RadSplats | RGBSplats, grid: VoxelGrid, *, cutoff_sigma: fl
     if not isinstance(grid, VoxelGrid):
         raise ValueError(f"grid must be a VoxelGrid, got {type(grid).__name__}")
     return _voxelize_jit(splats, grid, jnp.float32(cutoff_sigma), tile_size=int(tile_size),
-                         chunk=int(chunk), backend=backend, capacity=capacity)
+                         chunk=int(chunk), backend=backend,
+                             capacity=None if capacity is None else int(capacity))
 
 
 @xla.jit(static_argnames=("tile_size", "chunk", "backend", "capacity"))

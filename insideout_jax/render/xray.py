@@ -442,7 +442,7 @@ def _xray_setup(splats, geometry, angles, cutoff_sigma, layout):
 XRAY_BACKENDS = ("auto", "xla", "pallas", "pallas_interpret")
 
 
-def resolve_xray_backend(backend: str) -> str:
+def resolve_xray_backend(backend: str, *, runnable: bool = False) -> str:
     """The back end that ``backend`` selects on this machine.
 
     "auto" is the Pallas kernels where ``jax.default_backend() == "gpu"`` and the XLA path
@@ -450,11 +450,18 @@ def resolve_xray_backend(backend: str) -> str:
     interpreter and lowered to Triton IR there; ``pytest -m gpu`` (``benchmarks/gpu_check.py``)
     checks them on a GPU — pass ``"xla"`` where that has not been run.
 
+    With ``runnable`` (the trainers' check before any work), "pallas" where JAX has no GPU is an
+    error too: compiled kernels cannot run there (lowering them for export still works without it).
+
     Raises:
-      ValueError: for an unknown back end (the message names ``backend``).
+      ValueError: for an unknown back end (the message names ``backend``), or, with ``runnable``,
+        "pallas" without a GPU.
     """
     if backend not in XRAY_BACKENDS:
         raise ValueError(f"backend must be one of {XRAY_BACKENDS}, got {backend!r}")
+    if runnable and backend == "pallas" and jax.default_backend() != "gpu":
+        raise ValueError(f"backend='pallas' runs compiled GPU kernels, but JAX runs on {jax.default_backend()!r}: "
+                         "use 'auto' or 'xla' ('pallas_interpret' runs the kernels in the interpreter)")
     if backend == "auto":
         return "pallas" if jax.default_backend() == "gpu" else "xla"
     return backend

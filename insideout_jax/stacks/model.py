@@ -58,7 +58,10 @@ class StackConfig:
       n_splats: number of Gaussians (MedGS: 100k flat ones; §3.5's CPU version: 20k).
       iterations: training iterations, one kept frame (+ one in-between render) each.
       block: iterations per jitted block (checkpoint interval).
-      lambda_l1, lambda_ssim, lambda_ibfr, lambda_band: MedGS's image-loss weights 2, 0.25, 0.5, 0.25.
+      lambda_l1, lambda_ssim, lambda_ibfr, lambda_band: image-loss weights; MedGS's are 2, 0.25, 0.5,
+        0.25. IBFR at 2 instead of 0.5: measured on the Stanford head (every 2nd slice kept, 128²,
+        20k splats, 3000 iterations) held-out PSNR 32.41 / 32.62 / 32.97 / 32.76 dB for 0 / 0.5 /
+        2 / 4.
       lambda_seg: weight of the segmentation loss 2·L1 (MedGS README: 2–3 works well).
       ibfr_start: fraction of the run after which IBFR is on (MedGS: 10k of 30k).
       band_until: fraction of the run during which the band penalty is on (MedGS: 20k of 30k).
@@ -71,7 +74,9 @@ class StackConfig:
         (:func:`relocate_splats`): every ``relocate_every`` iterations (0 = never) until
         ``relocate_until`` of the run, the ``relocate_fraction`` of splats with the least mass
         move to split the splats with the largest positional gradient (3DGS densifies by gradient
-        too, but grows the count; a fixed count keeps one compiled step and a known cost).
+        too, but grows the count; a fixed count keeps one compiled step and a known cost). Off by
+        default: measured on the Stanford head (as above, IBFR 2) every 200 iterations moving 5 % /
+        10 %: held-out 32.83 / 32.70 dB against 32.97 without.
       cutoff_sigma: Mahalanobis cut-off of the renderer, used for training and rendering alike.
       seed: PRNG seed of initialisation and frame sampling.
     """
@@ -81,7 +86,7 @@ class StackConfig:
     block: int = 100
     lambda_l1: float = 2.0
     lambda_ssim: float = 0.25
-    lambda_ibfr: float = 0.5
+    lambda_ibfr: float = 2.0
     lambda_band: float = 0.25
     lambda_seg: float = 2.0
     ibfr_start: float = 1.0 / 3.0
@@ -93,7 +98,7 @@ class StackConfig:
     lr_density: float = 2.5e-2
     lr_seg: float = 2.5e-2
     lr_decay: float = 1.0
-    relocate_every: int = 200
+    relocate_every: int = 0
     relocate_until: float = 0.6
     relocate_fraction: float = 0.05
     cutoff_sigma: float = 4.0
@@ -184,7 +189,7 @@ def _sample_voxels(key: jax.Array, kept: FrameStack, n: int) -> tuple[np.ndarray
     """n distinct voxels of the kept frames drawn with probability ∝ value, jittered within the voxel
     and ±½ frame gap along the stack axis: (points [n, 3] float32 mm, values [n], (k, r, c) indices)."""
     f, h, w = kept.frames.shape
-    vals = kept.frames.reshape(-1).astype(np.float64)
+    vals = np.maximum(kept.frames.reshape(-1).astype(np.float64), 0.0)  # noisy frames dip below 0
     if not np.any(vals > 0):
         raise ValueError("the kept frames are all at the bottom of their value range: nothing to fit")
     n = int(n)

@@ -174,7 +174,7 @@ def train_xray(projections: np.ndarray, geometry: XrayGeometry,
     Returns:
       (splats, history).
     """
-    resolve_xray_backend(cfg.backend)  # ValueError for an unknown back end, before any work
+    resolve_xray_backend(cfg.backend, runnable=True)  # ValueError for a bad back end, before any work
     proj = np.asarray(projections, np.float32)
     nv, nu = geometry.n_detector
     if proj.ndim != 3 or proj.shape != (geometry.n_views, nv, nu):
