@@ -57,16 +57,42 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--downsample", type=int, default=1, help="in-plane block averaging factor (default 1)")
     p.add_argument("--noise", type=float, default=0.0,
                    help="Gaussian noise added to the kept frames, as a fraction of the value range")
-    p.add_argument("--splats", type=int, default=d.n_splats, help=f"number of Gaussians ({d.n_splats})")
+    p.add_argument("--splats", type=int, default=None,
+                   help="number of Gaussians (default: one per 8 voxels of the kept frames above 10 %% of "
+                        "the value range)")
     p.add_argument("--iterations", type=int, default=d.iterations, help=f"iterations ({d.iterations})")
     p.add_argument("--folded", action="store_true",
                    help="also train MedGS's own route (time-conditioned flat Gaussians, alpha compositing)")
     p.add_argument("--folded-degree", type=int, default=2, help="drift polynomial degree of --folded (2)")
+    p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="override StackConfig fields, e.g. --set lambda_seg=4 cutoff_sigma=5")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     p.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     return p.parse_args(argv)
+
+
+def config_overrides(items) -> dict:
+    """{field: value} from FIELD=VALUE strings, typed like StackConfig's defaults."""
+    import dataclasses
+
+    from insideout_jax.stacks import StackConfig
+
+    fields = {f.name: f for f in dataclasses.fields(StackConfig)}
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields or name in ("n_splats", "iterations", "seed"):
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{sorted(set(fields) - {'n_splats', 'iterations', 'seed'})} "
+                             "(--splats, --iterations and --seed set the others)")
+        kind = type(getattr(StackConfig(), name))
+        try:
+            out[name] = kind(value)
+        except ValueError:
+            raise ValueError(f"--set {item!r}: {name} takes a {kind.__name__}") from None
+    return out
 
 
 def load_input(args):
@@ -273,7 +299,8 @@ def run(args) -> Path:
         rng = np.random.default_rng(args.seed + 1000)
         train = dataclasses.replace(kept, frames=(kept.frames + rng.normal(0, args.noise, kept.frames.shape)
                                                   ).astype(np.float32))
-    cfg = StackConfig(n_splats=args.splats, iterations=args.iterations, seed=args.seed)
+    n_splats = args.splats or max(4, int(np.count_nonzero(train.frames > 0.1) / 8))
+    cfg = StackConfig(n_splats=n_splats, iterations=args.iterations, seed=args.seed, **config_overrides(args.set))
     print(f"stack: {name} {raw.shape} spacing {spacing} mm; training on {kept.n_frames} frames, "
           f"{held.n_frames} held out; labels {list(names) or 'none'}; output {out}")
     model = init_stack_model(jax.random.key(cfg.seed), train, cfg)

@@ -63,6 +63,10 @@ class StackConfig:
         20k splats, 3000 iterations) held-out PSNR 32.41 / 32.62 / 32.97 / 32.76 dB for 0 / 0.5 /
         2 / 4.
       lambda_seg: weight of the segmentation loss 2·L1 (MedGS README: 2–3 works well).
+      seg_ibfr: apply IBFR to the mask heads too, with weight λ_ibfr·λ_seg, against the blend of the
+        neighbouring masks (ours; MedGS regularises the image head only). Without it the mask
+        fields sag between kept frames, where each splat's amplitude fades, and thin structures
+        fall below the 0.5 level of the surface.
       ibfr_start: fraction of the run after which IBFR is on (MedGS: 10k of 30k).
       band_until: fraction of the run during which the band penalty is on (MedGS: 20k of 30k).
       band_lo: lower bound of σ_z in kept-frame spacings (MedGS: one frame).
@@ -89,6 +93,7 @@ class StackConfig:
     lambda_ibfr: float = 2.0
     lambda_band: float = 0.25
     lambda_seg: float = 2.0
+    seg_ibfr: bool = True
     ibfr_start: float = 1.0 / 3.0
     band_until: float = 2.0 / 3.0
     band_lo: float = 1.0
@@ -281,8 +286,13 @@ def frames_loss(render: Callable, sig_z: jax.Array, n_labels: int, frames: jax.A
     loss = cfg.lambda_l1 * jnp.mean(jnp.abs(pred - frames[i])) + cfg.lambda_ssim * d_ssim(pred, frames[i])
 
     def ibfr(_):
-        mid = render(z[j] + alpha * (z[j + 1] - z[j]), None)
-        return jnp.mean(jnp.abs(mid - ibfr_target(frames[j], frames[j + 1], alpha)))
+        zm = z[j] + alpha * (z[j + 1] - z[j])
+        out = jnp.mean(jnp.abs(render(zm, None) - ibfr_target(frames[j], frames[j + 1], alpha)))
+        if cfg.seg_ibfr:
+            for lab in range(n_labels):
+                blend = ibfr_target(labels[lab, j], labels[lab, j + 1], alpha)
+                out = out + cfg.lambda_seg * jnp.mean(jnp.abs(render(zm, lab) - blend))
+        return out
 
     loss = loss + cfg.lambda_ibfr * jax.lax.cond(ibfr_on, ibfr, lambda _: jnp.float32(0.0), None)
     band = band_penalty(sig_z / dz, cfg.band_lo, depth / dz)
