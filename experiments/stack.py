@@ -107,8 +107,8 @@ def load_input(args):
         raw, spacing, name = st.frames * (hi - lo) + lo, tuple(args.spacing), Path(args.frames).name
     else:
         path = args.volume or args.dicom
-        vol = load_volume(path, spacing_zyx=args.spacing, axes=args.axes,
-                          quantity=None if args.dicom else "density")
+        recorded = args.dicom or Path(path).with_suffix(".json").is_file()  # the file says what it holds
+        vol = load_volume(path, spacing_zyx=args.spacing, axes=args.axes, quantity=None if recorded else "density")
         raw, spacing, name = vol.data, vol.spacing_zyx, Path(path).stem
     for ax in args.axis_flip:
         if ax not in "zyx":
@@ -234,10 +234,14 @@ def figures(out: Path, held, renders, scores, history, meshes) -> list[str]:
     return made
 
 
+def _ordinal(k: int) -> str:
+    return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
+
+
 def report(out: Path, m: dict, figs: list[str]) -> None:
     inter = m["interpolation"]
     lines = [f"# Stack interpolation (MedGS on 3D splats): {m['input']['name']}", "",
-             f"Regime: train on every {m['input']['keep_every']}-th frame ({m['input']['kept_frames']} frames),"
+             f"Regime: train on every {_ordinal(m['input']['keep_every'])} frame ({m['input']['kept_frames']} frames),"
              f" score on the {m['input']['held_frames']} frames between (never seen in training)."
              f" In-plane {m['input']['shape_hw'][0]}×{m['input']['shape_hw'][1]} px at"
              f" {m['input']['spacing_zyx'][1]:g}×{m['input']['spacing_zyx'][2]:g} mm, frame spacing"
