@@ -4,8 +4,8 @@ per frame.
 Scene (fixed, seeded, self-contained): a 256 × 256 × 48 stack (1 mm pixels, 2 mm frames) of a
 textured head-like phantom (nested ellipsoids with noise texture), every 2nd frame kept; N splats
 initialised by :func:`insideout_jax.stacks.init_stack_model`, one label head. One training
-iteration = the full MedGS loss (frame + in-between render + band + mask head), its gradient and
-the Adam update, as in :func:`insideout_jax.stacks.train_stack`.
+iteration = the full loss (frame, in-between render, band, mask head at the frame and in between),
+its gradient and the Adam update, as in :func:`insideout_jax.stacks.train_stack`.
 
 Each timed repeat is paired with a 1024 × 1024 × 1024 float32 matmul (2.15 GFLOP) in the same
 process, and every line carries ``ratio_to_matmul`` = median over repeats of (time / matmul time),
