@@ -28,7 +28,8 @@ import numpy as np
 import optax
 
 from insideout_jax.stacks import StackConfig, init_stack_model, render_frame, split_stack, stack_from_volume
-from insideout_jax.stacks.model import _model, _optimizer, _params, stack_loss
+from insideout_jax.stacks.model import _model, _params, stack_loss
+from insideout_jax.stacks.train import _optimizer
 
 
 def phantom_stack(size: int = 256, n_frames: int = 48, seed: int = 0):

@@ -13,7 +13,7 @@ MODULES = ["insideout_jax", "insideout_jax.io", "insideout_jax.metrics", "inside
            "insideout_jax.internal.train", "insideout_jax.internal.pseudo_gt",
            "insideout_jax.data.phantom", "insideout_jax.data.sfm", "insideout_jax.config",
            "insideout_jax.stacks", "insideout_jax.stacks.surface", "insideout_jax.stacks.evaluate",
-           "insideout_jax.stacks.folded",
+           "insideout_jax.stacks.folded", "insideout_jax.stacks.train",
            "insideout_jax.render.xray", "insideout_jax.render.slices",
            "insideout_jax.render.pallas_additive", "insideout_jax.render.pallas_xray",
            "insideout_jax.render.pallas_rgb"]

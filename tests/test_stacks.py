@@ -451,7 +451,8 @@ def test_folded_training_lowers_the_loss():
 def test_relocate_splats_preserves_mass_and_count():
     """The least-mass splats move to split the largest-gradient ones; each field's total mass
     (Σ ρ·σ₁σ₂σ₃) is unchanged except for the removed splats' own mass."""
-    from insideout_jax.stacks.model import _optimizer, _params, relocate_splats
+    from insideout_jax.stacks.model import _params
+    from insideout_jax.stacks.train import _optimizer, relocate_splats
 
     st = _analytic_stack(nz=9)
     kept, _ = split_stack(st, 2)

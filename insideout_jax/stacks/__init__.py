@@ -2,7 +2,8 @@
 
 - :mod:`.frames`: frame stacks (from volumes, DICOM, TIFF, image folders), splits, the
   interpolation baselines, head labels.
-- :mod:`.model`: the splat model of a stack, its losses and training.
+- :mod:`.model`: the splat model of a stack and its losses; :mod:`.train`: its training.
+- :mod:`.folded`: MedGS's own route (time-conditioned flat Gaussians), for comparison.
 - :mod:`.surface`: surfaces from mask fields and the surface metrics (CD, ASD, HD, HD95).
 """
 
@@ -29,13 +30,13 @@ from insideout_jax.stacks.model import (
     render_labels,
     sigma_z,
     stack_loss,
-    train_stack,
 )
+from insideout_jax.stacks.train import fit_frames, relocate_splats, train_stack
 
 __all__ = [
     "FrameStack", "head_labels", "interpolate_stack", "make_stack", "read_frame_folder",
     "read_label_folder", "split_stack", "stack_from_volume",
     "StackConfig", "StackModel", "band_penalty", "frame_plane", "ibfr_target", "init_stack_model",
     "label_volume", "render_frame", "render_frames", "render_labels", "sigma_z", "stack_loss",
-    "train_stack",
+    "fit_frames", "relocate_splats", "train_stack",
 ]

@@ -35,7 +35,8 @@ from insideout_jax.render.rgb import render_rgb
 from insideout_jax.sh import SH_C0
 from insideout_jax.splats import RGBSplats, knn_log_scales
 from insideout_jax.stacks.frames import FrameStack
-from insideout_jax.stacks.model import StackConfig, _check_training, _sample_voxels, fit_frames, frames_loss
+from insideout_jax.stacks.model import StackConfig, _sample_voxels, frames_loss
+from insideout_jax.stacks.train import _check_training, fit_frames
 
 __all__ = ["FoldedModel", "init_folded_model", "folded_splats", "frame_camera", "render_folded",
            "render_folded_frames", "train_folded"]
