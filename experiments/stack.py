@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 
 from insideout_jax.io.checkpoint import atomic_write_bytes  # noqa: E402
 from insideout_jax.io.importers import load_volume  # noqa: E402
+from insideout_jax.io.ply import write_mesh_ply  # noqa: E402
 
 METHODS = ("splats", "medgs_folded", "linear", "cubic", "nearest")
 
@@ -145,18 +146,6 @@ def load_input(args):
 
 def _save_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
-
-
-def write_ply_mesh(path: Path, vertices, faces) -> None:
-    from plyfile import PlyData, PlyElement
-
-    v = np.array([tuple(p) for p in np.asarray(vertices, np.float32)],
-                 dtype=[("x", "f4"), ("y", "f4"), ("z", "f4")])
-    f = np.empty(len(faces), dtype=[("vertex_indices", "i4", (3,))])
-    f["vertex_indices"] = np.asarray(faces, np.int32)
-    tmp = path.with_suffix(".ply.tmp")
-    PlyData([PlyElement.describe(v, "vertex"), PlyElement.describe(f, "face")]).write(str(tmp))
-    tmp.replace(path)
 
 
 def figures(out: Path, held, renders, scores, history, meshes) -> list[str]:
@@ -331,7 +320,7 @@ def run(args) -> Path:
         metrics, meshes = surface_scores(model, full, kept, 0, cutoff_sigma=cfg.cutoff_sigma)
         surf = dict(metrics, label=names[0])
         for k, (v, f) in meshes.items():
-            write_ply_mesh(out / f"surface_{k}.ply", v, f)
+            write_mesh_ply(out / f"surface_{k}.ply", v, f)
     t3 = time.perf_counter()
     inter = {k: {f: v[f] for f in ("psnr", "psnr_frame_mean", "ssim", "psnr_per_frame")}
              for k, v in scores.items()}

@@ -637,7 +637,9 @@ def stage_evaluation(ctx: RunContext) -> None:
             {k: val for k, val in ev.occupancy_block(v, (sp_v,) * 3, org).items() if k in ("42", "242")})
         verts, faces, _ = ev.density_mesh(v, (sp_v,) * 3, org)
         meshes[name] = (verts, faces)
-    _write_mesh(ctx.out_dir / "mesh.ply", *meshes["insideout"])
+    from insideout_jax.io.ply import write_mesh_ply
+
+    write_mesh_ply(ctx.out_dir / "mesh.ply", *meshes["insideout"])
     truth = obj.truth_volume
     if truth is not None:
         ref = _resample_to(np.asarray(truth.data), truth, grid)
@@ -667,17 +669,6 @@ def _resample_to(data, vol, grid):
     axes = [(org_g[2 - a] + np.arange(n[a]) * sp_g[a] - org[2 - a]) / sp[a] for a in range(3)]
     idx = np.meshgrid(*axes, indexing="ij")
     return ndimage.map_coordinates(np.asarray(data, np.float32), idx, order=1, mode="constant")
-
-
-def _write_mesh(path, verts, faces) -> None:
-    """Triangle mesh as PLY (vertices in mm, CT frame)."""
-    import numpy as np
-    from plyfile import PlyData, PlyElement
-
-    v = np.array([tuple(p) for p in np.asarray(verts, np.float32)],
-                 dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4")])
-    f = np.array([(list(t),) for t in np.asarray(faces, np.int32)], dtype=[("vertex_indices", "i4", (3,))])
-    PlyData([PlyElement.describe(v, "vertex"), PlyElement.describe(f, "face")]).write(str(path))
 
 
 def _resample_block(vol, n: int):

@@ -140,3 +140,17 @@ def test_malformed_ply_is_rejected(tmp_path):
     _err(lambda: read_ply(tmp_path / "g.ply"), "'density'", "positive")
     with pytest.raises(ValueError, match="RGBSplats or RadSplats"):
         write_ply(tmp_path / "h.ply", {"means": 1})
+
+
+def test_write_mesh_ply_round_trip(tmp_path):
+    from insideout_jax.io.ply import write_mesh_ply
+
+    v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32) * 2.5
+    f = np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]])
+    path = write_mesh_ply(tmp_path / "m.ply", v, f)
+    d = PlyData.read(str(path))
+    np.testing.assert_array_equal(np.stack([d["vertex"][k] for k in "xyz"], 1), v)
+    np.testing.assert_array_equal(np.stack(d["face"]["vertex_indices"]), f)
+    assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(ValueError, match="faces"):
+        write_mesh_ply(tmp_path / "bad.ply", v, f[:, :2])

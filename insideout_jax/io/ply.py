@@ -26,7 +26,7 @@ from insideout_jax import sh as sh_lib
 from insideout_jax.io.errors import ObjectFolderError
 from insideout_jax.splats import RadSplats, RGBSplats, select_active
 
-__all__ = ["write_ply", "read_ply"]
+__all__ = ["write_ply", "read_ply", "write_mesh_ply"]
 
 _BASE = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
 _TAIL = ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
@@ -147,3 +147,27 @@ def read_ply(path: str | os.PathLike) -> RGBSplats | RadSplats:
     return RGBSplats(means=jnp.asarray(means), log_scales=jnp.asarray(log_scales),
                      quats=jnp.asarray(quats), opacity_logits=jnp.asarray(col["opacity"]),
                      sh=jnp.asarray(shc), active=active)
+
+
+def write_mesh_ply(path: str | os.PathLike, vertices, faces) -> pathlib.Path:
+    """A triangle mesh as PLY (``vertex`` x, y, z float32; ``face`` vertex_indices), written atomically.
+
+    Args:
+      vertices: [V, 3] positions (mm in the CT frame for the package's meshes).
+      faces: [F, 3] vertex indices.
+    """
+    from plyfile import PlyData, PlyElement
+
+    v = np.asarray(vertices, np.float32)
+    f = np.asarray(faces, np.int32)
+    if v.ndim != 2 or v.shape[1] != 3 or f.ndim != 2 or f.shape[1] != 3:
+        raise ValueError(f"need vertices [V, 3] and faces [F, 3], got {v.shape} and {f.shape}")
+    vert = np.empty(len(v), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4")])
+    vert["x"], vert["y"], vert["z"] = v[:, 0], v[:, 1], v[:, 2]
+    face = np.empty(len(f), dtype=[("vertex_indices", "i4", (3,))])
+    face["vertex_indices"] = f
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    PlyData([PlyElement.describe(vert, "vertex"), PlyElement.describe(face, "face")]).write(str(tmp))
+    os.replace(tmp, path)
+    return path

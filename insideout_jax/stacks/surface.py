@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from insideout_jax.fitting.procrustes import procrustes
 from insideout_jax.metrics.mesh import marching_cubes_mesh
 
 __all__ = ["mask_surface", "sample_surface", "surface_distances", "rescale_icp", "surface_metrics"]
@@ -90,14 +91,6 @@ def surface_distances(pred, ref) -> dict[str, float]:
     }
 
 
-def _kabsch(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    cs, cd = src.mean(0), dst.mean(0)
-    u, _, vt = np.linalg.svd((src - cs).T @ (dst - cd))
-    d = np.sign(np.linalg.det(vt.T @ u.T))
-    rot = vt.T @ np.diag([1.0, 1.0, d]) @ u.T
-    return rot, cd - rot @ cs
-
-
 def rescale_icp(pred, ref, *, iterations: int = 50, tol: float = 1e-6) -> np.ndarray:
     """MedGS's alignment: scale ``pred`` uniformly to ``ref``'s size, centre it on ``ref``, then rigid
     point-to-point ICP (nearest neighbours, Kabsch).
@@ -120,8 +113,8 @@ def rescale_icp(pred, ref, *, iterations: int = 50, tol: float = 1e-6) -> np.nda
     prev = np.inf
     for _ in range(int(iterations)):
         d, idx = tree.query(x)
-        rot, t = _kabsch(x, q[idx])
-        x = x @ rot.T + t
+        fit = procrustes(x, q[idx], with_scale=False)  # rigid (Kabsch)
+        x = x @ np.asarray(fit.rotation, np.float64).T + np.asarray(fit.translation, np.float64)
         err = float(np.mean(d))
         if prev - err < tol * max(err, 1e-12):
             break
