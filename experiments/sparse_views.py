@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,61 +34,32 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    import numpy as np
-
-    from experiments.stages import _resample_block, comparison_grid
     from insideout_jax import io as iio
     from insideout_jax.config import preset
-    from insideout_jax.fdk import fdk
     from insideout_jax.io.checkpoint import atomic_write_bytes
-    from insideout_jax.metrics.image import psnr3d, ssim3d
-    from insideout_jax.render.slices import make_voxel_grid, voxelize
-    from insideout_jax.train.xray import train_xray
+    from insideout_jax.pipeline import PipelineInputError
+    from insideout_jax.pipeline.stages import sparse_view_comparison
 
     args = parse_args(argv)
     cfg = preset(args.config)
     name, obj_dir = resolve_object(args.object)
     try:
         obj = iio.read_object(obj_dir, load_images=False)
-    except iio.ObjectFolderError as e:
+        if obj.geometry is None:
+            raise PipelineInputError(f"{obj_dir}: no X-ray projections")
+        truth = obj.truth_volume or obj.volume
+        if truth is None:
+            raise PipelineInputError(f"{obj_dir}: no true or CT volume to score against")
+        print(f"[sparse] {args.views} of {obj.geometry.n_views} projections; training radiative splats")
+        result = sparse_view_comparison(obj.projections, obj.geometry, args.views, cfg.xray, truth,
+                                        progress=True)
+    except (iio.ObjectFolderError, PipelineInputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if obj.geometry is None:
-        print(f"error: {obj_dir}: no X-ray projections", file=sys.stderr)
-        return 2
-    truth = obj.truth_volume or obj.volume
-    if truth is None:
-        print(f"error: {obj_dir}: no true or CT volume to score against", file=sys.stderr)
-        return 2
-    geom, proj = obj.geometry, obj.projections
-    if not 2 <= args.views <= geom.n_views:
-        print(f"error: --views must be in [2, {geom.n_views}], got {args.views}", file=sys.stderr)
-        return 2
-    idx = np.unique(np.round(np.linspace(0, geom.n_views, args.views, endpoint=False)).astype(int))
-    g, p = geom.replace(angles=geom.angles[idx]), proj[idx]
-    n = cfg.xray.fdk_size
-    sp, org = comparison_grid(truth, n)
-    ref = _resample_block(np.asarray(truth.data), n)
-    rng = float(ref.max())
-    print(f"[sparse] {len(idx)} of {geom.n_views} projections; training radiative splats")
-    t0 = time.perf_counter()
-    splats, _ = train_xray(p, g, cfg.xray.train)
-    t_train = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    vol_fdk = np.asarray(fdk(p, g, (n, n, n), sp, org))
-    t_fdk = time.perf_counter() - t0
-    vol_rad = np.asarray(voxelize(splats, make_voxel_grid((n, n, n), sp, org)))
-    result = {"object": name, "config": cfg.name, "n_views": int(len(idx)),
-              "n_views_full": int(geom.n_views), "grid": n,
-              "fdk": {"psnr3d": float(psnr3d(vol_fdk, ref, data_range=rng)),
-                      "ssim3d": float(ssim3d(vol_fdk / rng, ref / rng)), "seconds": t_fdk},
-              "radiative": {"psnr3d": float(psnr3d(vol_rad, ref, data_range=rng)),
-                            "ssim3d": float(ssim3d(vol_rad / rng, ref / rng)), "seconds": t_train,
-                            "n_splats": int(np.asarray(splats.active).sum())}}
-    result["radiative_minus_fdk_db"] = result["radiative"]["psnr3d"] - result["fdk"]["psnr3d"]
+    result = {"object": name, "config": cfg.name, **result}
     out = Path(args.out) if args.out else REPO / "outputs" / name
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"sparse_views_{len(idx)}.json"
+    path = out / f"sparse_views_{result['n_views']}.json"
     atomic_write_bytes(path, json.dumps(result, indent=2).encode())
     print(f"[sparse] FDK {result['fdk']['psnr3d']:.2f} dB / {result['fdk']['ssim3d']:.4f}, radiative"
           f" {result['radiative']['psnr3d']:.2f} dB / {result['radiative']['ssim3d']:.4f}"

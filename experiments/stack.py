@@ -32,8 +32,7 @@ import numpy as np  # noqa: E402
 from insideout_jax.io.checkpoint import atomic_write_bytes  # noqa: E402
 from insideout_jax.io.importers import load_volume  # noqa: E402
 from insideout_jax.io.ply import write_mesh_ply  # noqa: E402
-
-METHODS = ("splats", "medgs_folded", "linear", "cubic", "nearest")
+from insideout_jax.reporting.stack import stack_figures, write_stack_report  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -148,133 +147,14 @@ def _save_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
 
 
-def figures(out: Path, held, renders, scores, history, meshes) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    made = []
-    methods = [m for m in METHODS if m in renders]
-    pick = np.unique(np.linspace(0, held.n_frames - 1, 3).round().astype(int))
-    fig, ax = plt.subplots(2 * len(pick), len(methods) + 1, figsize=(2.6 * (len(methods) + 1), 5.2 * len(pick)))
-    for r, i in enumerate(pick):
-        ax[2 * r, 0].imshow(held.frames[i], cmap="gray", vmin=0, vmax=1)
-        ax[2 * r, 0].set_title(f"held-out frame {held.index[i]} (truth)", fontsize=8)
-        ax[2 * r + 1, 0].axis("off")
-        for c, m in enumerate(methods, start=1):
-            ax[2 * r, c].imshow(np.clip(renders[m][i], 0, 1), cmap="gray", vmin=0, vmax=1)
-            ps = scores[m]["psnr_per_frame"][i]
-            ax[2 * r, c].set_title(f"{m}: " + ("exact" if ps is None else f"{ps:.2f} dB"), fontsize=8)
-            ax[2 * r + 1, c].imshow(np.abs(renders[m][i] - held.frames[i]), cmap="magma", vmin=0, vmax=0.25)
-            ax[2 * r + 1, c].set_title(f"|{m} − truth| (0–0.25)", fontsize=8)
-    for a in ax.ravel():
-        a.set_xticks([])
-        a.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(out / "heldout.png", dpi=90)
-    plt.close(fig)
-    made.append("heldout.png")
-
-    fig, a = plt.subplots(figsize=(7, 3.2))
-    for m in methods:
-        ps = [np.nan if v is None else v for v in scores[m]["psnr_per_frame"]]
-        a.plot(held.index, ps, ".-", label=f"{m} ({scores[m]['psnr']:.2f} dB)", lw=1)
-    a.set_xlabel("held-out frame index")
-    a.set_ylabel("PSNR (dB) vs the held-out frame")
-    a.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "psnr_per_frame.png", dpi=100)
-    plt.close(fig)
-    made.append("psnr_per_frame.png")
-
-    fig, a = plt.subplots(figsize=(6, 3.2))
-    a.semilogy(history["step"], history["loss"])
-    a.set_xlabel("iteration")
-    a.set_ylabel("training loss (block mean)")
-    fig.tight_layout()
-    fig.savefig(out / "training.png", dpi=100)
-    plt.close(fig)
-    made.append("training.png")
-
-    if meshes:
-        from scipy.spatial import cKDTree
-
-        from insideout_jax.stacks.surface import sample_surface
-
-        ref = sample_surface(*meshes["reference"], 60_000, seed=3)
-        tree = cKDTree(ref)
-        keys = ["reference", "splats", "linear_masks"]
-        fig, ax = plt.subplots(1, 3, figsize=(12, 4.2))
-        for a, k in zip(ax, keys, strict=True):
-            p = sample_surface(*meshes[k], 60_000, seed=4)
-            d = tree.query(p)[0] if k != "reference" else np.zeros(len(p))
-            o = np.argsort(p[:, 1])  # lateral view (x–z), nearer points drawn last
-            sc = a.scatter(p[o, 0], p[o, 2], c=d[o], s=0.3, cmap="viridis", vmin=0, vmax=3)
-            a.set_title(k if k == "reference" else f"{k}: distance to reference (mm)", fontsize=9)
-            a.set_aspect("equal")
-            a.invert_yaxis()
-            a.set_xlabel("x (mm)")
-        ax[0].set_ylabel("z (mm)")
-        fig.colorbar(sc, ax=ax, shrink=0.8)
-        fig.savefig(out / "surface.png", dpi=100)
-        plt.close(fig)
-        made.append("surface.png")
-    return made
-
-
-def _ordinal(k: int) -> str:
-    return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
-
-
-def report(out: Path, m: dict, figs: list[str]) -> None:
-    inter = m["interpolation"]
-    lines = [f"# Stack interpolation (MedGS on 3D splats): {m['input']['name']}", "",
-             f"Regime: train on every {_ordinal(m['input']['keep_every'])} frame ({m['input']['kept_frames']} frames),"
-             f" score on the {m['input']['held_frames']} frames between (never seen in training)."
-             f" In-plane {m['input']['shape_hw'][0]}×{m['input']['shape_hw'][1]} px at"
-             f" {m['input']['spacing_zyx'][1]:g}×{m['input']['spacing_zyx'][2]:g} mm, frame spacing"
-             f" {m['input']['spacing_zyx'][0]:g} mm. Reference: the held-out frames of the stack itself;"
-             f" PSNR over the stack's value range {m['input']['value_range']}.", ""]
-    if m["input"]["noise"] > 0:
-        lines += [f"Kept frames carry Gaussian noise σ = {m['input']['noise']:g} × range (seed"
-                  f" {m['input']['seed']}); held-out targets are clean.", ""]
-    lines += ["| method | PSNR (dB), all held-out frames | mean of per-frame PSNR | SSIM |", "|---|---|---|---|"]
-    for k in METHODS:
-        if k in inter:
-            fm = inter[k]["psnr_frame_mean"]
-            fm = "— (a frame is exact)" if fm is None else f"{fm:.2f}"
-            ps = "exact" if inter[k]["psnr"] is None else f"{inter[k]['psnr']:.2f}"
-            lines.append(f"| {k} | {ps} | {fm} | {inter[k]['ssim']:.4f} |")
-    c = m["comparison"]
-    fmt = lambda v: "n/a" if v is None else f"{v:+.2f} dB"  # noqa: E731
-    lines += ["", f"Splats − linear: {fmt(c['splats_minus_linear_db'])}; splats − cubic:"
-              f" {fmt(c['splats_minus_cubic_db'])}; splats − MedGS folded: {fmt(c['splats_minus_medgs_folded_db'])}"
-              " (computed from the table). 'splats' = 3D Gaussians on the exact slice renderer;"
-              " 'medgs_folded' = MedGS's time-conditioned flat Gaussians, alpha-composited.", ""]
-    if m.get("surface"):
-        s = m["surface"]
-        lines += [f"## Surface of '{s['label']}' (reference: marching cubes of the full-resolution mask)", "",
-                  "| surface | alignment | CD | ASD | HD | HD95 (mm) |", "|---|---|---|---|---|---|"]
-        for k in ("splats", "linear_masks"):
-            for a in ("raw", "rescale_icp"):
-                v = s[k][a]
-                lines.append(f"| {k} | {a} | {v['cd']:.3f} | {v['asd']:.3f} | {v['hd']:.2f} | {v['hd95']:.3f} |")
-        lines.append("")
-    t = m["time_s"]
-    lines += [f"Time: training {t['train']:.0f} s ({m['config']['iterations']} iterations,"
-              f" {m['config']['n_splats']} splats), total {t['total']:.0f} s.", ""]
-    lines += [f"![{f}]({f})" for f in figs]
-    atomic_write_bytes(out / "report.md", ("\n".join(lines) + "\n").encode())
-
-
 def run(args) -> Path:
     import dataclasses
 
     import jax
 
     from insideout_jax.stacks import StackConfig, init_stack_model, split_stack, stack_from_volume, train_stack
-    from insideout_jax.stacks.evaluate import interpolation_scores, surface_scores
+    from insideout_jax.stacks.evaluate import compare_methods, interpolation_scores, surface_scores
+    from insideout_jax.stacks.frames import add_frame_noise, default_splat_count
 
     t0 = time.perf_counter()
     raw, spacing, name, labels, names = load_input(args)
@@ -287,12 +167,8 @@ def run(args) -> Path:
     for c in (ckpt, out / "folded.npz", out / "metrics.json"):
         if c.exists() and not args.resume:
             raise ValueError(f"{c} exists from an earlier run: pass --resume to continue it, or another --out")
-    train = kept
-    if args.noise > 0:
-        rng = np.random.default_rng(args.seed + 1000)
-        train = dataclasses.replace(kept, frames=(kept.frames + rng.normal(0, args.noise, kept.frames.shape)
-                                                  ).astype(np.float32))
-    n_splats = args.splats or max(4, int(np.count_nonzero(train.frames > 0.1) / 8))
+    train = add_frame_noise(kept, args.noise, args.seed + 1000)
+    n_splats = args.splats or default_splat_count(train)
     cfg = StackConfig(n_splats=n_splats, iterations=args.iterations, seed=args.seed, **config_overrides(args.set))
     print(f"stack: {name} {raw.shape} spacing {spacing} mm; training on {kept.n_frames} frames, "
           f"{held.n_frames} held out; labels {list(names) or 'none'}; output {out}")
@@ -324,17 +200,7 @@ def run(args) -> Path:
     t3 = time.perf_counter()
     inter = {k: {f: v[f] for f in ("psnr", "psnr_frame_mean", "ssim", "psnr_per_frame")}
              for k, v in scores.items()}
-    def diff(a, b):
-        return None if a not in inter or b not in inter or None in (inter[a]["psnr"], inter[b]["psnr"]) \
-            else inter[a]["psnr"] - inter[b]["psnr"]
-
-    comp = {"splats_minus_linear_db": diff("splats", "linear"), "splats_minus_cubic_db": diff("splats", "cubic"),
-            "splats_minus_medgs_folded_db": diff("splats", "medgs_folded")}
-    comp["splats_beat_linear"] = comp["splats_minus_linear_db"] is not None and comp["splats_minus_linear_db"] > 0
-    comp["splats_beat_cubic"] = comp["splats_minus_cubic_db"] is not None and comp["splats_minus_cubic_db"] > 0
-    if surf:
-        comp["surface_splats_le_linear_masks"] = {
-            k: surf["splats"]["raw"][k] <= surf["linear_masks"]["raw"][k] for k in ("cd", "hd95")}
+    comp = compare_methods(inter, surf)
     metrics = {
         "input": {"name": name, "shape_zyx": list(raw.shape), "shape_hw": list(full.shape_hw),
                   "spacing_zyx": list(spacing), "value_range": list(full.value_range),
@@ -345,10 +211,10 @@ def run(args) -> Path:
         "time_s": {"init": t1 - t0, "train": t2 - t1, "evaluate": t3 - t2, "train_medgs_folded": t_folded,
                    "total": time.perf_counter() - t0},
     }
-    figs = figures(out, held, renders, scores, history, meshes)
+    figs = stack_figures(out, held, renders, scores, history, meshes)
     metrics["time_s"]["total"] = time.perf_counter() - t0
     _save_json(out / "metrics.json", metrics)
-    report(out, metrics, figs)
+    write_stack_report(out, metrics, figs)
     print("held-out PSNR: " + ", ".join(f"{k} {v['psnr']:.2f}" for k, v in inter.items())
           + f" dB\nreport: {out / 'report.md'}")
     return out

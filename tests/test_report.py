@@ -1,4 +1,4 @@
-"""experiments/report.py: figures are written and readable, report.md renders every table."""
+"""insideout_jax.reporting: figures are written and readable, report.md renders every table."""
 
 import copy
 import json
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
-from experiments import report as rp
+from insideout_jax import reporting as rp
 from insideout_jax.evaluation import density_mesh
 
 STAGES = ("data", "sfm", "rgb", "xray", "fitting", "internal", "visual", "evaluation")

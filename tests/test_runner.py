@@ -72,19 +72,61 @@ def test_kill_and_resume_matches_uninterrupted(tiny_object, tmp_path):
                                                                abs=1e-4)
 
 
-def test_whole_pipeline_fills_the_metrics(tiny_object, tmp_path):
-    res = _run(["--object", str(tiny_object), "--config", "tiny", "--out", str(tmp_path)])
+@pytest.fixture(scope="module")
+def tiny_run(tiny_object, tmp_path_factory) -> Path:
+    """The whole pipeline through the runner on the tiny object (every stage, from files)."""
+    out = tmp_path_factory.mktemp("run")
+    res = _run(["--object", str(tiny_object), "--config", "tiny", "--out", str(out)])
     assert res.returncode == 0, res.stderr[-3000:]
-    m = json.loads((tmp_path / "metrics.json").read_text())
+    return out
+
+
+def test_whole_pipeline_fills_the_metrics(tiny_run):
+    m = json.loads((tiny_run / "metrics.json").read_text())
     for stage, secs in m["stage_seconds"].items():
         assert secs is not None and secs >= 0, stage
     assert m["heldout_views"]["rgb"]["psnr"] is not None
     assert m["heldout_views"]["xray"]["psnr"] is not None
     assert m["heldout_views"]["unified_rgb"]["psnr"] is not None
     assert m["alignment"]["global"]["rot_deg"] is not None
-    for name in ("report.md", "unified.ply", "volume.tif"):
-        assert (tmp_path / name).is_file(), name
-    assert "Stage wall times" in (tmp_path / "report.md").read_text()
+    for name in ("report.md", "unified.ply", "volume.tif", "mesh.ply", "stages/rgb_splats.ply"):
+        assert (tiny_run / name).is_file(), name
+    assert "Stage wall times" in (tiny_run / "report.md").read_text()
+
+
+def _leaves(d, prefix=""):
+    if isinstance(d, dict):
+        for k, v in d.items():
+            yield from _leaves(v, f"{prefix}/{k}")
+    else:
+        yield prefix, d
+
+
+def test_fuse_in_memory_matches_the_runner(tiny_object, tiny_run):
+    """insideout_jax.pipeline.fuse on the object's arrays gives the runner's metrics.json."""
+    from insideout_jax.pipeline import Truth, fuse
+
+    obj = iio.read_object(tiny_object)
+    model = obj.colmap
+    photos = np.stack([iio.read_image(tiny_object / iio.IMAGES_DIR / n) for n in model.image_names])
+    truth = Truth(obj.truth_transform, obj.truth_volume, read_true_surface(tiny_object))
+    res = fuse(photos, model.cameras, obj.projections, obj.geometry, points=model.points_xyz,
+               point_colors=model.points_rgb, ct_volume=obj.volume, cfg=preset("tiny"), truth=truth,
+               object_name=tiny_object.name)
+    runner = json.loads((tiny_run / "metrics.json").read_text())
+    ours = dict(_leaves(res.metrics))
+    checked = 0
+    for path, want in _leaves(runner):
+        if path.startswith("/stage_seconds"):
+            continue
+        got = ours[path]
+        if isinstance(want, float):
+            assert got == pytest.approx(want, rel=1e-3, abs=1e-4), path
+            checked += 1
+        else:
+            assert got == want, path
+    assert checked > 50
+    assert res.model.splats.means.shape[0] == res.visual.model.log_densities.shape[0]
 
 
 def test_user_mistakes_end_with_a_message(tmp_path):
@@ -112,7 +154,7 @@ def test_sparse_views_compares_with_fdk_and_reaches_the_report(tiny_object, tmp_
     for m in ("fdk", "radiative"):
         assert np.isfinite(r[m]["psnr3d"]) and 0 < r[m]["ssim3d"] <= 1
     assert r["radiative_minus_fdk_db"] == pytest.approx(r["radiative"]["psnr3d"] - r["fdk"]["psnr3d"])
-    from experiments.report import write_report
+    from insideout_jax.reporting import write_report
 
     text = write_report({}, {}, tmp_path).read_text()
     assert "Sparse views" in text and "| 12 |" in text
@@ -139,13 +181,14 @@ def test_a_fresh_stage_run_discards_an_earlier_runs_checkpoints(tmp_path, monkey
         assert seen[-1] == expected
 
 
-def test_a_rerun_stage_replaces_its_notes(tmp_path):
+def test_a_rerun_stage_replaces_its_notes(tmp_path, monkeypatch):
+    """A stage run again replaces the notes it wrote the first time and keeps the others'."""
     sys.path.insert(0, str(REPO))
     from experiments import stages as st
 
     ctx = st.RunContext("x", tmp_path, tmp_path / "out", preset("tiny"))
     ctx.note("other note")
-    ctx.note(f"{st._PIQE_NOTE}: 100.0, first run")
-    ctx.drop_notes(st._PIQE_NOTE)
-    ctx.note(f"{st._PIQE_NOTE}: 99.0, second run")
-    assert ctx.metrics["notes"] == ["other note", f"{st._PIQE_NOTE}: 99.0, second run"]
+    for run in ("first", "second"):
+        monkeypatch.setitem(st.STAGES, "evaluation", lambda c, r=run: c.note(f"PIQE note, {r} run"))
+        assert st.run_stage("evaluation", ctx)
+    assert ctx.metrics["notes"] == ["other note", "PIQE note, second run"]

@@ -23,7 +23,7 @@ from insideout_jax.stacks.frames import FrameStack, interpolate_stack
 from insideout_jax.stacks.model import StackModel, label_volume, render_frames
 from insideout_jax.stacks.surface import mask_surface, surface_metrics
 
-__all__ = ["BASELINES", "frame_scores", "interpolation_scores", "surface_scores"]
+__all__ = ["BASELINES", "compare_methods", "frame_scores", "interpolation_scores", "surface_scores"]
 
 BASELINES = ("nearest", "linear", "cubic")
 
@@ -89,3 +89,24 @@ def surface_scores(model: StackModel, full: FrameStack, kept: FrameStack, label:
     metrics = {k: surface_metrics(meshes[k], ref, n_points=n_points, seed=seed)
                for k in ("splats", "linear_masks")}
     return metrics, meshes
+
+
+def compare_methods(inter: dict, surf: dict | None = None) -> dict:
+    """The report's comparisons, computed from the scores: PSNR differences of the splats against
+    linear / cubic interpolation and the folded MedGS model (None where a method is missing or a
+    frame is exact), whether the splats beat them, and whether the splats' surface is no farther
+    from the reference than the linear masks' (Chamfer and HD95, raw alignment)."""
+    def diff(a, b):
+        if a not in inter or b not in inter or None in (inter[a]["psnr"], inter[b]["psnr"]):
+            return None
+        return inter[a]["psnr"] - inter[b]["psnr"]
+
+    comp = {f"splats_minus_{b}_db": diff("splats", b) for b in ("linear", "cubic", "medgs_folded")}
+    for b in ("linear", "cubic"):
+        d = comp[f"splats_minus_{b}_db"]
+        comp[f"splats_beat_{b}"] = d is not None and d > 0
+    if surf:
+        comp["surface_splats_le_linear_masks"] = {
+            k: surf["splats"]["raw"][k] <= surf["linear_masks"]["raw"][k] for k in ("cd", "hd95")}
+    return comp
+

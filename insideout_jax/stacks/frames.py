@@ -18,7 +18,8 @@ import pathlib
 
 import numpy as np
 
-__all__ = ["FrameStack", "make_stack", "stack_from_volume", "read_frame_folder", "read_label_folder",
+__all__ = ["FrameStack", "add_frame_noise", "default_splat_count",
+           "make_stack", "stack_from_volume", "read_frame_folder", "read_label_folder",
            "split_stack", "interpolate_stack", "head_labels"]
 
 
@@ -285,3 +286,20 @@ def head_labels(raw: np.ndarray, *, bone: float, body: float) -> tuple[np.ndarra
         keep[0] = False
         bone_m = keep[lab]
     return np.stack([bone_m, body_m]), ("bone", "body")
+
+
+def add_frame_noise(stack: FrameStack, sigma: float, seed: int) -> FrameStack:
+    """The stack with Gaussian noise of σ = ``sigma`` (in the normalised [0, 1] range) added to
+    every frame (``numpy`` generator seeded ``seed``); σ = 0 returns it unchanged."""
+    if sigma <= 0:
+        return stack
+    rng = np.random.default_rng(seed)
+    noisy = stack.frames + rng.normal(0.0, sigma, stack.frames.shape)
+    return dataclasses.replace(stack, frames=noisy.astype(np.float32))
+
+
+def default_splat_count(stack: FrameStack, *, per_voxels: int = 8, level: float = 0.1) -> int:
+    """Splats for a stack: one per ``per_voxels`` voxels above ``level`` of the value range (the
+    object, not the air around it), at least 4."""
+    return max(4, int(np.count_nonzero(stack.frames > level) / per_voxels))
+

@@ -39,8 +39,12 @@ def _capacity(state: dict) -> int:
 def run_training(state: dict, *, n_iters: int, block: int,
                  run_block: Callable, after_block: Callable, template: Callable,
                  checkpoint_path: str | Path | None = None, desc: str = "train",
-                 progress: bool = True, log_every_block: Callable | None = None) -> tuple[dict, dict]:
+                 progress: bool | Callable = True,
+                 log_every_block: Callable | None = None) -> tuple[dict, dict]:
     """Run ``n_iters`` iterations in blocks; resume from ``checkpoint_path`` if it exists.
+
+    ``progress``: True for a progress bar, False for none, or a callable
+    ``progress(desc, step, n_iters, loss)`` called after every block instead of the bar.
 
     Returns:
       (state, history) with history = dict(step=[...], loss=[...], seconds=[...]) per block (mean
@@ -55,7 +59,9 @@ def run_training(state: dict, *, n_iters: int, block: int,
         state = jax.tree_util.tree_map(jax.numpy.asarray, loaded) | {"step": int(meta["step"])}
         history = meta.get("history", history)
     t_start = time.perf_counter() - (history["seconds"][-1] if history["seconds"] else 0.0)
-    bar = tqdm(total=n_iters, initial=int(state["step"]), desc=desc, disable=not progress,
+    report = progress if callable(progress) else None
+    bar = tqdm(total=n_iters, initial=int(state["step"]), desc=desc,
+               disable=report is not None or not progress,
                unit="it", dynamic_ncols=True)
     try:
         while int(state["step"]) < n_iters:
@@ -76,6 +82,8 @@ def run_training(state: dict, *, n_iters: int, block: int,
                 save_checkpoint(ckpt, {k: v for k, v in state.items() if k != "step"}, meta)
             bar.update(n)
             bar.set_postfix(loss=f"{history['loss'][-1]:.4f}", n=_capacity(state))
+            if report is not None:
+                report(desc, int(state["step"]), n_iters, history["loss"][-1])
             if log_every_block is not None:
                 log_every_block(state, history)
     finally:

@@ -1,0 +1,157 @@
+"""The pipeline's typed results and the ``metrics.json`` contract (docs/OUTPUTS.md).
+
+Every stage returns a frozen dataclass holding its arrays and a ``metrics`` fragment: a nested
+dict with the same keys as ``metrics.json``, holding only what that stage measured. The runner
+merges the fragments into the file; :func:`insideout_jax.pipeline.fuse` merges them in memory
+(:func:`merge_metrics`), so both give the same numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = ["STAGE_ORDER", "EvaluationResult", "FitResult", "FusedResult", "InternalResult",
+           "RGBResult", "Truth", "VisualResult", "XrayResult", "empty_metrics", "json_number",
+           "merge_metrics"]
+
+STAGE_ORDER = ("data", "sfm", "rgb", "xray", "fitting", "internal", "visual", "evaluation")
+
+
+def empty_metrics(obj: str, cfg: str) -> dict:
+    """The skeleton of ``metrics.json``: every field present, ``null`` until measured."""
+    view = {"psnr": None, "ssim": None}
+    section = {"psnr": None, "ssim": None, "piqe": None}
+    occ = {"42": {"any": None, "mean": None}, "242": {"any": None, "mean": None}}
+    return {
+        "object": obj, "config": cfg, "notes": [],
+        "stage_seconds": {s: None for s in STAGE_ORDER},
+        "heldout_views": {"rgb": dict(view), "xray": dict(view), "unified_rgb": dict(view)},
+        "cross_sections": {m: {"train": dict(section), "heldout": dict(section)}
+                           for m in ("3dgs", "xgaussian", "insideout")},
+        "chamfer_mm": {"none": None, "hierarchical": None, "internal": None},
+        "alignment": {s: {"rot_deg": None, "scale_rel": None, "trans_mm": None}
+                      for s in ("global", "local", "fine")},
+        "volume": {m: {"psnr3d": None, "ssim3d": None} for m in ("fdk", "radiative", "insideout")},
+        "occupancy": {m: copy.deepcopy(occ) for m in ("radiative", "insideout")},
+        "internal_noise": {"before": None, "after": None},
+    }
+
+
+def merge_metrics(metrics: dict, fragment: dict) -> dict:
+    """Write ``fragment``'s leaves into ``metrics`` (in place; nested dicts merge, other values
+    replace). Returns ``metrics``."""
+    for k, v in fragment.items():
+        if isinstance(v, dict) and isinstance(metrics.get(k), dict) and v:
+            merge_metrics(metrics[k], v)
+        else:
+            metrics[k] = copy.deepcopy(v)
+    return metrics
+
+
+def json_number(x) -> float | None:
+    """A float for JSON: ``None`` for NaN / ±inf (which are not JSON)."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Truth:
+    """What an object's ``truth/`` holds, for the evaluation only (never for training).
+
+    Attributes:
+      transform: the true RGB → CT similarity (rotation, translation, scale), or None.
+      volume: the true volume (:class:`insideout_jax.io.CTVolume`), or None.
+      surface: (points [N, 3], outward normals [N, 3]) on the true outer surface, or None.
+    """
+
+    transform: Any = None
+    volume: Any = None
+    surface: tuple | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RGBResult:
+    """Stage 1a: 3DGS splats from the photos (SfM frame) and their held-out photo scores."""
+
+    splats: Any
+    history: dict
+    metrics: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class XrayResult:
+    """Stage 1b: radiative splats from the projections, and the FDK / radiative volumes on the
+    comparison grid (None without a reference volume)."""
+
+    splats: Any
+    history: dict
+    metrics: dict
+    volumes: dict | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """Stage 2: the RGB splats in the CT frame, the global similarity, one report per level."""
+
+    splats: Any
+    transform: Any
+    stages: tuple
+    metrics: dict
+    notes: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class InternalResult:
+    """Stage 3: both splat sets after internal rendering on the CT cross-sections."""
+
+    rad: Any
+    rgb: Any
+    histories: dict
+    n_slices: int
+    metrics: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class VisualResult:
+    """Stage 4: the unified model, its density on ``grid`` and its held-out photo scores."""
+
+    model: Any
+    grid: Any
+    density: np.ndarray
+    history: dict | None
+    metrics: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationResult:
+    """Cross-sections, Chamfer, occupancy, internal noise and the unified volume's scores
+    (``metrics``), report notes, the arrays the figures show (``figure_data``) and the unified
+    model's density mesh (vertices, faces)."""
+
+    metrics: dict
+    notes: tuple
+    figure_data: dict
+    mesh: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedResult:
+    """Every stage's result of :func:`insideout_jax.pipeline.fuse`, and the merged metrics."""
+
+    rgb: RGBResult
+    xray: XrayResult
+    fit: FitResult
+    internal: InternalResult
+    visual: VisualResult
+    evaluation: EvaluationResult
+    metrics: dict
+
+    @property
+    def model(self):
+        """The unified InsideOut model (:class:`insideout_jax.visual.UnifiedModel`)."""
+        return self.visual.model

@@ -1,0 +1,223 @@
+"""The InsideOut stages (paper Fig. 2) as functions of arrays and frozen configs.
+
+No file I/O and no printing: each stage returns a typed result (:mod:`.results`); training
+progress goes to the optional ``progress`` callable (``progress(desc, step, total, loss)``, or True
+for a progress bar); ``checkpoint_path`` (optional) makes a long training resumable. The runner
+(``experiments/run.py``) reads the object folder, calls these and writes what they return.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from insideout_jax.config import (
+    FittingStageConfig,
+    InternalStageConfig,
+    RGBStageConfig,
+    VisualStageConfig,
+    XrayStageConfig,
+)
+from insideout_jax.pipeline import geometry as pg
+from insideout_jax.pipeline.results import FitResult, InternalResult, RGBResult, VisualResult, XrayResult
+from insideout_jax.train.rgb import holdout_split
+
+__all__ = ["fit_stage", "internal_stage", "reconstruct_ct", "sparse_view_comparison", "train_rgb_stage",
+           "train_xray_stage", "visual_stage", "volume_scores"]
+
+Progress = Callable | bool | None
+
+
+def _bar(progress: Progress):
+    """The training loop's ``progress`` argument: a callable as is, else a bar or none."""
+    return progress if callable(progress) else bool(progress)
+
+
+def train_rgb_stage(images: np.ndarray, cameras, points_xyz: np.ndarray, points_rgb: np.ndarray,
+                    cfg: RGBStageConfig, *, checkpoint_path=None,
+                    progress: Progress = None) -> RGBResult:
+    """Stage 1a: 3DGS from the SfM points on the training photos; held-out photo PSNR / SSIM.
+
+    Args:
+      images: [V, H, W, 3] float32 photos in [0, 1], all of them (every ``holdout_every``-th is
+        held out here), already at the stage's resolution (:func:`.geometry.downscale_photos`).
+      cameras: V cameras of the photos (SfM frame).
+      points_xyz, points_rgb: [N, 3] SfM points and their colours in [0, 255].
+    """
+    from insideout_jax.train.rgb import evaluate_rgb, train_rgb
+
+    tcfg = cfg.train
+    tr, ho = holdout_split(len(images), tcfg.holdout_every)
+    splats, hist = train_rgb(images[tr], [cameras[i] for i in tr], points_xyz,
+                             np.asarray(points_rgb, np.float32) / 255.0, tcfg,
+                             checkpoint_path=checkpoint_path, progress=_bar(progress))
+    ev = evaluate_rgb(splats, images[ho], [cameras[i] for i in ho], background=tcfg.background)
+    return RGBResult(splats, hist, {"heldout_views": {"rgb": {"psnr": ev["psnr"],
+                                                              "ssim": ev["ssim"]}}})
+
+
+def train_xray_stage(projections: np.ndarray, geometry, cfg: XrayStageConfig, *,
+                     reference_volume=None, checkpoint_path=None,
+                     progress: Progress = None) -> XrayResult:
+    """Stage 1b: radiative splats (X-Gaussian) on the training projections; held-out projection
+    scores; with a reference volume, FDK and the voxelized splats scored against it on the
+    comparison grid (``volume.fdk`` / ``volume.radiative``)."""
+    from insideout_jax.train.xray import evaluate_xray, train_xray
+
+    tcfg = cfg.train
+    tr, ho = holdout_split(geometry.n_views, tcfg.holdout_every)
+    g_tr, g_ho = geometry.replace(angles=geometry.angles[tr]), geometry.replace(angles=geometry.angles[ho])
+    splats, hist = train_xray(projections[tr], g_tr, tcfg, checkpoint_path=checkpoint_path,
+                              progress=_bar(progress))
+    ev = evaluate_xray(splats, projections[ho], g_ho, backend=tcfg.backend)
+    metrics = {"heldout_views": {"xray": {"psnr": ev["psnr"], "ssim": ev["ssim"]}}}
+    volumes = None
+    if reference_volume is not None:
+        volumes, metrics["volume"] = volume_scores(projections[tr], g_tr, splats, reference_volume,
+                                                   cfg.fdk_size)
+    return XrayResult(splats, hist, metrics, volumes)
+
+
+def volume_scores(projections, geometry, splats, reference_volume, n: int):
+    """FDK of ``projections`` and the voxelized ``splats`` on the comparison grid (the reference's
+    extent at n³), each scored against the reference resampled there: 3D PSNR over the
+    reference's maximum and 3D SSIM. Returns ({"fdk", "radiative"}: volumes, their scores)."""
+    from insideout_jax.fdk import fdk
+    from insideout_jax.metrics.image import psnr3d, ssim3d
+    from insideout_jax.render.slices import make_voxel_grid, voxelize
+
+    sp, org = pg.comparison_grid(reference_volume, n)
+    ref = pg.resample_block(np.asarray(reference_volume.data), n)
+    volumes = {"fdk": np.asarray(fdk(projections, geometry, (n, n, n), sp, org)),
+               "radiative": np.asarray(voxelize(splats, make_voxel_grid((n, n, n), sp, org)))}
+    rng = float(ref.max())
+    return volumes, {name: {"psnr3d": float(psnr3d(v, ref, data_range=rng)),
+                            "ssim3d": float(ssim3d(v / rng, ref / rng))}
+                     for name, v in volumes.items()}
+
+
+def sparse_view_comparison(projections, geometry, n_views: int, cfg: XrayStageConfig,
+                           reference_volume, *, progress: Progress = None) -> dict:
+    """Radiative splats against FDK from ``n_views`` projections equally spaced over the scan:
+    both from the same projections, both scored by :func:`volume_scores` (EVALUATION.md §7).
+
+    Raises:
+      PipelineInputError: ``n_views`` outside [2, the scan's views].
+    """
+    import time
+
+    from insideout_jax.train.xray import train_xray
+
+    if not 2 <= n_views <= geometry.n_views:
+        raise pg.PipelineInputError(f"--views must be in [2, {geometry.n_views}], got {n_views}")
+    idx = np.unique(np.round(np.linspace(0, geometry.n_views, n_views, endpoint=False)).astype(int))
+    g, p = geometry.replace(angles=geometry.angles[idx]), projections[idx]
+    t0 = time.perf_counter()
+    splats, _ = train_xray(p, g, cfg.train, progress=_bar(progress))
+    t_train = time.perf_counter() - t0
+    _, scores = volume_scores(p, g, splats, reference_volume, cfg.fdk_size)
+    scores["radiative"].update(seconds=t_train, n_splats=int(np.asarray(splats.active).sum()))
+    return {"n_views": int(len(idx)), "n_views_full": int(geometry.n_views), "grid": cfg.fdk_size,
+            **scores, "radiative_minus_fdk_db": scores["radiative"]["psnr3d"] - scores["fdk"]["psnr3d"]}
+
+
+def reconstruct_ct(projections: np.ndarray, geometry, cfg: XrayStageConfig):
+    """The CT volume of an object that has none: FDK of the training projections (the held-out
+    ones stay held out) on the field-of-view grid at ``cfg.fdk_size``³, negatives clipped."""
+    from insideout_jax.fdk import fdk
+    from insideout_jax.io import make_volume
+
+    tr, _ = holdout_split(geometry.n_views, cfg.train.holdout_every)
+    grid = pg.fov_grid(geometry, cfg.fdk_size)
+    vol = np.asarray(fdk(projections[tr], geometry.replace(angles=geometry.angles[tr]),
+                         grid.shape_zyx, np.asarray(grid.spacing_zyx), np.asarray(grid.origin_xyz)))
+    return make_volume(np.maximum(vol, 0.0), np.asarray(grid.spacing_zyx),
+                       np.asarray(grid.origin_xyz), quantity="attenuation")
+
+
+def fit_stage(rgb, rad, cfg: FittingStageConfig, *, truth_transform=None) -> FitResult:
+    """Stage 2: hierarchical fitting of the RGB splats onto the radiative solid (CT frame).
+
+    Only RGB splats of opacity ≥ ``cfg.min_opacity`` are fitted; the others move with the global
+    similarity. With ``truth_transform`` the global / last local / fine levels are scored
+    against it (``alignment``; rotation about the RGB splats' centroid).
+    """
+    from insideout_jax.fitting.hierarchical import hierarchical_fit
+    from insideout_jax.fitting.procrustes import Similarity, similarity_errors
+
+    solid = pg.radiative_solid_points(rad, cfg.grid_size)
+    fit_rgb = rgb.replace(active=rgb.active & (rgb.opacities >= cfg.min_opacity))
+    res = pg.apply_to_all(hierarchical_fit(fit_rgb, solid, schedule=cfg.schedule, seed=cfg.seed), rgb)
+    metrics, notes = {}, ()
+    if truth_transform is None:
+        notes = ("no truth/transform.json: alignment errors are null (real data)",)
+    else:
+        t = truth_transform
+        truth = Similarity(np.asarray(t.rotation, np.float32), np.asarray(t.translation, np.float32),
+                           np.float32(t.scale))
+        centre = np.asarray(rgb.means)[np.asarray(rgb.active)].mean(0)
+        by_kind = {"global": res.stages[0]}
+        for kind, prefix in (("local", "local"), ("fine", "fine")):
+            picked = [st for st in res.stages if st.name.startswith(prefix)]
+            if picked:
+                by_kind[kind] = picked[-1]
+        errs = {kind: similarity_errors(st.transform, truth, center=centre)
+                for kind, st in by_kind.items()}
+        metrics = {"alignment": {k: {"rot_deg": float(e["rot_deg"]), "scale_rel": float(e["scale_rel"]),
+                                     "trans_mm": float(e["trans"])} for k, e in errs.items()}}
+    return FitResult(res.splats, res.transform, tuple(res.stages), metrics, notes)
+
+
+def internal_stage(rad, rgb, ct_volume, cfg: InternalStageConfig, *, projections=None,
+                   geometry=None, photos=None, cameras=None, background=(0.0, 0.0, 0.0),
+                   checkpoint_paths=(None, None), progress: Progress = None) -> InternalResult:
+    """Stage 3: the radiative set trained on the CT cross-sections (``cfg.slice_spacing`` apart),
+    the RGB set on their outer contours.
+
+    Args:
+      rad, rgb: radiative splats and RGB splats in the CT frame (after fitting).
+      ct_volume: the CT (:class:`insideout_jax.io.CTVolume`) the slices are cut from.
+      projections, geometry: the *training* projections, for the kept projection loss.
+      photos, cameras: the *training* photos and their cameras in the CT frame (used when
+        ``cfg.rgb.photo_weight > 0``).
+      checkpoint_paths: (radiative, RGB) resumable checkpoints.
+    """
+    from insideout_jax.internal.pseudo_gt import outer_contour_target
+    from insideout_jax.internal.train import train_internal
+
+    slices, planes, refs = pg.slice_set(ct_volume, cfg, heldout=False)
+    prog = _bar(progress)
+    rad2, h_rad = train_internal(rad, planes, refs, cfg.rad, projections=projections,
+                                 geometry=geometry, checkpoint_path=checkpoint_paths[0],
+                                 progress=prog)
+    contours = np.stack([outer_contour_target(r) for r in refs])
+    use_photos = cfg.rgb.photo_weight > 0
+    rgb2, h_rgb = train_internal(rgb, planes, contours, cfg.rgb,
+                                 photos=photos if use_photos else None,
+                                 cameras=cameras if use_photos else None, background=background,
+                                 checkpoint_path=checkpoint_paths[1], progress=prog)
+    return InternalResult(rad2, rgb2, {"internal_rad": h_rad, "internal_rgb": h_rgb}, len(slices))
+
+
+def visual_stage(rad, rgb, ct_volume, cfg: VisualStageConfig, *, photos, cameras,
+                 heldout_photos, heldout_cameras, background=(0.0, 0.0, 0.0),
+                 progress: Progress = None) -> VisualResult:
+    """Stage 4: colour transfer + detail cloning → the unified model; its colours fitted to the
+    training photos (``cfg.colour_iterations``); its density voxelized on the object grid; its
+    held-out photo scores (cameras in the CT frame)."""
+    from insideout_jax.render.slices import voxelize
+    from insideout_jax.train.rgb import evaluate_rgb
+    from insideout_jax.visual import as_radiative, refine_colours, unify
+
+    model = unify(rad, rgb, percentile=cfg.clone_percentile)
+    hist = None
+    if cfg.colour_iterations > 0:
+        model, hist = refine_colours(model, photos, cameras, iterations=cfg.colour_iterations,
+                                     lr=cfg.colour_lr, background=background,
+                                     progress=_bar(progress))
+    grid = pg.object_grid(ct_volume, cfg.volume_size)
+    dens = np.asarray(voxelize(as_radiative(model), grid))
+    ev = evaluate_rgb(model.splats, heldout_photos, heldout_cameras, background=background)
+    return VisualResult(model, grid, dens, hist,
+                        {"heldout_views": {"unified_rgb": {"psnr": ev["psnr"], "ssim": ev["ssim"]}}})
