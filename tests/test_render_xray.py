@@ -331,7 +331,7 @@ def test_chunk_decoding_edge_cases():
 
 
 def test_rsqrt_series_is_within_float32_rounding():
-    from insideout_jax.render.xray import SERIES_EPS, _rsqrt_1p
+    from insideout_jax.render.xray_records import SERIES_EPS, _rsqrt_1p
 
     eps = np.linspace(-SERIES_EPS, SERIES_EPS, 20001)
     exact = (1.0 + eps) ** -0.5

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from insideout_jax.render import additive as ad
 from insideout_jax.render import pallas_additive as pa
-from insideout_jax.render import xray as xr
+from insideout_jax.render import xray_records as xr
 
 __all__ = ["integrate_tiles", "CONE_PALLAS", "PARALLEL_PALLAS"]
 

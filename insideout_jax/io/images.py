@@ -1,0 +1,118 @@
+"""Photos of an object folder (``rgb/images``): listing, reading (validated, HWC RGB) and writing."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping
+
+import cv2
+import numpy as np
+
+from insideout_jax.io.errors import ObjectFolderError
+from insideout_jax.io.jsonfile import (
+    PathLike,
+    _atomic_write,
+)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+def list_images(folder: PathLike) -> tuple:
+    """Sorted file names of the PNG/JPEG images directly in ``folder``."""
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise ObjectFolderError(folder, "<file>", "image folder not found")
+    return tuple(sorted(p.name for p in folder.iterdir()
+                        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS))
+
+
+def read_image(path: PathLike, *, as_uint8: bool = False, background=None) -> np.ndarray:
+    """One photo as RGB.
+
+    Args:
+      as_uint8: return [H, W, 3] uint8 (8-bit files only) instead of float32 in [0, 1].
+      background: (r, g, b) in [0, 1] to composite a non-opaque alpha channel onto; an image
+        with a non-opaque alpha channel and no ``background`` is an error (never dropped silently).
+        A fully opaque alpha channel is dropped.
+
+    Returns:
+      [H, W, 3] float32 in [0, 1] (8-bit: v/255, 16-bit: v/65535), or uint8. Grey images are
+      repeated over the three channels.
+    """
+    path = pathlib.Path(path)
+    try:
+        buf = np.fromfile(path, np.uint8)
+    except OSError as e:
+        raise ObjectFolderError(path, "<file>", f"cannot read file ({e})") from None
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    if img is None:
+        raise ObjectFolderError(path, "<file>", "not a readable image (PNG/JPEG expected)")
+    if img.dtype not in (np.uint8, np.uint16):
+        raise ObjectFolderError(path, "dtype", f"must be 8- or 16-bit, got {img.dtype}")
+    full = float(np.iinfo(img.dtype).max)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=-1)
+    elif img.shape[2] == 3:
+        img = img[..., ::-1]
+    elif img.shape[2] == 4:
+        alpha = img[..., 3]
+        img = img[..., 2::-1]
+        if np.any(alpha != full):
+            if background is None:
+                raise ObjectFolderError(path, "alpha", "image has a non-opaque alpha channel; pass"
+                                        " background=(r, g, b) to composite it")
+            a = alpha[..., None].astype(np.float32) / full
+            bg = np.asarray(background, np.float32).reshape(1, 1, 3)
+            rgb = img.astype(np.float32) / full * a + bg * (1 - a)
+            if as_uint8:
+                if full != 255:
+                    raise ObjectFolderError(path, "dtype", "16-bit image cannot be returned as uint8")
+                return np.round(rgb * 255).astype(np.uint8)
+            return rgb
+    else:
+        raise ObjectFolderError(path, "channels", f"must have 1, 3 or 4 channels, got {img.shape[2]}")
+    img = np.ascontiguousarray(img)
+    if as_uint8:
+        if img.dtype != np.uint8:
+            raise ObjectFolderError(path, "dtype", "16-bit image cannot be returned as uint8 without loss")
+        return img
+    return img.astype(np.float32) / np.float32(full)
+
+
+def read_images(folder: PathLike, *, as_uint8: bool = False, background=None) -> dict:
+    """All photos of ``folder`` (e.g. ``rgb/images``), see :func:`read_image`.
+
+    Returns:
+      {file name: [H, W, 3] image}, in sorted name order.
+
+    Raises:
+      ObjectFolderError: missing folder, no images, or any unreadable image (named).
+    """
+    names = list_images(folder)
+    if not names:
+        raise ObjectFolderError(folder, "<file>", f"no {'/'.join(IMAGE_EXTENSIONS)} images found")
+    folder = pathlib.Path(folder)
+    return {n: read_image(folder / n, as_uint8=as_uint8, background=background) for n in names}
+
+
+def write_images(folder: PathLike, images: Mapping) -> list:
+    """Write {name: [H, W, 3] uint8, or float in [0, 1] (rounded to 8 bits)} as PNG/JPEG files."""
+    folder = pathlib.Path(folder)
+    out = []
+    for name, img in images.items():
+        if pathlib.Path(name).name != name or pathlib.Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+            raise ValueError(f"image name must be a plain file name ending in {IMAGE_EXTENSIONS}, got {name!r}")
+        a = np.asarray(img)
+        if a.ndim != 3 or a.shape[2] != 3:
+            raise ValueError(f"images[{name!r}] must be [H, W, 3], got shape {a.shape}")
+        if np.issubdtype(a.dtype, np.floating):
+            if not (np.all(np.isfinite(a)) and a.min() >= 0 and a.max() <= 1):
+                raise ValueError(f"images[{name!r}]: float images must lie in [0, 1]")
+            a = np.round(a * 255).astype(np.uint8)
+        elif a.dtype != np.uint8:
+            raise ValueError(f"images[{name!r}] must be uint8 or float, got {a.dtype}")
+        ok, buf = cv2.imencode(pathlib.Path(name).suffix, np.ascontiguousarray(a[..., ::-1]))
+        if not ok:
+            raise ValueError(f"images[{name!r}]: OpenCV could not encode the image")
+        out.append(_atomic_write(folder / name, buf.tofile))
+    return out

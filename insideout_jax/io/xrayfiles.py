@@ -1,0 +1,133 @@
+"""X-ray files of an object folder: ``xray/geometry.json`` (schema in OUTPUTS.md) and ``xray/projections.tif``."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import tifffile
+
+from insideout_jax.cameras import XrayGeometry, make_xray_geometry
+from insideout_jax.io.errors import ObjectFolderError
+from insideout_jax.io.jsonfile import (
+    PathLike,
+    _atomic_write,
+    _key,
+    _number,
+    _vector,
+    read_json,
+    write_json_atomic,
+)
+
+
+def read_geometry(path: PathLike) -> XrayGeometry:
+    """``xray/geometry.json`` → :class:`XrayGeometry` (schema in OUTPUTS.md; ``units`` must be "mm").
+
+    Every key of the schema is required; ``DSO``/``DSD`` may be ``null`` in parallel mode.
+    """
+    d = read_json(path)
+    mode = _key(d, "mode", path)
+    if mode not in ("cone", "parallel"):
+        raise ObjectFolderError(path, "mode", f"must be 'cone' or 'parallel', got {mode!r}")
+    units = _key(d, "units", path)
+    if units != "mm":
+        raise ObjectFolderError(path, "units", f"must be 'mm' (convert lengths first), got {units!r}")
+    nd = _vector(_key(d, "n_detector", path), 2, path, "n_detector", positive=True, integer=True)
+    dd = _vector(_key(d, "d_detector", path), 2, path, "d_detector", positive=True)
+    od = _vector(_key(d, "offset_detector", path), 2, path, "offset_detector")
+    oo = _vector(_key(d, "offset_origin", path), 3, path, "offset_origin")
+    angles = _vector(_key(d, "angles", path), None, path, "angles")
+    if not angles:
+        raise ObjectFolderError(path, "angles", "must hold at least one angle (radians)")
+    dist = {}
+    for name in ("DSO", "DSD"):
+        v = _key(d, name, path)
+        if v is None and mode == "parallel":
+            dist[name] = None
+        else:
+            dist[name] = _number(v, path, name, positive=True)
+    if mode == "cone" and dist["DSD"] <= dist["DSO"]:
+        raise ObjectFolderError(path, "DSD", f"must exceed DSO (detector beyond the axis), got "
+                                f"DSD={dist['DSD']}, DSO={dist['DSO']}")
+    try:
+        return make_xray_geometry(mode=mode, n_detector=nd, d_detector=dd, angles=angles,
+                                  dso=dist["DSO"], dsd=dist["DSD"], offset_detector=od,
+                                  offset_origin=oo)
+    except ValueError as e:  # anything the checks above did not name
+        raise ObjectFolderError(path, "<file>", str(e)) from None
+
+
+def _geometry_dict(geom: XrayGeometry) -> dict:
+    def dist(v):
+        v = float(np.asarray(v))
+        return None if (geom.mode == "parallel" and v == 0.0) else v
+
+    return {
+        "mode": geom.mode, "DSO": dist(geom.dso), "DSD": dist(geom.dsd),
+        "n_detector": [int(v) for v in geom.n_detector],
+        "d_detector": np.asarray(geom.d_detector).tolist(),
+        "offset_detector": np.asarray(geom.offset_detector).tolist(),
+        "offset_origin": np.asarray(geom.offset_origin).tolist(),
+        "angles": np.asarray(geom.angles).ravel().tolist(), "units": "mm",
+    }
+
+
+def write_geometry(path: PathLike, geometry: XrayGeometry) -> pathlib.Path:
+    """Write ``geometry`` to ``path`` (``xray/geometry.json`` schema); reading it back is exact."""
+    if not isinstance(geometry, XrayGeometry):
+        raise ValueError(f"geometry must be an XrayGeometry, got {type(geometry).__name__}")
+    return write_json_atomic(path, _geometry_dict(geometry))
+
+
+def _read_tiff(path: PathLike) -> np.ndarray:
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ObjectFolderError(path, "<file>", "file not found")
+    try:
+        return tifffile.imread(path)
+    except Exception as e:  # tifffile raises many types for corrupt files
+        raise ObjectFolderError(path, "<file>", f"not a readable TIFF ({type(e).__name__}: {e})") from None
+
+
+def read_projections(path: PathLike, geometry: XrayGeometry | None = None) -> np.ndarray:
+    """``xray/projections.tif`` → [V, nv, nu] float32 line integrals (−ln I/I0, dimensionless).
+
+    Args:
+      geometry: when given, V must equal its number of angles and (nv, nu) its ``n_detector``.
+
+    Raises:
+      ObjectFolderError: unreadable file, non-float data (raw intensities or counts must be
+        converted to line integrals first), wrong rank, non-finite values, or a mismatch with
+        ``geometry``.
+    """
+    p = _read_tiff(path)
+    if not np.issubdtype(p.dtype, np.floating):
+        raise ObjectFolderError(path, "dtype", f"projections must be float line integrals, got {p.dtype}")
+    if p.ndim == 2:  # a single page is one projection
+        p = p[None]
+    if p.ndim != 3:
+        raise ObjectFolderError(path, "shape", f"must be [V, nv, nu], got shape {p.shape}")
+    if not np.all(np.isfinite(p)):
+        raise ObjectFolderError(path, "values", f"{int(np.sum(~np.isfinite(p)))} non-finite values")
+    if geometry is not None:
+        if p.shape[0] != geometry.n_views:
+            raise ObjectFolderError(path, "shape", f"number of projections ({p.shape[0]}) ≠ number"
+                                    f" of angles in the geometry ({geometry.n_views})")
+        if tuple(p.shape[1:]) != tuple(geometry.n_detector):
+            raise ObjectFolderError(path, "shape", f"projection size {tuple(p.shape[1:])} ≠ "
+                                    f"geometry n_detector {tuple(geometry.n_detector)} (nv, nu)")
+    return p.astype(np.float32, copy=False)
+
+
+def write_projections(path: PathLike, projections, geometry: XrayGeometry | None = None
+                      ) -> pathlib.Path:
+    """Write [V, nv, nu] float32 line integrals as a TIFF stack (bit-exact round trip)."""
+    p = np.asarray(projections)
+    if p.ndim != 3 or not np.issubdtype(p.dtype, np.floating):
+        raise ValueError(f"projections must be a float [V, nv, nu] array, got {p.dtype} {p.shape}")
+    if geometry is not None and (p.shape[0] != geometry.n_views
+                                 or tuple(p.shape[1:]) != tuple(geometry.n_detector)):
+        raise ValueError(f"projections shape {p.shape} does not match the geometry "
+                         f"({geometry.n_views} angles, n_detector {geometry.n_detector})")
+    p = np.ascontiguousarray(p, dtype=np.float32)
+    return _atomic_write(path, lambda tmp: tifffile.imwrite(tmp, p, photometric="minisblack"))
