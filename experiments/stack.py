@@ -98,6 +98,7 @@ def config_overrides(items) -> dict:
 def load_input(args):
     """(raw [Z, Y, X] float32, spacing_zyx, name, labels [L, Z, Y, X] or None, label names)."""
     from insideout_jax.stacks import head_labels, read_frame_folder, read_label_folder
+    from insideout_jax.stacks.frames import downsample_inplane
 
     if args.frames:
         if args.spacing is None:
@@ -131,12 +132,7 @@ def load_input(args):
     if f < 1:
         raise ValueError(f"--downsample must be >= 1, got {f}")
     if f > 1:
-        z, y, x = raw.shape
-        y, x = y // f * f, x // f * f
-        raw = raw[:, :y, :x].reshape(z, y // f, f, x // f, f).mean((2, 4))
-        if labels is not None:
-            labels = labels[:, :, :y, :x].reshape(len(labels), z, y // f, f, x // f, f).mean((3, 5)) >= 0.5
-        spacing = (spacing[0], spacing[1] * f, spacing[2] * f)
+        raw, labels, spacing = downsample_inplane(raw, labels, spacing, f)
         name = f"{name}_ds{f}"
     if args.label_thresholds:
         labels, names = head_labels(raw, bone=args.label_thresholds[0], body=args.label_thresholds[1])

@@ -1,6 +1,5 @@
 """insideout_jax.reporting: figures are written and readable, report.md renders every table."""
 
-import copy
 import json
 
 import numpy as np
@@ -9,28 +8,16 @@ from matplotlib import image as mpimg
 
 from insideout_jax import reporting as rp
 from insideout_jax.evaluation import density_mesh
+from insideout_jax.pipeline import empty_metrics
 
 STAGES = ("data", "sfm", "rgb", "xray", "fitting", "internal", "visual", "evaluation")
 
 
 def _skeleton():
     """metrics.json with every field of docs/OUTPUTS.md's schema null."""
-    view = {"psnr": None, "ssim": None}
-    sec = {"psnr": None, "ssim": None, "piqe": None}
-    occ = {"42": {"any": None, "mean": None}, "242": {"any": None, "mean": None}}
-    return {
-        "object": "skull", "config": "cpu", "notes": ["stage 'fitting' did not run"],
-        "stage_seconds": {s: None for s in STAGES},
-        "heldout_views": {k: dict(view) for k in ("rgb", "xray", "unified_rgb")},
-        "cross_sections": {m: {"train": dict(sec), "heldout": dict(sec)}
-                           for m in ("3dgs", "xgaussian", "insideout")},
-        "chamfer_mm": {"none": None, "hierarchical": None, "internal": None},
-        "alignment": {s: {"rot_deg": None, "scale_rel": None, "trans_mm": None}
-                      for s in ("global", "local", "fine")},
-        "volume": {m: {"psnr3d": None, "ssim3d": None} for m in ("fdk", "radiative", "insideout")},
-        "occupancy": {m: copy.deepcopy(occ) for m in ("radiative", "insideout")},
-        "internal_noise": {"before": None, "after": None},
-    }
+    m = empty_metrics("skull", "cpu")
+    m["notes"].append("stage 'fitting' did not run")
+    return m
 
 
 def _filled(psnr=(15.0, 19.0, 20.5), chamfer=(700.0, 9.0, 7.0)):

@@ -12,25 +12,25 @@ from insideout_jax.pipeline.evaluate import evaluate
 from insideout_jax.pipeline.fuse import fuse, seeded_config
 from insideout_jax.pipeline.geometry import PipelineInputError
 from insideout_jax.pipeline.results import (
-                                            STAGE_ORDER,
-                                            EvaluationResult,
-                                            FitResult,
-                                            FusedResult,
-                                            InternalResult,
-                                            RGBResult,
-                                            Truth,
-                                            VisualResult,
-                                            XrayResult,
-                                            empty_metrics,
-                                            merge_metrics,
+    STAGE_ORDER,
+    EvaluationResult,
+    FitResult,
+    FusedResult,
+    InternalResult,
+    RGBResult,
+    Truth,
+    VisualResult,
+    XrayResult,
+    empty_metrics,
+    merge_metrics,
 )
 from insideout_jax.pipeline.stages import (
-                                            fit_stage,
-                                            internal_stage,
-                                            reconstruct_ct,
-                                            train_rgb_stage,
-                                            train_xray_stage,
-                                            visual_stage,
+    fit_stage,
+    internal_stage,
+    reconstruct_ct,
+    train_rgb_stage,
+    train_xray_stage,
+    visual_stage,
 )
 
 __all__ = ["STAGE_ORDER", "EvaluationResult", "FitResult", "FusedResult", "InternalResult",

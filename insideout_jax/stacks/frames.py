@@ -18,7 +18,7 @@ import pathlib
 
 import numpy as np
 
-__all__ = ["FrameStack", "add_frame_noise", "default_splat_count",
+__all__ = ["FrameStack", "add_frame_noise", "default_splat_count", "downsample_inplane",
            "make_stack", "stack_from_volume", "read_frame_folder", "read_label_folder",
            "split_stack", "interpolate_stack", "head_labels"]
 
@@ -302,4 +302,24 @@ def default_splat_count(stack: FrameStack, *, per_voxels: int = 8, level: float 
     """Splats for a stack: one per ``per_voxels`` voxels above ``level`` of the value range (the
     object, not the air around it), at least 4."""
     return max(4, int(np.count_nonzero(stack.frames > level) / per_voxels))
+
+
+def downsample_inplane(raw: np.ndarray, labels, spacing_zyx, factor: int):
+    """Average ``factor`` × ``factor`` pixel blocks of every frame (the frame spacing is kept).
+
+    Args:
+      raw: [Z, Y, X] volume; rows and columns beyond a multiple of ``factor`` are dropped.
+      labels: [L, Z, Y, X] bool masks or None (a block is inside when ≥ half its pixels are).
+      spacing_zyx: (dz, dy, dx) mm.
+
+    Returns:
+      (raw, labels, spacing) of the coarser stack.
+    """
+    f = int(factor)
+    z, y, x = raw.shape
+    y, x = y // f * f, x // f * f
+    out = raw[:, :y, :x].reshape(z, y // f, f, x // f, f).mean((2, 4))
+    if labels is not None:
+        labels = labels[:, :, :y, :x].reshape(len(labels), z, y // f, f, x // f, f).mean((3, 5)) >= 0.5
+    return out, labels, (spacing_zyx[0], spacing_zyx[1] * f, spacing_zyx[2] * f)
 
