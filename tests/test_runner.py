@@ -42,12 +42,18 @@ def _run(args, **kw):
     return subprocess.run(RUN + args, capture_output=True, text=True, env=env, cwd=REPO, **kw)
 
 
-def test_kill_and_resume_matches_uninterrupted(tiny_object, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_run(tiny_object, tmp_path_factory) -> Path:
+    """The whole pipeline through the runner on the tiny object (every stage, from files)."""
+    out = tmp_path_factory.mktemp("run")
+    res = _run(["--object", str(tiny_object), "--config", "tiny", "--out", str(out)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+def test_kill_and_resume_matches_uninterrupted(tiny_object, tiny_run, tmp_path):
     stages = ["--stages", "data", "sfm", "rgb"]
-    ref = _run(["--object", str(tiny_object), "--config", "tiny", "--out", str(tmp_path / "a")]
-               + stages)
-    assert ref.returncode == 0, ref.stderr
-    m_ref = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    m_ref = json.loads((tiny_run / "metrics.json").read_text())  # the uninterrupted run
 
     out = tmp_path / "b"
     env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
@@ -70,15 +76,6 @@ def test_kill_and_resume_matches_uninterrupted(tiny_object, tmp_path):
     for key in ("psnr", "ssim"):
         assert m["heldout_views"]["rgb"][key] == pytest.approx(m_ref["heldout_views"]["rgb"][key],
                                                                abs=1e-4)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_object, tmp_path_factory) -> Path:
-    """The whole pipeline through the runner on the tiny object (every stage, from files)."""
-    out = tmp_path_factory.mktemp("run")
-    res = _run(["--object", str(tiny_object), "--config", "tiny", "--out", str(out)])
-    assert res.returncode == 0, res.stderr[-3000:]
-    return out
 
 
 def test_whole_pipeline_fills_the_metrics(tiny_run):
