@@ -90,7 +90,8 @@ class RunContext:
 
     @functools.cached_property
     def obj(self):
-        return iio.read_object(self.object_dir, load_images=False)
+        """The object folder without ``truth/`` (which only :func:`truth` reads, for evaluation)."""
+        return iio.read_object(self.object_dir, load_images=False, load_truth=False)
 
     def splats(self, name: str):
         try:
@@ -158,11 +159,20 @@ def ct_volume(ctx: RunContext):
 
 
 def truth(ctx: RunContext) -> pl.Truth:
-    from insideout_jax.data.objects import SURFACE_FILE, read_true_surface
+    """The object's ``truth/`` (the evaluation stage's alone): the true SfM → CT transform (from
+    the true cameras and the COLMAP model, else ``truth/transform.json``), volume and surface."""
+    from insideout_jax.data.objects import CAMERAS_FILE, SURFACE_FILE, read_true_surface, true_sfm_transform
 
-    path = ctx.object_dir / iio.TRANSFORM_FILE
-    surface = read_true_surface(ctx.object_dir) if (ctx.object_dir / SURFACE_FILE).is_file() else None
-    return pl.Truth(iio.read_transform(path) if path.is_file() else None, ctx.obj.truth_volume, surface)
+    d = ctx.object_dir
+    transform = None
+    if (d / CAMERAS_FILE).is_file() and (d / iio.COLMAP_DIR).exists():
+        transform, fit = true_sfm_transform(d)
+        print(f"[evaluation] true transform from the true cameras: {fit}")
+    elif (d / iio.TRANSFORM_FILE).is_file():
+        transform = iio.read_transform(d / iio.TRANSFORM_FILE)
+    surface = read_true_surface(d) if (d / SURFACE_FILE).is_file() else None
+    vol = iio.read_volume(d / iio.TRUTH_VOLUME_FILE) if (d / iio.TRUTH_VOLUME_FILE).is_file() else None
+    return pl.Truth(transform, vol, surface)
 
 
 def _fmt(d: dict) -> str:
@@ -187,28 +197,21 @@ def stage_xray(ctx: RunContext) -> None:
     obj = ctx.obj
     if obj.geometry is None:
         raise StageError(f"{ctx.object_dir}: no X-ray projections ({iio.PROJECTIONS_FILE})")
-    ref = obj.truth_volume or obj.volume
     print(f"[xray] {obj.geometry.n_views} projections (every"
           f" {ctx.cfg.xray.train.holdout_every}th held out), {ctx.cfg.xray.train.iterations} iterations")
-    res = pl.train_xray_stage(obj.projections, obj.geometry, ctx.cfg.xray, reference_volume=ref,
+    res = pl.train_xray_stage(obj.projections, obj.geometry, ctx.cfg.xray,
                               checkpoint_path=ctx.stage_dir / "xray_train.npz", progress=True)
-    ctx.record(res, () if ref is not None else
-               ("no CT volume in the object folder: volume metrics are null",))
+    ctx.record(res)
     print(f"[xray] held-out projections: {_fmt(res.metrics['heldout_views']['xray'])}")
-    for name, m in res.metrics.get("volume", {}).items():
-        print(f"[xray] volume {name} vs {'truth' if obj.truth_volume else 'CT'}: {_fmt(m)}")
 
 
 def stage_fitting(ctx: RunContext) -> None:
     """Stage 2: hierarchical fitting of the RGB splats onto the radiative splats (CT frame)."""
-    res = pl.fit_stage(ctx.splats("rgb_splats"), ctx.splats("xray_splats"), ctx.cfg.fitting,
-                       truth_transform=truth(ctx).transform)
+    res = pl.fit_stage(ctx.splats("rgb_splats"), ctx.splats("xray_splats"), ctx.cfg.fitting)
     ctx.record(res)
     for st in res.stages:
         print(f"[fitting] {st.name}: residual {st.residual:.3f} mm"
               f" ({'kept' if st.accepted else 'rejected by the gate'}), {st.seconds:.1f} s")
-    for kind, e in res.metrics.get("alignment", {}).items():
-        print(f"[fitting] {kind} vs the true transform: {_fmt(e)}")
 
 
 def stage_internal(ctx: RunContext) -> None:
@@ -248,15 +251,24 @@ def stage_evaluation(ctx: RunContext) -> None:
     from insideout_jax import reporting as rp
 
     grid, density = store.load_grid(ctx.stage_dir)
+    geom, proj = ctx.obj.geometry, ctx.obj.projections
+    tr = holdout_split(geom.n_views, ctx.cfg.xray.train.holdout_every)[0] if geom else None
     res = pl.evaluate(rgb0=ctx.splats("rgb_splats"), rgb_aligned=ctx.splats("rgb_aligned"),
                       rgb_internal=ctx.splats("rgb_internal"), rad0=ctx.splats("xray_splats"),
                       rad_internal=ctx.splats("xray_internal"), unified_density=density, grid=grid,
-                      ct_volume=ct_volume(ctx), cfg=ctx.cfg, truth=truth(ctx))
+                      ct_volume=ct_volume(ctx), cfg=ctx.cfg, truth=truth(ctx),
+                      fit_levels=store.load_fit_levels(ctx.stage_dir),
+                      projections=None if geom is None else proj[tr],
+                      geometry=None if geom is None else geom.replace(angles=geom.angles[tr]))
     ctx.record(res)
     m = res.metrics
     print("[evaluation] cross-sections (held-out, vs CT): " + ", ".join(
         f"{k} {v['heldout']['psnr']:.2f} dB" for k, v in m["cross_sections"].items()))
     print(f"[evaluation] Chamfer (HPR) mm: {m['chamfer_mm']}")
+    for kind, e in m.get("alignment", {}).items():
+        print(f"[evaluation] alignment, {kind} level vs the true transform: {_fmt(e)}")
+    for name, v in m.get("volume", {}).items():
+        print(f"[evaluation] volume {name}: {_fmt(v)}")
     figs, fd = ctx.out_dir / "figures", res.figure_data
     ctx.figures = {
         "cross_sections": rp.plot_cross_sections(*fd["cross_sections"], figs / "cross_sections.png"),

@@ -32,7 +32,10 @@ class SkullConfig:
       supersample: sub-samples per voxel axis for the exact volume.
       n_rgb_views: photo renders (several elevation rings).
       rgb_size: photo width = height, pixels.
-      projection_noise: add Poisson + Gaussian read noise to projections.
+      photons: incident photons per detector pixel of the simulated scanner (Poisson noise;
+        0: noise-free line integrals); read_noise: its Gaussian read noise, counts.
+      ct_source: "fdk" (``ct/`` is the scanner's FDK reconstruction of the noisy projections on
+        its own grid, as a real CT is) or "exact" (``ct/`` = ``truth/``, for ablations only).
     """
 
     n_views: int = 180
@@ -41,7 +44,9 @@ class SkullConfig:
     supersample: int = 2
     n_rgb_views: int = 60
     rgb_size: int = 512
-    projection_noise: bool = False
+    photons: float = 1e5
+    read_noise: float = 10.0
+    ct_source: str = "fdk"
 
 
 @dataclasses.dataclass(frozen=True)

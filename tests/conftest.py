@@ -4,9 +4,22 @@ Tests marked ``gpu`` run only where ``jax.default_backend() == "gpu"``; elsewher
 skipped with a message that says how to run them.
 """
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# One persistent XLA compilation cache for the session and the commands the tests start, so that
+# the same pipeline compiled in a subprocess (the runner) and in the test process (fuse) compiles
+# once. Compiled code is the same either way; the cache is removed at exit.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="insideout_xla_cache_")
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

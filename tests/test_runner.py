@@ -14,7 +14,7 @@ import pytest
 
 from insideout_jax import io as iio
 from insideout_jax.config import preset
-from insideout_jax.data.objects import make_skull_object, read_true_cameras, read_true_surface
+from insideout_jax.data.objects import make_skull_object, read_true_cameras, read_true_surface, true_sfm_transform
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = [sys.executable, str(REPO / "experiments" / "run.py")]
@@ -46,9 +46,20 @@ def _run(args, **kw):
 def tiny_run(tiny_object, tmp_path_factory) -> Path:
     """The whole pipeline through the runner on the tiny object (every stage, from files)."""
     out = tmp_path_factory.mktemp("run")
-    res = _run(["--object", str(tiny_object), "--config", "tiny", "--out", str(out)])
+    env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu", TRUTH_LOG=str(out / "truth_log.json"))
+    res = subprocess.run([sys.executable, str(REPO / "tests" / "audited_run.py"), "--object",
+                          str(tiny_object), "--config", "tiny", "--out", str(out)],
+                         capture_output=True, text=True, env=env, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     return out
+
+
+def test_only_the_evaluation_stage_reads_truth(tiny_run):
+    """truth/ is for scoring alone: no training stage opens a file there (audit hook on open)."""
+    log = json.loads((tiny_run / "truth_log.json").read_text())
+    assert {stage for stage, _ in log} == {"evaluation"}, log
+    opened = {Path(p).name for _, p in log}
+    assert {"cameras.json", "volume.tif", "surface.npz"} <= opened
 
 
 def test_kill_and_resume_matches_uninterrupted(tiny_object, tiny_run, tmp_path):
@@ -106,7 +117,7 @@ def test_fuse_in_memory_matches_the_runner(tiny_object, tiny_run):
     obj = iio.read_object(tiny_object)
     model = obj.colmap
     photos = np.stack([iio.read_image(tiny_object / iio.IMAGES_DIR / n) for n in model.image_names])
-    truth = Truth(obj.truth_transform, obj.truth_volume, read_true_surface(tiny_object))
+    truth = Truth(true_sfm_transform(tiny_object)[0], obj.truth_volume, read_true_surface(tiny_object))
     res = fuse(photos, model.cameras, obj.projections, obj.geometry, points=model.points_xyz,
                point_colors=model.points_rgb, ct_volume=obj.volume, cfg=preset("tiny"), truth=truth,
                object_name=tiny_object.name)

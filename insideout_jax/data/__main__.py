@@ -20,6 +20,15 @@ from pathlib import Path
 from insideout_jax.config import SfMConfig, SkullConfig
 
 
+def _scanner_args(p) -> None:
+    d = SkullConfig()
+    p.add_argument("--photons", type=float, default=d.photons,
+                   help="incident photons per detector pixel (Poisson noise; 0: noise-free)")
+    p.add_argument("--read-noise", type=float, default=d.read_noise, help="read noise, counts")
+    p.add_argument("--exact-ct", action="store_true",
+                   help="ct/ = the exact volume instead of the scanner's FDK (ablations only)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m insideout_jax.data",
                                 description="Make object folders with ground truth.")
@@ -33,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     mk.add_argument("--volume", type=int, default=d.volume_size, help="CT voxels per side")
     mk.add_argument("--photos", type=int, default=d.n_rgb_views, help="number of RGB renders")
     mk.add_argument("--photo-size", type=int, default=d.rgb_size, help="render width = height")
-    mk.add_argument("--noise", action="store_true", help="Poisson + read noise on projections")
+    _scanner_args(mk)
     mk.add_argument("--sfm", action="store_true", help="also run SfM (pycolmap) on the photos")
 
     ct = sub.add_parser("from-ct", help="an object from a CT volume (npy, tif, mat, raw, DICOM folder)")
@@ -55,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     ct.add_argument("--detector", type=int, default=256)
     ct.add_argument("--photos", type=int, default=60)
     ct.add_argument("--photo-size", type=int, default=512)
+    _scanner_args(ct)
     ct.add_argument("--sfm", action="store_true", help="also run SfM (pycolmap) on the photos")
 
     sf = sub.add_parser("sfm", help="run SfM on an object folder's photos")
@@ -73,7 +83,9 @@ def main(argv=None) -> int:
         if args.command == "make":
             cfg = dataclasses.replace(SkullConfig(), n_views=args.views, n_detector=args.detector,
                                       volume_size=args.volume, n_rgb_views=args.photos,
-                                      rgb_size=args.photo_size, projection_noise=args.noise)
+                                      rgb_size=args.photo_size, photons=args.photons,
+                                      read_noise=args.read_noise,
+                                      ct_source="exact" if args.exact_ct else "fdk")
             print(f"making '{args.name}' in {args.out}")
             objects.make_skull_object(args.out, cfg)
             out = Path(args.out)
@@ -91,7 +103,9 @@ def main(argv=None) -> int:
             objects.make_ct_object(data, vol.spacing_zyx, args.out, iso=args.iso,
                                    quantity=args.quantity, n_views=args.views,
                                    n_det=args.detector, n_rgb_views=args.photos,
-                                   rgb_size=args.photo_size, keep_largest=args.keep_largest)
+                                   rgb_size=args.photo_size, keep_largest=args.keep_largest,
+                                   photons=args.photons, read_noise=args.read_noise,
+                                   ct_source="exact" if args.exact_ct else "fdk")
             out = Path(args.out)
         else:
             out = Path(args.dir)
@@ -99,7 +113,7 @@ def main(argv=None) -> int:
         if args.sfm:
             cfg = SfMConfig(use_known_intrinsics=getattr(args, "known_intrinsics", False))
             print("structure from motion (pycolmap, CPU)")
-            objects.ensure_sfm(out, cfg)
+            objects.ensure_sfm(out, cfg, with_truth=True)
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -23,8 +23,9 @@ import numpy as np
 
 from insideout_jax import io as iio
 from insideout_jax.cameras import PinholeCamera, camera_center, make_pinhole
+from insideout_jax.data import scanner
 
-__all__ = ["make_skull_object", "make_ct_object", "describe_object", "ensure_sfm",
+__all__ = ["make_skull_object", "make_ct_object", "describe_object", "ensure_sfm", "true_sfm_transform",
            "write_previews", "read_true_cameras", "write_true_cameras", "read_true_surface",
            "CAMERAS_FILE", "SURFACE_FILE", "PREVIEW_DIR"]
 
@@ -105,6 +106,21 @@ def write_previews(obj_dir: Path, *, n_photos: int = 4, n_radiographs: int = 4) 
     return written
 
 
+def _scanner_ct(proj, geom, truth, source: str, size: int, say):
+    """(``ct/`` volume, its record): the FDK reconstruction over the true volume's extent, or the
+    truth itself for ``source="exact"`` (ablations)."""
+    if source == "exact":
+        return truth, {"reconstruction": "none: ct/ is the exact volume (ablation)"}
+    if source != "fdk":
+        raise ValueError(f"ct_source must be 'fdk' or 'exact', got {source!r}")
+    sp = np.asarray(truth.spacing_zyx)[::-1]
+    lo = np.asarray(truth.origin_xyz) - 0.5 * sp
+    hi = lo + np.array(truth.data.shape[::-1]) * sp
+    vol, record = scanner.scanner_ct(proj, geom, lo, hi, max_voxels=int(1.5 * size))
+    say(f"  CT: FDK of the noisy projections on {tuple(vol.data.shape)} voxels of {vol.spacing_zyx[0]:.2f} mm")
+    return vol, record
+
+
 def make_skull_object(out_dir: str | Path, cfg=None, *, verbose: bool = True) -> dict:
     """Generate the built-in procedural skull as an object folder (no download, deterministic).
 
@@ -128,9 +144,8 @@ def make_skull_object(out_dir: str | Path, cfg=None, *, verbose: bool = True) ->
     skull = ph.skull_phantom()
     geom = ph.default_skull_geometry(n_views=cfg.n_views, n_det=cfg.n_detector)
     say(f"  projections: {cfg.n_views} views of {cfg.n_detector}² (closed-form chords)")
-    proj = ph.project_phantom(skull, geom)
-    if cfg.projection_noise:
-        proj = ph.add_projection_noise(proj, 0)
+    proj, acquisition = scanner.detector_noise(ph.project_phantom(skull, geom), photons=cfg.photons,
+                                               read_noise=cfg.read_noise, seed=0)
     times["projections"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -148,9 +163,11 @@ def make_skull_object(out_dir: str | Path, cfg=None, *, verbose: bool = True) ->
 
     t = time.perf_counter()
     pts, normals = ph.phantom_surface_points(skull, 20000)
-    ct = iio.make_volume(vol, spacing, origin, quantity="attenuation")
+    truth = iio.make_volume(vol, spacing, origin, quantity="attenuation")
+    ct, acquisition["ct"] = _scanner_ct(proj, geom, truth, cfg.ct_source, cfg.volume_size, say)
     iio.write_object(out, geometry=geom, projections=np.asarray(proj, np.float32), volume=ct,
-                     images=dict(zip(names, images, strict=True)), truth_volume=ct)
+                     images=dict(zip(names, images, strict=True)), truth_volume=truth)
+    iio.write_json_atomic(out / scanner.ACQUISITION_FILE, acquisition)
     np.savez(out / SURFACE_FILE, points=np.asarray(pts, np.float32),
              normals=np.asarray(normals, np.float32))
     write_true_cameras(out / CAMERAS_FILE, names, cams)
@@ -163,8 +180,11 @@ def make_skull_object(out_dir: str | Path, cfg=None, *, verbose: bool = True) ->
 def make_ct_object(volume: np.ndarray, spacing_zyx, out_dir: str | Path, *, origin_xyz=None,
                    iso: float | None = None, quantity: str = "attenuation", n_views: int = 180,
                    n_det: int = 256, n_rgb_views: int = 60, rgb_size: int = 512,
-                   keep_largest: bool = False, verbose: bool = True) -> dict:
-    """Object folder from a CT volume: ray-marched cone-beam projections and isosurface photos.
+                   keep_largest: bool = False, photons: float = 1e5, read_noise: float = 10.0,
+                   ct_source: str = "fdk", verbose: bool = True) -> dict:
+    """Object folder from a CT volume: ray-marched cone-beam projections through a simulated
+    scanner (:mod:`insideout_jax.data.scanner`), its FDK reconstruction as ``ct/``, the volume
+    itself as ``truth/``, and isosurface photos.
 
     Args:
       volume: [z, y, x] CT values (attenuation per mm, or HU when ``quantity == "HU"``).
@@ -174,6 +194,7 @@ def make_ct_object(volume: np.ndarray, spacing_zyx, out_dir: str | Path, *, orig
       quantity: "attenuation" or "HU" (HU are converted to attenuation for projections).
       keep_largest: keep only the largest connected region above the skin level (drops a
         scanner table or head rest, e.g. in the Stanford head); the volume is changed accordingly.
+      photons, read_noise, ct_source: the simulated scanner (as :class:`SkullConfig`'s).
 
     Returns:
       {part: seconds}.
@@ -198,7 +219,12 @@ def make_ct_object(volume: np.ndarray, spacing_zyx, out_dir: str | Path, *, orig
         att = np.where(mask, att, 0.0).astype(np.float32)
     geom = ctobject.default_ct_geometry(att.shape, spacing, origin_xyz, n_views=n_views, n_det=n_det)
     say(f"  projections: {n_views} views of {n_det}² (ray marching)")
-    proj = ctobject.ct_volume_projections(att, spacing, origin_xyz, geom)
+    proj, acquisition = scanner.detector_noise(
+        ctobject.ct_volume_projections(att, spacing, origin_xyz, geom), photons=photons,
+        read_noise=read_noise, seed=0)
+    if quantity == "HU":
+        acquisition["hu_to_attenuation"] = (f"mu = {ctobject.MU_WATER} /mm * (1 + HU/1000),"
+                                             " clipped at 0 (water = 0.02 /mm)")
     times["projections"] = time.perf_counter() - t
     t = time.perf_counter()
     level = ctobject.default_iso_level(att) if iso is None else (
@@ -209,9 +235,11 @@ def make_ct_object(volume: np.ndarray, spacing_zyx, out_dir: str | Path, *, orig
     names = [f"view_{k:03d}.png" for k in range(len(cams))]
     times["photos"] = time.perf_counter() - t
     t = time.perf_counter()
-    ct = iio.make_volume(att, spacing, origin_xyz, quantity="attenuation")
+    truth = iio.make_volume(att, spacing, origin_xyz, quantity="attenuation")
+    ct, acquisition["ct"] = _scanner_ct(proj, geom, truth, ct_source, max(att.shape), say)
     iio.write_object(out, geometry=geom, projections=np.asarray(proj, np.float32), volume=ct,
-                     images=dict(zip(names, images, strict=True)), truth_volume=ct)
+                     images=dict(zip(names, images, strict=True)), truth_volume=truth)
+    iio.write_json_atomic(out / scanner.ACQUISITION_FILE, acquisition)
     write_true_cameras(out / CAMERAS_FILE, names, cams)
     write_previews(out)
     times["write"] = time.perf_counter() - t
@@ -219,8 +247,9 @@ def make_ct_object(volume: np.ndarray, spacing_zyx, out_dir: str | Path, *, orig
 
 
 def describe_object(obj_dir: str | Path) -> str:
-    """One line saying what an object folder holds (validates every file it reads)."""
-    obj = iio.read_object(obj_dir, load_images=False)
+    """One line saying what an object folder holds (validates every file it reads; ``truth/`` is
+    only looked for, not read: it is for the evaluation alone)."""
+    obj = iio.read_object(obj_dir, load_images=False, load_truth=False)
     parts = [f"{len(obj.image_names)} photos"]
     if obj.geometry is not None:
         nv, nu = obj.geometry.n_detector
@@ -229,8 +258,8 @@ def describe_object(obj_dir: str | Path) -> str:
         parts.append(f"CT volume {tuple(obj.volume.data.shape)}")
     if obj.colmap is not None:
         parts.append(f"COLMAP model ({len(obj.colmap.image_names)} images)")
-    if obj.truth_volume is not None or (Path(obj_dir) / CAMERAS_FILE).exists():
-        parts.append("ground truth")
+    if (Path(obj_dir) / "truth").is_dir():
+        parts.append("ground truth (for the evaluation only)")
     return ", ".join(parts)
 
 
@@ -238,16 +267,19 @@ def _camera_centres(cams) -> np.ndarray:
     return np.stack([np.asarray(camera_center(c), np.float64) for c in cams])
 
 
-def ensure_sfm(obj_dir: str | Path, cfg=None, *, verbose: bool = True) -> str:
-    """Run SfM into ``rgb/sparse/0`` unless a model is there; for generated objects, also write
-    ``truth/transform.json`` (SfM → CT similarity from the camera centres) and report how well the
-    aligned SfM centres match the true ones.
+def ensure_sfm(obj_dir: str | Path, cfg=None, *, with_truth: bool = False, verbose: bool = True) -> str:
+    """Run SfM into ``rgb/sparse/0`` unless a model is there.
+
+    With ``with_truth`` (the data tool, never a pipeline stage), a generated object also gets
+    ``truth/transform.json`` (:func:`true_sfm_transform`) and the summary says how well the
+    aligned SfM centres match the true ones. ``cfg.use_known_intrinsics`` reads the generator's
+    intrinsics from ``truth/`` (off in every preset: for diagnosing SfM only).
 
     Returns:
       A one-line summary.
     """
     from insideout_jax.config import SfMConfig
-    from insideout_jax.data.sfm import align_camera_centres, run_sfm
+    from insideout_jax.data.sfm import run_sfm
 
     cfg = cfg or SfMConfig()
     obj_dir = Path(obj_dir)
@@ -269,22 +301,34 @@ def ensure_sfm(obj_dir: str | Path, cfg=None, *, verbose: bool = True) -> str:
                f"reprojection error {res.mean_reprojection_error:.2f} px")
     model = iio.read_colmap(model_dir)
     msg = msg or f"existing model: {len(model.image_names)} images, {len(model.points_xyz)} points"
-    cams_path = obj_dir / CAMERAS_FILE
-    if cams_path.exists():
-        truth = read_true_cameras(cams_path)
-        names = [n for n in model.image_names if n in truth]
-        src = _camera_centres([model.cameras[model.image_names.index(n)] for n in names])
-        dst = _camera_centres([truth[n] for n in names])
-        rot, t, s = align_camera_centres(src, dst)
-        err = np.linalg.norm(s * src @ rot.T + t - dst, axis=1)
-        size = float(np.ptp(read_true_surface(obj_dir)[0], axis=0).max()) if (
-            obj_dir / SURFACE_FILE).exists() else float(np.ptp(dst, axis=0).max())
-        iio.write_transform(obj_dir / iio.TRANSFORM_FILE, iio.make_similarity(rot, t, s))
-        msg += (f"; aligned camera centres: mean error {err.mean():.3f} mm, max {err.max():.3f} mm"
-                f" = {100 * err.max() / size:.3f}% of the object size ({size:.0f} mm)")
+    if with_truth and (obj_dir / CAMERAS_FILE).exists():
+        transform, fit = true_sfm_transform(obj_dir)
+        iio.write_transform(obj_dir / iio.TRANSFORM_FILE, transform)
+        msg += f"; {fit}"
     if verbose:
         print(f"  {msg}")
     return msg
+
+
+def true_sfm_transform(obj_dir: str | Path):
+    """(SfM → CT similarity, summary) of a generated object: the least-squares similarity from its
+    COLMAP model's camera centres to the true ones (``truth/cameras.json``). For evaluations only.
+    """
+    from insideout_jax.data.sfm import align_camera_centres
+
+    obj_dir = Path(obj_dir)
+    model = iio.read_colmap(obj_dir / iio.COLMAP_DIR)
+    truth = read_true_cameras(obj_dir / CAMERAS_FILE)
+    names = [n for n in model.image_names if n in truth]
+    src = _camera_centres([model.cameras[model.image_names.index(n)] for n in names])
+    dst = _camera_centres([truth[n] for n in names])
+    rot, t, s = align_camera_centres(src, dst)
+    err = np.linalg.norm(s * src @ rot.T + t - dst, axis=1)
+    size = float(np.ptp(read_true_surface(obj_dir)[0], axis=0).max()) if (
+        obj_dir / SURFACE_FILE).exists() else float(np.ptp(dst, axis=0).max())
+    return iio.make_similarity(rot, t, s), (
+        f"aligned camera centres: mean error {err.mean():.3f} mm, max {err.max():.3f} mm"
+        f" = {100 * err.max() / size:.3f}% of the object size ({size:.0f} mm)")
 
 
 def camera_list(cams: dict) -> list[PinholeCamera]:

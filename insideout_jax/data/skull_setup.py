@@ -65,9 +65,8 @@ def add_projection_noise(projections, seed: int = 0, *, i0: float = 1e5,
     Returns:
       [V, nv, nu] float32 noisy line integrals.
     """
-    if not (i0 > 0) or not (read_sigma >= 0):
-        raise ValueError(f"i0 must be > 0 and read_sigma ≥ 0, got {i0}, {read_sigma}")
-    p = np.asarray(projections, np.float64)
-    rng = np.random.default_rng(seed)
-    counts = rng.poisson(i0 * np.exp(-p)) + read_sigma * rng.normal(size=p.shape)
-    return (-np.log(np.maximum(counts, 1.0) / i0)).astype(np.float32)
+    if not i0 > 0:
+        raise ValueError(f"i0 must be > 0, got {i0}")
+    from insideout_jax.data.scanner import detector_noise
+
+    return detector_noise(projections, photons=i0, read_noise=read_sigma, seed=seed)[0]

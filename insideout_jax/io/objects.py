@@ -107,11 +107,13 @@ class ObjectFolder:
 
 
 def read_object(path: PathLike, *, load_images: bool = True, images_as_uint8: bool = False,
-                image_background=None) -> ObjectFolder:
+                image_background=None, load_truth: bool = True) -> ObjectFolder:
     """Read and cross-check an object folder.
 
     Args:
       load_images: decode the photos (otherwise only their names are listed).
+      load_truth: read ``truth/`` (volume, transform); False for everything but an evaluation,
+        which leaves ``truth_volume`` and ``truth_transform`` None without opening a file there.
       images_as_uint8, image_background: passed to :func:`read_image`.
 
     Raises:
@@ -131,9 +133,9 @@ def read_object(path: PathLike, *, load_images: bool = True, images_as_uint8: bo
         projections = read_projections(proj_p, geometry)
     vol_p, truth_p = root / VOLUME_FILE, root / TRUTH_VOLUME_FILE
     volume = read_volume(vol_p) if vol_p.exists() else None
-    truth_volume = read_volume(truth_p) if truth_p.exists() else None
+    truth_volume = read_volume(truth_p) if load_truth and truth_p.exists() else None
     tr_p = root / TRANSFORM_FILE
-    transform = read_transform(tr_p) if tr_p.exists() else None
+    transform = read_transform(tr_p) if load_truth and tr_p.exists() else None
     img_dir = root / IMAGES_DIR
     names = list_images(img_dir) if img_dir.is_dir() else ()
     images = None

@@ -14,7 +14,7 @@ from insideout_jax import evaluation as ev
 from insideout_jax.pipeline import geometry as pg
 from insideout_jax.pipeline.results import EvaluationResult, Truth
 
-__all__ = ["CHAMFER_NOTE", "PIQE_NOTE", "evaluate"]
+__all__ = ["CHAMFER_NOTE", "PIQE_NOTE", "alignment_scores", "evaluate"]
 
 CHAMFER_NOTE = "Chamfer rises with internal rendering"
 PIQE_NOTE = "PIQE of the CT reference slices themselves"
@@ -60,9 +60,32 @@ def _reference_piqe_note(refs, cross: dict) -> str | None:
             "rank fidelity on this object: read PSNR and SSIM.")
 
 
+def alignment_scores(levels, truth_transform, centre) -> dict:
+    """Errors of the fitted levels against the true RGB → CT similarity: the global level, the
+    last local level and the fine level (rotation in degrees, relative scale, translation in mm
+    of the point ``centre`` of the RGB frame)."""
+    from insideout_jax.fitting.procrustes import Similarity, similarity_errors
+
+    t = truth_transform
+    truth = Similarity(np.asarray(t.rotation, np.float32), np.asarray(t.translation, np.float32),
+                       np.float32(t.scale))
+    picked = {"global": levels[0][1]}
+    for kind in ("local", "fine"):
+        match = [tr for name, tr in levels if name.startswith(kind)]
+        if match:
+            picked[kind] = match[-1]
+    out = {}
+    for kind, tr in picked.items():
+        e = similarity_errors(tr, truth, center=np.asarray(centre, np.float32))
+        out[kind] = {"rot_deg": float(e["rot_deg"]), "scale_rel": float(e["scale_rel"]),
+                     "trans_mm": float(e["trans"])}
+    return out
+
+
 def evaluate(*, rgb0, rgb_aligned, rgb_internal, rad0, rad_internal, unified_density, grid,
-             ct_volume, cfg, truth: Truth | None = None) -> EvaluationResult:
-    """Score the methods and collect what the figures show.
+             ct_volume, cfg, truth: Truth | None = None, fit_levels=None, projections=None,
+             geometry=None) -> EvaluationResult:
+    """Score the methods and collect what the figures show. The only stage that sees ``truth``.
 
     Args:
       rgb0, rgb_aligned, rgb_internal: the RGB splats from stage 1a (SfM frame), after fitting
@@ -71,7 +94,11 @@ def evaluate(*, rgb0, rgb_aligned, rgb_internal, rad0, rad_internal, unified_den
       unified_density: [n, n, n] the unified model's density on ``grid`` (visual stage).
       ct_volume: the CT the cross-sections are cut from (the reference of Table 2).
       cfg: :class:`insideout_jax.config.PipelineConfig`.
-      truth: the object's truth (volume, surface) or None.
+      truth: the object's truth (transform, volume, surface) or None.
+      fit_levels: [(name, Similarity)] of the fitting stage's levels (``FitResult.stages``), for
+        the alignment errors against ``truth.transform``.
+      projections, geometry: the *training* projections, for FDK in the volume comparison
+        (``volume.fdk`` / ``volume.radiative``, against the truth, else against the CT).
     """
     from insideout_jax.render.slices import voxelize
     from insideout_jax.visual import as_radiative, unify
@@ -126,11 +153,24 @@ def evaluate(*, rgb0, rgb_aligned, rgb_internal, rad0, rad_internal, unified_den
             {k: val for k, val in ev.occupancy_block(v, (sp_v,) * 3, org).items() if k in ("42", "242")})
         verts, faces, _ = ev.density_mesh(v, (sp_v,) * 3, org)
         meshes[name] = (verts, faces)
+    metrics["volume"] = {}
     if truth.volume is not None:
         ref = pg.resample_to(np.asarray(truth.volume.data), truth.volume, grid)
-        metrics["volume"] = {"insideout": ev.to_json_ready(ev.volume_metrics(vols["insideout"], ref))}
+        metrics["volume"]["insideout"] = ev.to_json_ready(ev.volume_metrics(vols["insideout"], ref))
 
     act = lambda sp: np.asarray(sp.means)[np.asarray(sp.active)]  # noqa: E731
+    if truth.transform is not None and fit_levels:
+        metrics["alignment"] = alignment_scores(fit_levels, truth.transform, act(rgb0).mean(0))
+    else:
+        notes.append("no true transform (truth/transform.json or truth/cameras.json): alignment"
+                     " errors are null (real data)")
+    volumes = None
+    reference = truth.volume if truth.volume is not None else ct_volume
+    if projections is not None and geometry is not None:
+        from insideout_jax.pipeline.stages import volume_scores
+
+        volumes, scores = volume_scores(projections, geometry, rad0, reference, cfg.xray.fdk_size)
+        metrics["volume"].update(scores)
     figure_data = {
         "cross_sections": ({"CT reference": rows["_ref"], "3DGS": rows["3dgs"],
                             "X-Gaussian": rows["xgaussian"], "InsideOut": rows["insideout"]},
@@ -138,4 +178,5 @@ def evaluate(*, rgb0, rgb_aligned, rgb_internal, rad0, rad_internal, unified_den
         "alignment": (act(rgb0), act(rgb_aligned), act(rad0)),
         "normals": {"radiative": meshes["radiative"], "InsideOut": meshes["insideout"]},
     }
-    return EvaluationResult(metrics, tuple(n for n in notes if n), figure_data, meshes["insideout"])
+    return EvaluationResult(metrics, tuple(n for n in notes if n), figure_data, meshes["insideout"],
+                            volumes)

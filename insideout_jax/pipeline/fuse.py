@@ -70,21 +70,19 @@ def fuse(photos: np.ndarray, cameras, projections: np.ndarray, geometry, *, poin
     photos, cameras = pg.downscale_photos(photos, cameras, cfg.rgb.downscale)
     metrics = empty_metrics(object_name, cfg.name)
     rgb = train_rgb_stage(photos, cameras, points, point_colors, cfg.rgb, progress=progress)
-    ref = truth.volume if truth.volume is not None else ct_volume
-    xray = train_xray_stage(projections, geometry, cfg.xray, reference_volume=ref,
-                            progress=progress)
-    fit = fit_stage(rgb.splats, xray.splats, cfg.fitting, truth_transform=truth.transform)
+    xray = train_xray_stage(projections, geometry, cfg.xray, progress=progress)
+    fit = fit_stage(rgb.splats, xray.splats, cfg.fitting)
     if ct_volume is None:
         ct_volume = reconstruct_ct(projections, geometry, cfg.xray)
         metrics["notes"].append("no CT volume given: the internal stage learns from the FDK"
                                 " reconstruction of the training projections")
     tr_p, _ = holdout_split(geometry.n_views, cfg.xray.train.holdout_every)
+    g_tr = geometry.replace(angles=geometry.angles[tr_p])
     tr, ho = holdout_split(len(photos), cfg.rgb.train.holdout_every)
     cams_ct = pg.cameras_in_ct_frame(cameras, fit.transform)
     bg = cfg.rgb.train.background
     internal = internal_stage(xray.splats, fit.splats, ct_volume, cfg.internal,
-                              projections=projections[tr_p],
-                              geometry=geometry.replace(angles=geometry.angles[tr_p]),
+                              projections=projections[tr_p], geometry=g_tr,
                               photos=photos[tr], cameras=[cams_ct[i] for i in tr],
                               background=bg, progress=progress)
     visual = visual_stage(internal.rad, internal.rgb, ct_volume, cfg.visual, photos=photos[tr],
@@ -94,9 +92,9 @@ def fuse(photos: np.ndarray, cameras, projections: np.ndarray, geometry, *, poin
     evaluation = evaluate(rgb0=rgb.splats, rgb_aligned=fit.splats, rgb_internal=internal.rgb,
                           rad0=xray.splats, rad_internal=internal.rad,
                           unified_density=visual.density, grid=visual.grid, ct_volume=ct_volume,
-                          cfg=cfg, truth=truth)
+                          cfg=cfg, truth=truth, fit_levels=[(st.name, st.transform) for st in fit.stages],
+                          projections=projections[tr_p], geometry=g_tr)
     for result in (rgb, xray, fit, visual, evaluation):
         merge_metrics(metrics, result.metrics)
-    for result in (fit, evaluation):
-        metrics["notes"].extend(n for n in result.notes if n not in metrics["notes"])
+    metrics["notes"].extend(n for n in evaluation.notes if n not in metrics["notes"])
     return FusedResult(rgb, xray, fit, internal, visual, evaluation, metrics)

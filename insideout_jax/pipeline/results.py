@@ -85,13 +85,11 @@ class RGBResult:
 
 @dataclasses.dataclass(frozen=True)
 class XrayResult:
-    """Stage 1b: radiative splats from the projections, and the FDK / radiative volumes on the
-    comparison grid (None without a reference volume)."""
+    """Stage 1b: radiative splats from the training projections and their held-out scores."""
 
     splats: Any
     history: dict
     metrics: dict
-    volumes: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,14 +127,16 @@ class VisualResult:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationResult:
-    """Cross-sections, Chamfer, occupancy, internal noise and the unified volume's scores
-    (``metrics``), report notes, the arrays the figures show (``figure_data``) and the unified
-    model's density mesh (vertices, faces)."""
+    """Cross-sections, Chamfer, occupancy, internal noise, alignment and volume scores
+    (``metrics``), report notes, the arrays the figures show (``figure_data``), the unified
+    model's density mesh (vertices, faces) and the FDK / radiative volumes on the comparison grid
+    (``volumes``, None without a reference volume)."""
 
     metrics: dict
     notes: tuple
     figure_data: dict
     mesh: tuple
+    volumes: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,11 +58,9 @@ def train_rgb_stage(images: np.ndarray, cameras, points_xyz: np.ndarray, points_
 
 
 def train_xray_stage(projections: np.ndarray, geometry, cfg: XrayStageConfig, *,
-                     reference_volume=None, checkpoint_path=None,
-                     progress: Progress = None) -> XrayResult:
-    """Stage 1b: radiative splats (X-Gaussian) on the training projections; held-out projection
-    scores; with a reference volume, FDK and the voxelized splats scored against it on the
-    comparison grid (``volume.fdk`` / ``volume.radiative``)."""
+                     checkpoint_path=None, progress: Progress = None) -> XrayResult:
+    """Stage 1b: radiative splats on the training projections (every ``holdout_every``-th is held
+    out) and their held-out projection scores. (The volumes are scored by the evaluation.)"""
     from insideout_jax.train.xray import evaluate_xray, train_xray
 
     tcfg = cfg.train
@@ -71,12 +69,7 @@ def train_xray_stage(projections: np.ndarray, geometry, cfg: XrayStageConfig, *,
     splats, hist = train_xray(projections[tr], g_tr, tcfg, checkpoint_path=checkpoint_path,
                               progress=_bar(progress))
     ev = evaluate_xray(splats, projections[ho], g_ho, backend=tcfg.backend)
-    metrics = {"heldout_views": {"xray": {"psnr": ev["psnr"], "ssim": ev["ssim"]}}}
-    volumes = None
-    if reference_volume is not None:
-        volumes, metrics["volume"] = volume_scores(projections[tr], g_tr, splats, reference_volume,
-                                                   cfg.fdk_size)
-    return XrayResult(splats, hist, metrics, volumes)
+    return XrayResult(splats, hist, {"heldout_views": {"xray": {"psnr": ev["psnr"], "ssim": ev["ssim"]}}})
 
 
 def volume_scores(projections, geometry, splats, reference_volume, n: int):
@@ -136,37 +129,18 @@ def reconstruct_ct(projections: np.ndarray, geometry, cfg: XrayStageConfig):
                        np.asarray(grid.origin_xyz), quantity="attenuation")
 
 
-def fit_stage(rgb, rad, cfg: FittingStageConfig, *, truth_transform=None) -> FitResult:
+def fit_stage(rgb, rad, cfg: FittingStageConfig) -> FitResult:
     """Stage 2: hierarchical fitting of the RGB splats onto the radiative solid (CT frame).
 
     Only RGB splats of opacity ≥ ``cfg.min_opacity`` are fitted; the others move with the global
-    similarity. With ``truth_transform`` the global / last local / fine levels are scored
-    against it (``alignment``; rotation about the RGB splats' centroid).
+    similarity. (The levels are scored against a true transform by the evaluation.)
     """
     from insideout_jax.fitting.hierarchical import hierarchical_fit
-    from insideout_jax.fitting.procrustes import Similarity, similarity_errors
 
     solid = pg.radiative_solid_points(rad, cfg.grid_size)
     fit_rgb = rgb.replace(active=rgb.active & (rgb.opacities >= cfg.min_opacity))
     res = pg.apply_to_all(hierarchical_fit(fit_rgb, solid, schedule=cfg.schedule, seed=cfg.seed), rgb)
-    metrics, notes = {}, ()
-    if truth_transform is None:
-        notes = ("no truth/transform.json: alignment errors are null (real data)",)
-    else:
-        t = truth_transform
-        truth = Similarity(np.asarray(t.rotation, np.float32), np.asarray(t.translation, np.float32),
-                           np.float32(t.scale))
-        centre = np.asarray(rgb.means)[np.asarray(rgb.active)].mean(0)
-        by_kind = {"global": res.stages[0]}
-        for kind, prefix in (("local", "local"), ("fine", "fine")):
-            picked = [st for st in res.stages if st.name.startswith(prefix)]
-            if picked:
-                by_kind[kind] = picked[-1]
-        errs = {kind: similarity_errors(st.transform, truth, center=centre)
-                for kind, st in by_kind.items()}
-        metrics = {"alignment": {k: {"rot_deg": float(e["rot_deg"]), "scale_rel": float(e["scale_rel"]),
-                                     "trans_mm": float(e["trans"])} for k, e in errs.items()}}
-    return FitResult(res.splats, res.transform, tuple(res.stages), metrics, notes)
+    return FitResult(res.splats, res.transform, tuple(res.stages), {})
 
 
 def internal_stage(rad, rgb, ct_volume, cfg: InternalStageConfig, *, projections=None,

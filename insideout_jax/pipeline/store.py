@@ -34,7 +34,7 @@ from insideout_jax.pipeline.results import (
 from insideout_jax.render.slices import make_voxel_grid
 from insideout_jax.splats import RadSplats, RGBSplats
 
-__all__ = ["MissingStageOutput", "load_grid", "load_splats", "load_transform", "save_npy",
+__all__ = ["MissingStageOutput", "load_grid", "load_splats", "load_fit_levels", "load_transform", "save_npy",
            "save_result", "save_splats"]
 
 
@@ -84,8 +84,6 @@ def save_result(stage_dir: Path, out_dir: Path, result) -> list[Path]:
     elif isinstance(result, XrayResult):
         written.append(save_splats(stage_dir, "xray_splats", result.splats))
         _history(stage_dir, "xray", result.history)
-        for name, vol in (result.volumes or {}).items():
-            written.append(save_npy(stage_dir / f"volume_{name}.npy", vol))
     elif isinstance(result, FitResult):
         written.append(save_splats(stage_dir, "rgb_aligned", result.splats))
         written.append(iio.write_json_atomic(stage_dir / "fitting.json", {
@@ -117,6 +115,8 @@ def save_result(stage_dir: Path, out_dir: Path, result) -> list[Path]:
         _history(stage_dir, "colour", result.history)
     elif isinstance(result, EvaluationResult):
         written.append(write_mesh_ply(out_dir / "mesh.ply", *result.mesh))
+        for name, vol in (result.volumes or {}).items():
+            written.append(save_npy(stage_dir / f"volume_{name}.npy", vol))
     else:
         raise TypeError(f"not a stage result: {type(result).__name__}")
     return written
@@ -147,6 +147,14 @@ def load_transform(stage_dir: Path) -> Similarity:
     t = iio.read_json(_need(Path(stage_dir) / "fitting.json", "fitting"))["transform"]
     return Similarity(np.asarray(t["rotation"], np.float32), np.asarray(t["translation"], np.float32),
                       np.float32(t["scale"]))
+
+
+def load_fit_levels(stage_dir: Path) -> list:
+    """[(level name, its RGB → CT Similarity)] of the fitting stage, in order."""
+    levels = iio.read_json(_need(Path(stage_dir) / "fitting.json", "fitting"))["stages"]
+    return [(lv["name"], Similarity(np.asarray(lv["transform"]["rotation"], np.float32),
+                                    np.asarray(lv["transform"]["translation"], np.float32),
+                                    np.float32(lv["transform"]["scale"]))) for lv in levels]
 
 
 def load_grid(stage_dir: Path):
