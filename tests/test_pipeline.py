@@ -169,3 +169,43 @@ def test_stack_inplane_downsampling_averages_blocks():
     np.testing.assert_allclose(out[1, 1, 2], raw[1, 2:4, 4:6].mean())
     assert sp == (3.0, 1.0, 0.5)
     np.testing.assert_array_equal(lab[0], labels[0, :, :4, :6].reshape(2, 2, 2, 3, 2).mean((2, 4)) >= 0.5)
+
+
+def _sphere(n: int, r: float) -> np.ndarray:
+    """n Fibonacci points on a sphere of radius r (mm)."""
+    k = np.arange(n) + 0.5
+    z = 1 - 2 * k / n
+    phi = np.pi * (1 + 5**0.5) * k
+    rho = np.sqrt(1 - z**2)
+    return (r * np.stack([rho * np.cos(phi), rho * np.sin(phi), z], 1)).astype(np.float32)
+
+
+def test_the_chamfer_note_is_computed_from_its_numbers():
+    from insideout_jax import evaluation as ev
+    from insideout_jax.pipeline.evaluate import _chamfer_rise_note, _spacing
+
+    rad = _sphere(4000, 50.0)
+    assert _spacing(rad) == pytest.approx(np.sqrt(4 * np.pi * 50.0**2 / 4000), rel=0.15)
+    for scale, far in ((1.2, True), (1.004, False)):  # the RGB shell grows by 10 mm / 0.2 mm
+        rgb_in = rad * scale
+        ch = ev.chamfer_block({"none": rad, "hierarchical": rad, "internal": rgb_in}, rad)
+        note = _chamfer_rise_note(ch, rad, rgb_in, rad, rad)
+        assert "moved by mostly the RGB set" in note
+        assert ("exceeds twice the median spacing" in note) == far
+        assert ("not a misalignment" in note) == (not far)
+    ch = ev.chamfer_block({"none": rad, "hierarchical": rad * 1.1, "internal": rad}, rad)
+    assert _chamfer_rise_note(ch, rad * 1.1, rad, rad, rad) is None  # no rise, no note
+
+
+def test_the_piqe_note_reads_the_scores_it_cites():
+    from insideout_jax.metrics.image import piqe_slice
+    from insideout_jax.pipeline.evaluate import _reference_piqe_note
+
+    rng = np.random.default_rng(0)
+    refs = np.stack([np.kron(rng.random((8, 8)), np.ones((16, 16))) for _ in range(2)]).astype(np.float32)
+    ref = float(np.mean([piqe_slice(r) for r in refs]))
+    cross = lambda a, b: {"xgaussian": {"heldout": {"piqe": a}}, "insideout": {"heldout": {"piqe": b}}}  # noqa: E731
+    assert "worse than both" in _reference_piqe_note(refs, cross(ref - 5, ref - 1))
+    assert "better than both" in _reference_piqe_note(refs, cross(ref + 5, ref + 1))
+    assert "between" in _reference_piqe_note(refs, cross(ref - 5, ref + 1))
+    assert f"{ref:.1f}" in _reference_piqe_note(refs, cross(ref - 5, ref + 1))
