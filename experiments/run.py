@@ -40,7 +40,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="output folder (default: outputs/<object>)")
     p.add_argument("--resume", action="store_true",
                    help="reuse the saved output of every stage that finished before")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier run in the output folder")
     return p.parse_args(argv)
+
+
+def check_output_folder(out: Path, args) -> str | None:
+    """An error message when ``out`` holds an earlier run's results and the user did not say
+    what to do with them (nothing is overwritten silently); None when the run may go on.
+    With --overwrite the earlier results are removed first."""
+    import shutil
+
+    earlier = sorted(p.name for p in (out / "stages").glob("*.done.json")) if (out / "stages").is_dir() else []
+    if (out / "metrics.json").is_file():
+        earlier.append("metrics.json")
+    if not earlier or args.resume:
+        return None
+    if args.overwrite:
+        shutil.rmtree(out / "stages", ignore_errors=True)
+        for name in ("metrics.json", "report.md", "config.json"):
+            (out / name).unlink(missing_ok=True)
+        return None
+    return (f"output folder {out} holds the results of an earlier run ({', '.join(earlier[:4])}"
+            f"{', …' if len(earlier) > 4 else ''}): pass --resume to continue it, --overwrite to"
+            " replace it, or --out to write elsewhere")
 
 
 def resolve_object(name: str) -> tuple[str, Path]:
@@ -56,6 +79,13 @@ def main(argv=None) -> int:
     cfg = preset(args.config)
     obj_name, obj_dir = resolve_object(args.object)
     out = Path(args.out) if args.out else REPO / "outputs" / obj_name
+    if args.resume and args.overwrite:
+        print("error: --resume and --overwrite exclude each other", file=sys.stderr)
+        return 2
+    problem = check_output_folder(out, args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "config.json", config_to_json(cfg).encode())
     ctx = stages_lib.RunContext(object_name=obj_name, object_dir=obj_dir, out_dir=out, cfg=cfg,

@@ -66,8 +66,15 @@ class RunContext:
         return self.stage_dir / f"{stage}.done.json"
 
     def write_metrics(self) -> Path:
+        """metrics.json, atomically; a value that is NaN or infinite is written as null and the
+        notes say which and why (JSON has neither)."""
+        clean, replaced = pl.finite_metrics(self.metrics)
+        if replaced:
+            self.metrics = clean
+            self.note(f"not computable (NaN or infinite, written as null): {', '.join(replaced)}")
+            clean = self.metrics
         path = self.out_dir / "metrics.json"
-        atomic_write_bytes(path, json.dumps(self.metrics, indent=2).encode())
+        atomic_write_bytes(path, json.dumps(clean, indent=2, allow_nan=False).encode())
         return path
 
     def record(self, result, notes=()) -> None:

@@ -27,6 +27,8 @@ def _scanner_args(p) -> None:
     p.add_argument("--read-noise", type=float, default=d.read_noise, help="read noise, counts")
     p.add_argument("--exact-ct", action="store_true",
                    help="ct/ = the exact volume instead of the scanner's FDK (ablations only)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing object folder at --out (it is never replaced silently)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,6 +81,16 @@ def main(argv=None) -> int:
     from insideout_jax.data import objects
 
     t0 = time.perf_counter()
+    if args.command in ("make", "from-ct"):
+        out = Path(args.out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            if not args.overwrite:
+                print(f"error: {out} exists and is not empty: pass --overwrite to replace it, or"
+                      " give another --out", file=sys.stderr)
+                return 2
+            import shutil
+
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
     try:
         if args.command == "make":
             cfg = dataclasses.replace(SkullConfig(), n_views=args.views, n_detector=args.detector,

@@ -22,6 +22,7 @@ from insideout_jax.pipeline.results import (
     VisualResult,
     XrayResult,
     empty_metrics,
+    finite_metrics,
     merge_metrics,
 )
 from insideout_jax.pipeline.stages import (
@@ -35,5 +36,5 @@ from insideout_jax.pipeline.stages import (
 
 __all__ = ["STAGE_ORDER", "EvaluationResult", "FitResult", "FusedResult", "InternalResult",
            "PipelineInputError", "RGBResult", "Truth", "VisualResult", "XrayResult",
-           "empty_metrics", "evaluate", "fit_stage", "fuse", "internal_stage", "merge_metrics",
+           "empty_metrics", "evaluate", "finite_metrics", "fit_stage", "fuse", "internal_stage", "merge_metrics",
            "reconstruct_ct", "seeded_config", "train_rgb_stage", "train_xray_stage", "visual_stage"]

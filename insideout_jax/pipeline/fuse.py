@@ -9,7 +9,7 @@ import numpy as np
 from insideout_jax.config import PipelineConfig
 from insideout_jax.pipeline import geometry as pg
 from insideout_jax.pipeline.evaluate import evaluate
-from insideout_jax.pipeline.results import FusedResult, Truth, empty_metrics, merge_metrics
+from insideout_jax.pipeline.results import FusedResult, Truth, empty_metrics, finite_metrics, merge_metrics
 from insideout_jax.pipeline.stages import (
     Progress,
     fit_stage,
@@ -97,4 +97,7 @@ def fuse(photos: np.ndarray, cameras, projections: np.ndarray, geometry, *, poin
     for result in (rgb, xray, fit, visual, evaluation):
         merge_metrics(metrics, result.metrics)
     metrics["notes"].extend(n for n in evaluation.notes if n not in metrics["notes"])
+    metrics, replaced = finite_metrics(metrics)
+    if replaced:
+        metrics["notes"].append(f"not computable (NaN or infinite, written as null): {', '.join(replaced)}")
     return FusedResult(rgb, xray, fit, internal, visual, evaluation, metrics)

@@ -17,7 +17,7 @@ import numpy as np
 
 __all__ = ["STAGE_ORDER", "EvaluationResult", "FitResult", "FusedResult", "InternalResult",
            "RGBResult", "Truth", "VisualResult", "XrayResult", "empty_metrics", "json_number",
-           "merge_metrics"]
+           "finite_metrics", "merge_metrics"]
 
 STAGE_ORDER = ("data", "sfm", "rgb", "xray", "fitting", "internal", "visual", "evaluation")
 
@@ -51,6 +51,24 @@ def merge_metrics(metrics: dict, fragment: dict) -> dict:
         else:
             metrics[k] = copy.deepcopy(v)
     return metrics
+
+
+def finite_metrics(metrics: dict) -> tuple[dict, list]:
+    """(a copy of ``metrics`` with every NaN / ±inf replaced by None, the paths replaced): JSON
+    has no NaN, and a value that could not be computed is ``null`` with a reason in the notes."""
+    replaced = []
+
+    def clean(v, path):
+        if isinstance(v, dict):
+            return {k: clean(x, f"{path}.{k}" if path else str(k)) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x, f"{path}[{i}]") for i, x in enumerate(v)]
+        if isinstance(v, float) and not math.isfinite(v):
+            replaced.append(f"{path} ({v})")
+            return None
+        return v
+
+    return clean(metrics, ""), replaced
 
 
 def json_number(x) -> float | None:

@@ -1,0 +1,81 @@
+"""Nothing silent (issue #17, first cases): no command overwrites an earlier run's results or an
+object folder unless told to, and metrics.json never holds NaN or Infinity."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from insideout_jax.config import preset
+from insideout_jax.pipeline import finite_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
+
+
+def _cmd(*args):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=ENV, cwd=REPO)
+
+
+def _used_output(tmp_path) -> Path:
+    out = tmp_path / "out"
+    (out / "stages").mkdir(parents=True)
+    (out / "stages" / "rgb.done.json").write_text('{"seconds": 1.0}')
+    (out / "metrics.json").write_text('{"earlier": "run"}')
+    return out
+
+
+def test_the_runner_refuses_an_earlier_runs_output_folder(tmp_path):
+    out = _used_output(tmp_path)
+    res = _cmd("experiments/run.py", "--object", str(tmp_path / "nowhere"), "--config", "tiny",
+               "--out", str(out))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert str(out) in res.stderr and "--resume" in res.stderr and "--overwrite" in res.stderr
+    assert (out / "metrics.json").read_text() == '{"earlier": "run"}'
+    assert (out / "stages" / "rgb.done.json").is_file()
+    res = _cmd("experiments/run.py", "--object", str(tmp_path / "nowhere"), "--config", "tiny",
+               "--out", str(out), "--resume", "--overwrite")
+    assert res.returncode == 2 and "exclude each other" in res.stderr
+    assert (out / "metrics.json").read_text() == '{"earlier": "run"}'
+
+
+def test_overwrite_removes_the_earlier_results_first(tmp_path):
+    out = _used_output(tmp_path)
+    res = _cmd("experiments/run.py", "--object", str(tmp_path / "nowhere"), "--config", "tiny",
+               "--out", str(out), "--overwrite")
+    assert res.returncode == 2 and "does not exist" in res.stderr  # then the object is missing
+    assert not (out / "stages" / "rgb.done.json").exists()
+    assert "earlier" not in (out / "metrics.json").read_text()
+
+
+def test_making_an_object_never_replaces_a_folder_silently(tmp_path):
+    out = tmp_path / "obj"
+    out.mkdir()
+    (out / "mine.txt").write_text("user data")
+    small = ["--views", "4", "--detector", "16", "--volume", "16", "--photos", "3", "--photo-size", "24"]
+    res = _cmd("-m", "insideout_jax.data", "make", "skull", "--out", str(out), *small)
+    assert res.returncode == 2 and "--overwrite" in res.stderr and str(out) in res.stderr
+    assert (out / "mine.txt").read_text() == "user data" and len(list(out.iterdir())) == 1
+    res = _cmd("-m", "insideout_jax.data", "make", "skull", "--out", str(out), *small, "--overwrite")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert not (out / "mine.txt").exists() and (out / "xray" / "acquisition.json").is_file()
+
+
+def test_non_finite_metrics_become_null_with_a_reason(tmp_path):
+    m = {"a": {"b": float("nan"), "c": 1.0}, "d": [float("inf"), 2.0], "notes": []}
+    clean, replaced = finite_metrics(m)
+    assert clean == {"a": {"b": None, "c": 1.0}, "d": [None, 2.0], "notes": []}
+    assert replaced == ["a.b (nan)", "d[0] (inf)"] and math.isnan(m["a"]["b"])  # input untouched
+    sys.path.insert(0, str(REPO))
+    from experiments import stages as st
+
+    ctx = st.RunContext("x", tmp_path, tmp_path / "out", preset("tiny"))
+    ctx.metrics["volume"]["fdk"]["psnr3d"] = float("-inf")
+    text = ctx.write_metrics().read_text()
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
+    assert data["volume"]["fdk"]["psnr3d"] is None
+    assert any("volume.fdk.psnr3d (-inf)" in n for n in data["notes"])
