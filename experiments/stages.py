@@ -138,8 +138,16 @@ def stage_sfm(ctx: RunContext) -> None:
 def load_photos(ctx: RunContext):
     """(images [V, H, W, 3] float32 at the stage's size, cameras, COLMAP model)."""
     model = iio.read_colmap(ctx.object_dir / iio.COLMAP_DIR)
-    imgs = np.stack([iio.read_image(ctx.object_dir / iio.IMAGES_DIR / n) for n in model.image_names])
-    imgs, cams = pg.downscale_photos(imgs, model.cameras, ctx.cfg.rgb.downscale)
+    imgs = []
+    for name, cam in zip(model.image_names, model.cameras, strict=True):
+        path = ctx.object_dir / iio.IMAGES_DIR / name
+        img = iio.read_image(path)
+        if img.shape[:2] != (cam.height, cam.width):  # never resized silently
+            raise StageError(f"{path}: the photo is {img.shape[1]}×{img.shape[0]} but its camera in"
+                             f" {ctx.object_dir / iio.COLMAP_DIR} is {cam.width}×{cam.height}: give"
+                             " the photos SfM registered, or run SfM again (remove rgb/sparse)")
+        imgs.append(img)
+    imgs, cams = pg.downscale_photos(np.stack(imgs), model.cameras, ctx.cfg.rgb.downscale)
     return imgs, cams, model
 
 

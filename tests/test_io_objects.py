@@ -135,9 +135,26 @@ def test_projections_round_trip_bit_identical(tmp_path, n_views):
 
 def test_single_projection_keeps_its_view_axis(tmp_path):
     g = _cone(1)
-    p = np.arange(48, dtype=np.float32).reshape(1, 6, 8)
+    p = np.arange(48, dtype=np.float32).reshape(1, 6, 8) / 4
     write_projections(tmp_path / "p.tif", p, g)
     assert np.array_equal(read_projections(tmp_path / "p.tif", g), p)
+
+
+def test_projections_that_look_like_raw_counts_and_angles_in_degrees_are_refused(tmp_path):
+    g = _cone(5)
+    counts = np.full((5, 6, 8), 40000.0, np.float32)  # a 16-bit detector's flat field
+    tifffile.imwrite(tmp_path / "c.tif", counts, photometric="minisblack")
+    _raises(lambda: read_projections(tmp_path / "c.tif", g), "c.tif", "'values'", "raw detector values")
+    tifffile.imwrite(tmp_path / "ok.tif", np.full((5, 6, 8), 29.0, np.float32), photometric="minisblack")
+    assert read_projections(tmp_path / "ok.tif", g).max() == 29.0
+    write_geometry(tmp_path / "geometry.json", g)
+    d = json.loads((tmp_path / "geometry.json").read_text())
+    d["angles"] = list(np.linspace(0, 359, 5))
+    (tmp_path / "geometry.json").write_text(json.dumps(d))
+    _raises(lambda: read_geometry(tmp_path / "geometry.json"), "geometry.json", "'angles'", "degrees")
+    d["angles"] = list(np.linspace(0, 4 * np.pi, 5))  # two turns (helical-like) stay allowed
+    (tmp_path / "geometry.json").write_text(json.dumps(d))
+    assert read_geometry(tmp_path / "geometry.json").n_views == 5
 
 
 def test_projections_reject_malformed(tmp_path):

@@ -79,3 +79,26 @@ def test_non_finite_metrics_become_null_with_a_reason(tmp_path):
     data = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
     assert data["volume"]["fdk"]["psnr3d"] is None
     assert any("volume.fdk.psnr3d (-inf)" in n for n in data["notes"])
+
+
+def test_a_photo_of_another_size_than_its_camera_is_named_not_resized(tmp_path):
+    import numpy as np
+
+    from insideout_jax import io as iio
+    from insideout_jax.cameras import ring_cameras
+
+    sys.path.insert(0, str(REPO))
+    from experiments import stages as st
+
+    obj = tmp_path / "obj"
+    cams = ring_cameras(3, size=32, distance=100.0)
+    names = [f"v{k}.png" for k in range(3)]
+    imgs = {n: np.full((32, 32, 3), 100, np.uint8) for n in names}
+    imgs["v1.png"] = np.full((40, 40, 3), 100, np.uint8)
+    iio.write_images(obj / iio.IMAGES_DIR, imgs)
+    pts = np.random.default_rng(0).normal(size=(20, 3))
+    iio.write_colmap(obj / iio.COLMAP_DIR, iio.make_colmap_model(names, cams, pts, np.full((20, 3), 128, np.uint8)))
+    ctx = st.RunContext("obj", obj, tmp_path / "out", preset("tiny"))
+    with pytest.raises(st.StageError, match=r"v1\.png: the photo is 40×40 but its camera .* is 32×32"):
+        st.run_stage("rgb", ctx)
+    assert not ctx.done_marker("rgb").exists()

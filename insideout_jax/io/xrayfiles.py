@@ -19,6 +19,9 @@ from insideout_jax.io.jsonfile import (
     write_json_atomic,
 )
 
+MAX_ANGLE_RAD = 4.0 * np.pi + 1e-3  # two turns: beyond it, angles are degrees
+MAX_LINE_INTEGRAL = 30.0  # e^-30 ≈ 1e-13 transmission: beyond any detector's dynamic range
+
 
 def read_geometry(path: PathLike) -> XrayGeometry:
     """``xray/geometry.json`` → :class:`XrayGeometry` (schema in OUTPUTS.md; ``units`` must be "mm").
@@ -39,6 +42,10 @@ def read_geometry(path: PathLike) -> XrayGeometry:
     angles = _vector(_key(d, "angles", path), None, path, "angles")
     if not angles:
         raise ObjectFolderError(path, "angles", "must hold at least one angle (radians)")
+    if max(abs(a) for a in angles) > MAX_ANGLE_RAD:
+        raise ObjectFolderError(path, "angles", f"reach {max(abs(a) for a in angles):g}, beyond two"
+                                " turns: they look like degrees; the schema's angles are radians"
+                                " (multiply degrees by π/180)")
     dist = {}
     for name in ("DSO", "DSD"):
         v = _key(d, name, path)
@@ -109,6 +116,11 @@ def read_projections(path: PathLike, geometry: XrayGeometry | None = None) -> np
         raise ObjectFolderError(path, "shape", f"must be [V, nv, nu], got shape {p.shape}")
     if not np.all(np.isfinite(p)):
         raise ObjectFolderError(path, "values", f"{int(np.sum(~np.isfinite(p)))} non-finite values")
+    if p.size and float(p.max()) > MAX_LINE_INTEGRAL:
+        raise ObjectFolderError(path, "values", f"reach {float(p.max()):g}: line integrals −ln(I/I0)"
+                                f" above {MAX_LINE_INTEGRAL:g} (transmission < e^−{MAX_LINE_INTEGRAL:g})"
+                                " do not occur; these look like raw detector values. Convert them"
+                                " with p = −ln(I / I0), I0 the unattenuated (flat-field) value")
     if geometry is not None:
         if p.shape[0] != geometry.n_views:
             raise ObjectFolderError(path, "shape", f"number of projections ({p.shape[0]}) ≠ number"
