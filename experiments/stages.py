@@ -201,7 +201,7 @@ def stage_rgb(ctx: RunContext) -> None:
           f" {ctx.cfg.rgb.train.holdout_every}th held out), {len(model.points_xyz)} SfM points,"
           f" {ctx.cfg.rgb.train.iterations} iterations")
     res = pl.train_rgb_stage(imgs, cams, model.points_xyz, model.points_rgb, ctx.cfg.rgb,
-                             checkpoint_path=ctx.stage_dir / "rgb_train.npz", progress=True)
+                             checkpoint_path=ctx.stage_dir / CHECKPOINTS["rgb"][0], progress=True)
     ctx.record(res)
     print(f"[rgb] held-out photos: {_fmt(res.metrics['heldout_views']['rgb'])};"
           f" {int(np.asarray(res.splats.active).sum())} splats")
@@ -215,7 +215,7 @@ def stage_xray(ctx: RunContext) -> None:
     print(f"[xray] {obj.geometry.n_views} projections (every"
           f" {ctx.cfg.xray.train.holdout_every}th held out), {ctx.cfg.xray.train.iterations} iterations")
     res = pl.train_xray_stage(obj.projections, obj.geometry, ctx.cfg.xray,
-                              checkpoint_path=ctx.stage_dir / "xray_train.npz", progress=True)
+                              checkpoint_path=ctx.stage_dir / CHECKPOINTS["xray"][0], progress=True)
     ctx.record(res)
     print(f"[xray] held-out projections: {_fmt(res.metrics['heldout_views']['xray'])}")
 
@@ -241,7 +241,7 @@ def stage_internal(ctx: RunContext) -> None:
         projections=None if geom is None else proj[tr],
         geometry=None if geom is None else geom.replace(angles=geom.angles[tr]),
         photos=photos, cameras=cams, background=ctx.cfg.rgb.train.background,
-        checkpoint_paths=(ctx.stage_dir / "internal_rad.npz", ctx.stage_dir / "internal_rgb.npz"),
+        checkpoint_paths=tuple(ctx.stage_dir / f for f in CHECKPOINTS["internal"]),
         progress=True)
     ctx.record(res)
     print(f"[internal] {res.n_slices} training slices")
@@ -300,23 +300,73 @@ STAGES: dict[str, Callable[[RunContext], None]] = {
 }
 
 
-def run_stage(name: str, ctx: RunContext) -> bool:
-    """Run one stage (or skip it under --resume when it finished before). Returns True if run.
+# What each stage reads from the object folder, and which stages' results it uses: a stage's
+# fingerprint covers the config, those files (path, size, modification time) and its upstream
+# stages' fingerprints, so a change anywhere re-runs exactly the stages it reaches.
+STAGE_INPUTS = {"data": (), "sfm": ("rgb/images",), "rgb": ("rgb/images", "rgb/sparse"),
+                "xray": ("xray",), "fitting": (), "internal": ("ct", "xray"), "visual": ("ct",),
+                "evaluation": ("ct", "xray", "truth")}
+STAGE_UPSTREAM = {"data": (), "sfm": ("data",), "rgb": ("sfm",), "xray": ("data",),
+                  "fitting": ("rgb", "xray"), "internal": ("fitting", "xray"),
+                  "visual": ("internal", "rgb"), "evaluation": ("visual", "fitting", "xray", "rgb")}
 
-    Without --resume the stage starts from scratch: its training checkpoints (``<stage>_*.npz``)
-    are removed first, or a finished checkpoint of an earlier run would be returned as is. The
-    notes the stage wrote last time (kept in its done marker) are replaced by this run's.
+
+def _digest(*parts: str) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def fingerprint(ctx: RunContext, name: str) -> dict:
+    """{"config", "inputs", "upstream"} digests of a stage (files are listed, never opened)."""
+    from insideout_jax.config import config_to_json
+
+    rows = []
+    for rel in STAGE_INPUTS[name]:
+        p = ctx.object_dir / rel
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] * p.is_file()
+        rows += [f"{f.relative_to(ctx.object_dir)}|{f.stat().st_size}|{f.stat().st_mtime_ns}" for f in files]
+    ups = []
+    for up in STAGE_UPSTREAM[name]:
+        m = ctx.done_marker(up)
+        ups.append(json.loads(m.read_text()).get("fingerprint", {}).get("all", "") if m.is_file() else "")
+    fp = {"config": _digest(config_to_json(ctx.cfg)), "inputs": _digest(*rows), "upstream": _digest(*ups)}
+    return dict(fp, all=_digest(*fp.values()))
+
+
+CHECKPOINTS = {"rgb": ("rgb_train.npz",), "xray": ("xray_train.npz",),
+               "internal": ("internal_rad.npz", "internal_rgb.npz")}
+_WHY = {"config": "the config changed", "inputs": "its input files changed",
+        "upstream": "a stage it uses was re-run"}
+
+
+def run_stage(name: str, ctx: RunContext) -> bool:
+    """Run one stage, or under --resume skip it when it finished before with the same
+    fingerprint (config, input files, upstream stages); otherwise say why it runs again. Returns
+    True if run.
+
+    Training checkpoints (:data:`CHECKPOINTS`) are continued only under --resume and only when they
+    were started with the same fingerprint; otherwise they are removed first, or a finished
+    checkpoint of an earlier run would be returned as is. The notes the stage wrote last time
+    (kept in its done marker) are replaced by this run's.
     """
-    marker = ctx.done_marker(name)
-    if ctx.resume and marker.is_file():
+    marker, started = ctx.done_marker(name), ctx.stage_dir / f"{name}.started.json"
+    fp = fingerprint(ctx, name)
+    old = json.loads(marker.read_text()) if marker.is_file() else {}
+    if ctx.resume and old.get("fingerprint", {}).get("all") == fp["all"]:
         print(f"[{name}] already done (resume)")
         return False
-    if not ctx.resume:
-        for f in ctx.stage_dir.glob(f"{name}_*.npz"):
-            f.unlink()
-    if marker.is_file():
-        old = set(json.loads(marker.read_text()).get("notes", []))
-        ctx.metrics["notes"] = [n for n in ctx.metrics["notes"] if n not in old]
+    if ctx.resume and old:
+        why = [_WHY[k] for k in _WHY if old.get("fingerprint", {}).get(k) != fp[k]]
+        print(f"[{name}] runs again: {', '.join(why) or 'the earlier run has no fingerprint'}")
+    same_start = started.is_file() and json.loads(started.read_text()).get("all") == fp["all"]
+    if not (ctx.resume and same_start):
+        for f in CHECKPOINTS.get(name, ()):
+            (ctx.stage_dir / f).unlink(missing_ok=True)
+    marker.unlink(missing_ok=True)
+    atomic_write_bytes(started, json.dumps(fp).encode())
+    if old:
+        ctx.metrics["notes"] = [n for n in ctx.metrics["notes"] if n not in set(old.get("notes", []))]
     before = list(ctx.metrics["notes"])
     t0 = time.perf_counter()
     try:
@@ -326,6 +376,6 @@ def run_stage(name: str, ctx: RunContext) -> bool:
     seconds = time.perf_counter() - t0
     ctx.metrics["stage_seconds"][name] = seconds
     added = [n for n in ctx.metrics["notes"] if n not in before]
-    atomic_write_bytes(marker, json.dumps({"seconds": seconds, "notes": added}).encode())
+    atomic_write_bytes(marker, json.dumps({"seconds": seconds, "notes": added, "fingerprint": fp}).encode())
     ctx.write_metrics()
     return True

@@ -102,3 +102,77 @@ def test_a_photo_of_another_size_than_its_camera_is_named_not_resized(tmp_path):
     with pytest.raises(st.StageError, match=r"v1\.png: the photo is 40×40 but its camera .* is 32×32"):
         st.run_stage("rgb", ctx)
     assert not ctx.done_marker("rgb").exists()
+
+
+def _recording_stages(monkeypatch, st, ran):
+    for name in st.STAGE_ORDER:
+        monkeypatch.setitem(st.STAGES, name, lambda ctx, n=name: ran.append(n))
+
+
+def _run_all(st, obj, out, cfg, resume):
+    ctx = st.RunContext("obj", obj, out, cfg, resume=resume)
+    for name in st.STAGE_ORDER:
+        st.run_stage(name, ctx)
+    return ctx
+
+
+def test_resume_reruns_exactly_what_a_change_reaches(tmp_path, monkeypatch, capsys):
+    """--resume after changing the config, regenerating the object, or editing one input file."""
+    import dataclasses
+
+    sys.path.insert(0, str(REPO))
+    from experiments import stages as st
+
+    obj, out = tmp_path / "obj", tmp_path / "out"
+    for rel in ("rgb/images/a.png", "rgb/sparse/0/cameras.txt", "xray/projections.tif", "ct/volume.tif",
+                "truth/volume.tif"):
+        (obj / rel).parent.mkdir(parents=True, exist_ok=True)
+        (obj / rel).write_bytes(b"0")
+    ran = []
+    _recording_stages(monkeypatch, st, ran)
+    cfg = preset("tiny")
+    _run_all(st, obj, out, cfg, resume=False)
+    assert ran == list(st.STAGE_ORDER)
+    ran.clear()
+    _run_all(st, obj, out, cfg, resume=True)
+    assert ran == []  # nothing changed: nothing runs
+    # one input file edited: the X-ray stage and everything that uses it
+    (obj / "xray" / "projections.tif").write_bytes(b"01")
+    _run_all(st, obj, out, cfg, resume=True)
+    assert ran == ["xray", "fitting", "internal", "visual", "evaluation"]
+    assert "[xray] runs again: its input files changed" in capsys.readouterr().out
+    ran.clear()
+    (obj / "rgb" / "images" / "a.png").write_bytes(b"01")
+    _run_all(st, obj, out, cfg, resume=True)
+    assert ran == ["sfm", "rgb", "fitting", "internal", "visual", "evaluation"]
+    ran.clear()
+    # another config: every stage
+    _run_all(st, obj, out, dataclasses.replace(cfg, name="other"), resume=True)
+    assert ran == list(st.STAGE_ORDER)
+    assert "[data] runs again: the config changed" in capsys.readouterr().out
+    ran.clear()
+    # the object regenerated (every file rewritten)
+    for f in sorted(p for p in obj.rglob("*") if p.is_file()):
+        f.write_bytes(b"new" + f.read_bytes())
+    _run_all(st, obj, out, dataclasses.replace(cfg, name="other"), resume=True)
+    assert ran == ["sfm", "rgb", "xray", "fitting", "internal", "visual", "evaluation"]
+
+
+def test_a_checkpoint_started_under_another_config_is_not_continued(tmp_path, monkeypatch):
+    import dataclasses
+
+    sys.path.insert(0, str(REPO))
+    from experiments import stages as st
+
+    seen = []
+    monkeypatch.setitem(st.STAGES, "rgb", lambda ctx: seen.append((ctx.stage_dir / "rgb_train.npz").exists()))
+    ctx = st.RunContext("x", tmp_path, tmp_path / "out", preset("tiny"), resume=True)
+    st.run_stage("rgb", ctx)  # starts (writes rgb.started.json) ...
+    (ctx.stage_dir / "rgb_train.npz").write_bytes(b"partial")
+    ctx.done_marker("rgb").unlink()  # ... and is killed before it finishes
+    st.run_stage("rgb", ctx)  # resumed with the same config: the checkpoint is continued
+    ctx2 = st.RunContext("x", tmp_path, tmp_path / "out", dataclasses.replace(preset("tiny"), name="b"),
+                         resume=True)
+    ctx2.done_marker("rgb").unlink()
+    st.run_stage("rgb", ctx2)  # resumed under another config: the checkpoint is dropped first
+    assert seen == [False, True, False]

@@ -173,7 +173,8 @@ def test_sparse_views_compares_with_fdk_and_reaches_the_report(tiny_object, tmp_
 
 def test_a_fresh_stage_run_discards_an_earlier_runs_checkpoints(tmp_path, monkeypatch):
     """Without --resume a stage starts afresh: a finished checkpoint of an earlier run (another
-    config) must not be returned as the result; with --resume it is continued."""
+    config) must not be returned as the result; with --resume, a checkpoint started with the same
+    fingerprint is continued (tests/test_robustness.py: one started under another config is not)."""
     sys.path.insert(0, str(REPO))
     from experiments import stages as st
 
@@ -184,6 +185,7 @@ def test_a_fresh_stage_run_discards_an_earlier_runs_checkpoints(tmp_path, monkey
         ctx = st.RunContext("x", tmp_path, tmp_path / "out", preset("tiny"), resume=resume)
         for name in ("internal_rad.npz", "internal_rgb.npz"):
             (ctx.stage_dir / name).write_bytes(b"stale")
+        (ctx.stage_dir / "internal.started.json").write_text(json.dumps(st.fingerprint(ctx, "internal")))
         ctx.done_marker("internal").unlink(missing_ok=True)
         assert st.run_stage("internal", ctx)
         assert seen[-1] == expected
