@@ -176,3 +176,29 @@ def test_a_checkpoint_started_under_another_config_is_not_continued(tmp_path, mo
     ctx2.done_marker("rgb").unlink()
     st.run_stage("rgb", ctx2)  # resumed under another config: the checkpoint is dropped first
     assert seen == [False, True, False]
+
+
+def test_densification_counts_the_candidates_left_out_at_the_capacity_cap():
+    """8 splats, every one a clone candidate, a cap of 12 slots: 4 are cloned, 4 are counted as
+    skipped, and the count survives into the training history (and so metrics.json)."""
+    import jax
+    import numpy as np
+    import optax
+
+    from insideout_jax.splats import rgb_splats_from_points
+    from insideout_jax.train.densify import DensifyConfig, densify_train_state, initial_train_state
+    from insideout_jax.train.loop import run_training
+
+    pts = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
+    sp = rgb_splats_from_points(pts, capacity=8)
+    sp = sp.replace(log_scales=np.full((8, 3), -8.0, np.float32))  # small: cloned, not split
+    opt = optax.adam(1e-3)
+    state = initial_train_state(sp, opt)
+    state["grad_acc"], state["count"] = np.ones(8, np.float32), np.ones(8, np.float32)
+    cfg = DensifyConfig(grad_threshold=1e-6, max_capacity=12, min_opacity=0.0, max_scale_fraction=10.0)
+    out = densify_train_state(state, sp, jax.random.key(0), opt, scene_extent=10.0, cfg=cfg)
+    assert int(np.asarray(out["active"]).sum()) == 12 and int(out["skipped"]) == 4
+    out["step"] = 0
+    _, hist = run_training(out, n_iters=2, block=1, run_block=lambda s, n: (dict(s), np.zeros(n)),
+                           after_block=lambda s: s, template=None, progress=False)
+    assert hist["densify_skipped"] == 4

@@ -29,6 +29,11 @@ __all__ = ["fit_stage", "internal_stage", "reconstruct_ct", "sparse_view_compari
 Progress = Callable | bool | None
 
 
+def _skipped(histories: dict) -> dict:
+    """The metrics fragment of densification candidates left out at the capacity cap."""
+    return {"densify_skipped": {k: int(h.get("densify_skipped", 0)) for k, h in histories.items()}}
+
+
 def _bar(progress: Progress):
     """The training loop's ``progress`` argument: a callable as is, else a bar or none."""
     return progress if callable(progress) else bool(progress)
@@ -53,8 +58,8 @@ def train_rgb_stage(images: np.ndarray, cameras, points_xyz: np.ndarray, points_
                              np.asarray(points_rgb, np.float32) / 255.0, tcfg,
                              checkpoint_path=checkpoint_path, progress=_bar(progress))
     ev = evaluate_rgb(splats, images[ho], [cameras[i] for i in ho], background=tcfg.background)
-    return RGBResult(splats, hist, {"heldout_views": {"rgb": {"psnr": ev["psnr"],
-                                                              "ssim": ev["ssim"]}}})
+    return RGBResult(splats, hist, {"heldout_views": {"rgb": {"psnr": ev["psnr"], "ssim": ev["ssim"]}},
+                                    **_skipped({"rgb": hist})})
 
 
 def train_xray_stage(projections: np.ndarray, geometry, cfg: XrayStageConfig, *,
@@ -69,7 +74,8 @@ def train_xray_stage(projections: np.ndarray, geometry, cfg: XrayStageConfig, *,
     splats, hist = train_xray(projections[tr], g_tr, tcfg, checkpoint_path=checkpoint_path,
                               progress=_bar(progress))
     ev = evaluate_xray(splats, projections[ho], g_ho, backend=tcfg.backend)
-    return XrayResult(splats, hist, {"heldout_views": {"xray": {"psnr": ev["psnr"], "ssim": ev["ssim"]}}})
+    return XrayResult(splats, hist, {"heldout_views": {"xray": {"psnr": ev["psnr"], "ssim": ev["ssim"]}},
+                                     **_skipped({"xray": hist})})
 
 
 def volume_scores(projections, geometry, splats, reference_volume, n: int):
@@ -171,7 +177,8 @@ def internal_stage(rad, rgb, ct_volume, cfg: InternalStageConfig, *, projections
                                  photos=photos if use_photos else None,
                                  cameras=cameras if use_photos else None, background=background,
                                  checkpoint_path=checkpoint_paths[1], progress=prog)
-    return InternalResult(rad2, rgb2, {"internal_rad": h_rad, "internal_rgb": h_rgb}, len(slices))
+    hists = {"internal_rad": h_rad, "internal_rgb": h_rgb}
+    return InternalResult(rad2, rgb2, hists, len(slices), _skipped(hists))
 
 
 def visual_stage(rad, rgb, ct_volume, cfg: VisualStageConfig, *, photos, cameras,

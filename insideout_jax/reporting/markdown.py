@@ -266,6 +266,11 @@ def write_report(metrics: Mapping, figures: Mapping[str, object], out_dir) -> Pa
     known = [_num(v) for v in secs.values() if _num(v) is not None]
     rows.append(["**total**", f"{sum(known):.1f}" if known else "—"])
     lines += _table(["stage", "seconds"], rows)
+    skipped = {k: v for k, v in (metrics.get("densify_skipped") or {}).items() if v is not None}
+    if skipped:
+        lines += ["", "Densification candidates left out at the capacity cap: "
+                  + ", ".join(f"{k} {v}" for k, v in skipped.items())
+                  + (" (none)" if not any(skipped.values()) else " (raise the cap to keep them)"), ""]
     lines += _section_cross(metrics) + _section_chamfer(metrics) + _section_occupancy(metrics)
     lines += _section_truth(metrics) + _section_sparse(out_dir)
     lines += ["## Paper trends", ""]

@@ -176,11 +176,14 @@ def reset_opacity(splats: RGBSplats | RadSplats, opt_state,
 
 
 def initial_train_state(splats, optimizer: optax.GradientTransformation) -> dict:
-    """A densifying trainer's state dict: params, active, opt_state, grad_acc, count, step."""
+    """A densifying trainer's state dict: params, active, opt_state, grad_acc, count, step, and
+    ``skipped``: the densification candidates left out at the capacity cap so far (checkpointed,
+    shown in the progress bar, and returned in the training history)."""
     params, active = split_params(splats)
     c = splats.capacity
     return dict(params=params, active=active, opt_state=optimizer.init(params),
-                grad_acc=jnp.zeros(c, jnp.float32), count=jnp.zeros(c, jnp.float32), step=0)
+                grad_acc=jnp.zeros(c, jnp.float32), count=jnp.zeros(c, jnp.float32),
+                skipped=jnp.zeros((), jnp.int32), step=0)
 
 
 def densify_train_state(state: dict, like, key: jax.Array, optimizer: optax.GradientTransformation,
@@ -192,14 +195,16 @@ def densify_train_state(state: dict, like, key: jax.Array, optimizer: optax.Grad
     """
     sp = merge_params(like, state["params"], state["active"])
     avg = np.asarray(state["grad_acc"]) / np.maximum(np.asarray(state["count"]), 1.0)
-    sp, opt_state, _ = densify_and_prune(key, sp, state["opt_state"], optimizer, avg,
-                                         scene_extent=scene_extent, cfg=cfg)
+    sp, opt_state, info = densify_and_prune(key, sp, state["opt_state"], optimizer, avg,
+                                            scene_extent=scene_extent, cfg=cfg)
     if reset:
         sp, opt_state = reset_opacity(sp, opt_state, optimizer)
     params, active = split_params(sp)
     c = sp.capacity
+    skipped = int(state.get("skipped", 0)) + int(info["skipped"])
     return dict(state, params=params, active=active, opt_state=opt_state,
-                grad_acc=jnp.zeros(c, jnp.float32), count=jnp.zeros(c, jnp.float32))
+                grad_acc=jnp.zeros(c, jnp.float32), count=jnp.zeros(c, jnp.float32),
+                skipped=jnp.asarray(skipped, jnp.int32))
 
 
 def densify_if_due(state: dict, like, key: jax.Array, optimizer: optax.GradientTransformation, *,

@@ -48,7 +48,9 @@ def run_training(state: dict, *, n_iters: int, block: int,
 
     Returns:
       (state, history) with history = dict(step=[...], loss=[...], seconds=[...]) per block (mean
-      loss of the block), including blocks of an earlier, interrupted run when resumed.
+      loss of the block), including blocks of an earlier, interrupted run when resumed, and
+      ``densify_skipped`` (densification candidates left out at the capacity cap) for trainers
+      whose state counts them.
     """
     history = {"step": [], "loss": [], "seconds": []}
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
@@ -80,8 +82,13 @@ def run_training(state: dict, *, n_iters: int, block: int,
             if ckpt is not None:
                 meta = {"step": int(state["step"]), "capacity": _capacity(state), "history": history}
                 save_checkpoint(ckpt, {k: v for k, v in state.items() if k != "step"}, meta)
+            if "skipped" in state:  # densification candidates left out at the capacity cap
+                history["densify_skipped"] = int(state["skipped"])
             bar.update(n)
-            bar.set_postfix(loss=f"{history['loss'][-1]:.4f}", n=_capacity(state))
+            post = {"loss": f"{history['loss'][-1]:.4f}", "n": _capacity(state)}
+            if history.get("densify_skipped"):
+                post["skipped"] = history["densify_skipped"]
+            bar.set_postfix(**post)
             if report is not None:
                 report(desc, int(state["step"]), n_iters, history["loss"][-1])
             if log_every_block is not None:
