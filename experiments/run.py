@@ -10,6 +10,7 @@ whose output exists. Stages not implemented yet in this version are listed in ``
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -74,6 +75,10 @@ def resolve_object(name: str) -> tuple[str, Path]:
     return name, REPO / "data" / name
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = preset(args.config)
@@ -92,6 +97,7 @@ def main(argv=None) -> int:
                                 resume=args.resume)
     wanted = [s for s in STAGES if s in args.stages]
     print(f"insideout: object '{obj_name}' ({obj_dir}), config '{cfg.name}', output {out}")
+    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop: as Ctrl-C
     for name in wanted:
         t0 = time.perf_counter()
         try:
@@ -100,6 +106,13 @@ def main(argv=None) -> int:
             print(f"\nerror in stage '{name}': {e}", file=sys.stderr)
             ctx.write_metrics()
             return 2
+        except KeyboardInterrupt:
+            # every file is written atomically and training checkpoints after every block: what
+            # is on disk is consistent, and --resume continues from the last checkpoint
+            print(f"\ninterrupted in stage '{name}': finished stages and the last training"
+                  f" checkpoint are kept in {out / 'stages'}; continue with the same command and"
+                  " --resume", file=sys.stderr)
+            return 130
         dt = time.perf_counter() - t0
         if ran:
             print(f"[{name}] done in {dt:.1f} s")

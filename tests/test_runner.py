@@ -62,7 +62,10 @@ def test_only_the_evaluation_stage_reads_truth(tiny_run):
     assert {"cameras.json", "volume.tif", "surface.npz"} <= opened
 
 
-def test_kill_and_resume_matches_uninterrupted(tiny_object, tiny_run, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_kill_and_resume_matches_uninterrupted(tiny_object, tiny_run, tmp_path, sig):
+    """kill -9 loses at most one block; Ctrl-C (SIGINT) stops with a message and exit status 130;
+    either way --resume finishes with the numbers of the uninterrupted run."""
     stages = ["--stages", "data", "sfm", "rgb"]
     m_ref = json.loads((tiny_run / "metrics.json").read_text())  # the uninterrupted run
 
@@ -70,14 +73,18 @@ def test_kill_and_resume_matches_uninterrupted(tiny_object, tiny_run, tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
     proc = subprocess.Popen(RUN + ["--object", str(tiny_object), "--config", "tiny", "--out",
                                    str(out)] + stages, env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "err.txt").open("w"))
     ckpt = out / "stages" / "rgb_train.npz"
     t0 = time.time()
     while not ckpt.exists() and proc.poll() is None and time.time() - t0 < 300:
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)  # mid-training: one block done, the next one running
+    os.kill(proc.pid, sig)  # mid-training: one block done, the next one running
     proc.wait()
+    err = (tmp_path / "err.txt").read_text()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "interrupted in stage 'rgb'" in err and "--resume" in err, err
+        assert "Traceback" not in err
     assert not (out / "stages" / "rgb.done.json").exists()
     res = _run(["--object", str(tiny_object), "--config", "tiny", "--out", str(out), "--resume"]
                + stages)
