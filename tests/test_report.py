@@ -65,6 +65,21 @@ def test_report_trends_hold(tmp_path):
     assert "drops by 75.0%" in text and "within 1 dB" in text
     assert "| **total** | 360.0 |" in text
     assert "| InsideOut | heldout | 20.80 | 20.20 | 22.00 | 0.610 | 26 |" in text
+    assert "vs truth" not in text  # real data: no truth table
+
+
+def test_report_shows_the_truth_referenced_cross_sections(tmp_path):
+    m = _filled()
+    for i, meth in enumerate(("3dgs", "xgaussian", "insideout")):
+        for split in ("train", "heldout"):
+            m["cross_sections"][meth][split]["vs_truth"] = {"psnr": 16.0 + i + (split == "train"),
+                                                            "ssim": 0.5 + 0.1 * i}
+    m["densify_skipped"] = {"rgb": 0, "xray": 3, "internal_rad": 0, "internal_rgb": 0}
+    text = rp.write_report(m, {}, tmp_path).read_text()
+    assert "Reference: the CT" in text
+    assert "| InsideOut | 19.00 | 0.700 | 18.00 | 0.700 |" in text
+    assert "| 3DGS | 17.00 | 0.500 | 16.00 | 0.500 |" in text
+    assert "left out at the capacity cap: rgb 0, xray 3" in text and "raise the cap" in text
 
 
 def test_report_trends_broken_are_said_in_words(tmp_path):

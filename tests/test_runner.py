@@ -105,6 +105,9 @@ def test_whole_pipeline_fills_the_metrics(tiny_run):
     assert m["heldout_views"]["unified_rgb"]["psnr"] is not None
     assert m["alignment"]["global"]["rot_deg"] is not None
     assert all(isinstance(v, int) and v >= 0 for v in m["densify_skipped"].values()), m["densify_skipped"]
+    for meth in ("3dgs", "xgaussian", "insideout"):  # scored against the CT and against the truth
+        assert m["cross_sections"][meth]["heldout"]["psnr"] is not None
+        assert m["cross_sections"][meth]["heldout"]["vs_truth"]["psnr"] is not None
     for name in ("report.md", "unified.ply", "volume.tif", "mesh.ply", "stages/rgb_splats.ply"):
         assert (tiny_run / name).is_file(), name
     assert "Stage wall times" in (tiny_run / "report.md").read_text()

@@ -15,7 +15,7 @@ from insideout_jax.splats import RadSplats, RGBSplats, transform_splats
 
 __all__ = ["PipelineInputError", "apply_to_all", "comparison_grid", "downscale_photos",
            "fov_grid", "object_bbox", "object_grid", "object_points", "cameras_in_ct_frame",
-           "radiative_solid_points", "resample_block", "resample_to", "slice_set"]
+           "radiative_solid_points", "resample_block", "resample_to", "slice_set", "volume_slices"]
 
 
 class PipelineInputError(ValueError):
@@ -151,15 +151,20 @@ def slice_set(vol, cfg, *, heldout: bool, resolution: int | None = None):
       heldout: the positions halfway between the training slices.
       resolution: pixels per side (default: the training resolution).
     """
-    from insideout_jax.internal.pseudo_gt import make_slices, sample_volume_on_slice, to_plane
+    from insideout_jax.internal.pseudo_gt import make_slices, to_plane
 
     lo, hi = object_bbox(vol)
     slices = make_slices(lo, hi, spacing=cfg.slice_spacing,
                          resolution=cfg.resolution if resolution is None else resolution,
                          heldout=heldout)
-    refs = np.stack([sample_volume_on_slice(vol.data, vol.spacing_zyx, vol.origin_xyz, s)
-                     for s in slices])
-    return slices, [to_plane(s) for s in slices], refs
+    return slices, [to_plane(s) for s in slices], volume_slices(vol, slices)
+
+
+def volume_slices(vol, slices) -> np.ndarray:
+    """[S, R, R] a volume sampled on the slices of :func:`slice_set` (trilinear)."""
+    from insideout_jax.internal.pseudo_gt import sample_volume_on_slice
+
+    return np.stack([sample_volume_on_slice(vol.data, vol.spacing_zyx, vol.origin_xyz, s) for s in slices])
 
 
 def resample_to(data, vol, grid: VoxelGrid) -> np.ndarray:
