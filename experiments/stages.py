@@ -117,8 +117,9 @@ def stage_data(ctx: RunContext) -> None:
                              " object folder, or make one with `python -m insideout_jax.data"
                              " from-ct VOLUME --spacing DZ DY DX --out DIR`.")
         print(f"[data] generating the built-in skull into {ctx.object_dir}")
-        data_objects.make_skull_object(ctx.object_dir, ctx.cfg.skull)
+        data_objects.make_skull_object(ctx.object_dir, ctx.cfg.skull, made_by="runner")
     try:
+        data_objects.check_generator(ctx.object_dir, ctx.cfg.skull)
         print(f"[data] {data_objects.describe_object(ctx.object_dir)}")
     except ValueError as e:
         raise StageError(str(e)) from e

@@ -202,3 +202,31 @@ def test_densification_counts_the_candidates_left_out_at_the_capacity_cap():
     _, hist = run_training(out, n_iters=2, block=1, run_block=lambda s, n: (dict(s), np.zeros(n)),
                            after_block=lambda s: s, template=None, progress=False)
     assert hist["densify_skipped"] == 4
+
+
+def test_an_object_from_another_generator_or_preset_is_refused_with_what_to_do(tmp_path):
+    import dataclasses
+
+    from insideout_jax.data.objects import make_skull_object
+    from insideout_jax.data.scanner import ACQUISITION_FILE
+
+    small = dataclasses.replace(preset("tiny").skull, n_views=4, n_detector=16, volume_size=16,
+                                n_rgb_views=3, rgb_size=24)
+    obj = tmp_path / "skull"
+    make_skull_object(obj, small, made_by="runner", verbose=False)
+    acq = json.loads((obj / ACQUISITION_FILE).read_text())
+    assert acq["generator"]["made_by"] == "runner" and acq["generator"]["config"]["n_views"] == 4
+    res = _cmd("experiments/run.py", "--object", str(obj), "--config", "tiny", "--out", str(tmp_path / "o1"),
+               "--stages", "data")
+    assert res.returncode == 2 and "made by the runner for another preset" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    del acq["generator"]  # as an object made before the scanner existed
+    (obj / ACQUISITION_FILE).write_text(json.dumps(acq))
+    res = _cmd("experiments/run.py", "--object", str(obj), "--config", "tiny", "--out", str(tmp_path / "o2"),
+               "--stages", "data")
+    assert res.returncode == 2 and "generator version 1" in res.stderr and "--overwrite" in res.stderr
+    acq["generator"] = {"name": "skull", "version": 2, "made_by": "python", "config": {}}
+    (obj / ACQUISITION_FILE).write_text(json.dumps(acq))  # made by hand with the data tool: trusted
+    res = _cmd("experiments/run.py", "--object", str(obj), "--config", "tiny", "--out", str(tmp_path / "o3"),
+               "--stages", "data")
+    assert res.returncode == 0, res.stderr[-2000:]

@@ -15,6 +15,7 @@ preview/*.png                     a few photos, radiographs and slices to look a
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -25,7 +26,8 @@ from insideout_jax import io as iio
 from insideout_jax.cameras import PinholeCamera, camera_center, make_pinhole
 from insideout_jax.data import scanner
 
-__all__ = ["make_skull_object", "make_ct_object", "describe_object", "ensure_sfm", "true_sfm_transform",
+__all__ = ["make_skull_object", "make_ct_object", "check_generator", "describe_object", "ensure_sfm",
+           "true_sfm_transform",
            "write_previews", "read_true_cameras", "write_true_cameras", "read_true_surface",
            "CAMERAS_FILE", "SURFACE_FILE", "PREVIEW_DIR"]
 
@@ -121,12 +123,14 @@ def _scanner_ct(proj, geom, truth, source: str, size: int, say):
     return vol, record
 
 
-def make_skull_object(out_dir: str | Path, cfg=None, *, verbose: bool = True) -> dict:
+def make_skull_object(out_dir: str | Path, cfg=None, *, made_by: str = "python", verbose: bool = True) -> dict:
     """Generate the built-in procedural skull as an object folder (no download, deterministic).
 
     Args:
       out_dir: target folder (created; existing files of the layout are replaced).
       cfg: :class:`insideout_jax.config.SkullConfig` (default: the ``cpu`` preset's).
+      made_by: who asked ("runner" when ``experiments/run.py`` generated it for a preset: a later
+        run with another preset refuses it), recorded in ``xray/acquisition.json``.
 
     Returns:
       {part: seconds} timings of the generation.
@@ -165,6 +169,8 @@ def make_skull_object(out_dir: str | Path, cfg=None, *, verbose: bool = True) ->
     pts, normals = ph.phantom_surface_points(skull, 20000)
     truth = iio.make_volume(vol, spacing, origin, quantity="attenuation")
     ct, acquisition["ct"] = _scanner_ct(proj, geom, truth, cfg.ct_source, cfg.volume_size, say)
+    acquisition["generator"] = {"name": "skull", "version": scanner.GENERATOR_VERSION,
+                                "made_by": made_by, "config": dataclasses.asdict(cfg)}
     iio.write_object(out, geometry=geom, projections=np.asarray(proj, np.float32), volume=ct,
                      images=dict(zip(names, images, strict=True)), truth_volume=truth)
     iio.write_json_atomic(out / scanner.ACQUISITION_FILE, acquisition)
@@ -237,6 +243,7 @@ def make_ct_object(volume: np.ndarray, spacing_zyx, out_dir: str | Path, *, orig
     t = time.perf_counter()
     truth = iio.make_volume(att, spacing, origin_xyz, quantity="attenuation")
     ct, acquisition["ct"] = _scanner_ct(proj, geom, truth, ct_source, max(att.shape), say)
+    acquisition["generator"] = {"name": "from-ct", "version": scanner.GENERATOR_VERSION}
     iio.write_object(out, geometry=geom, projections=np.asarray(proj, np.float32), volume=ct,
                      images=dict(zip(names, images, strict=True)), truth_volume=truth)
     iio.write_json_atomic(out / scanner.ACQUISITION_FILE, acquisition)
@@ -244,6 +251,30 @@ def make_ct_object(volume: np.ndarray, spacing_zyx, out_dir: str | Path, *, orig
     write_previews(out)
     times["write"] = time.perf_counter() - t
     return times
+
+
+def check_generator(obj_dir: str | Path, skull_cfg=None) -> None:
+    """Raise ValueError (saying what to do) when a generated object folder was made by another
+    generator version, or made by the runner for another preset than ``skull_cfg``. Folders
+    without ``truth/`` (real data) are not generated and pass."""
+    import json
+
+    obj_dir = Path(obj_dir)
+    if not (obj_dir / "truth").is_dir():
+        return
+    acq = obj_dir / scanner.ACQUISITION_FILE
+    gen = json.loads(acq.read_text()).get("generator", {}) if acq.is_file() else {}
+    if gen.get("version") != scanner.GENERATOR_VERSION:
+        raise ValueError(
+            f"{obj_dir} was made by generator version {gen.get('version', 1)}; this one is version"
+            f" {scanner.GENERATOR_VERSION} (noisy projections, ct/ = their FDK reconstruction)."
+            f" Make it again: python -m insideout_jax.data make skull --out {obj_dir} --overwrite"
+            " (or from-ct … --overwrite), or remove the folder and let the runner make the skull")
+    if skull_cfg is not None and gen.get("made_by") == "runner" and \
+            gen.get("config") != json.loads(json.dumps(dataclasses.asdict(skull_cfg))):
+        raise ValueError(f"{obj_dir} was made by the runner for another preset; remove the folder to"
+                         " let this run make it again, or run with the preset that made it (its"
+                         f" settings are in {acq})")
 
 
 def describe_object(obj_dir: str | Path) -> str:

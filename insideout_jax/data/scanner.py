@@ -15,9 +15,11 @@ import numpy as np
 
 from insideout_jax import io as iio
 
-__all__ = ["ACQUISITION_FILE", "detector_noise", "scanner_ct", "scanner_grid"]
+__all__ = ["ACQUISITION_FILE", "GENERATOR_VERSION", "detector_noise", "scanner_ct", "scanner_grid"]
 
 ACQUISITION_FILE = "xray/acquisition.json"
+# 1: exact projections, ct/ = truth/ (before 2026-12); 2: noisy projections, ct/ = their FDK
+GENERATOR_VERSION = 2
 
 
 def detector_noise(projections, *, photons: float, read_noise: float, seed: int):
