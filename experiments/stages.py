@@ -68,20 +68,18 @@ class RunContext:
     def write_metrics(self) -> Path:
         """metrics.json, atomically; a value that is NaN or infinite is written as null and the
         notes say which and why (JSON has neither)."""
-        clean, replaced = pl.finite_metrics(self.metrics)
+        self.metrics, replaced = pl.finite_metrics(self.metrics)
         if replaced:
-            self.metrics = clean
-            self.note(f"not computable (NaN or infinite, written as null): {', '.join(replaced)}")
-            clean = self.metrics
+            self.note(pl.non_finite_note(replaced))
         path = self.out_dir / "metrics.json"
-        atomic_write_bytes(path, json.dumps(clean, indent=2, allow_nan=False).encode())
+        atomic_write_bytes(path, json.dumps(self.metrics, indent=2, allow_nan=False).encode())
         return path
 
-    def record(self, result, notes=()) -> None:
+    def record(self, result) -> None:
         """Save a stage result and merge its metrics and notes."""
         store.save_result(self.stage_dir, self.out_dir, result)
         pl.merge_metrics(self.metrics, result.metrics)
-        for n in (*getattr(result, "notes", ()), *notes):
+        for n in getattr(result, "notes", ()):
             self.note(n)
 
     def write_report(self) -> Path:
@@ -99,6 +97,26 @@ class RunContext:
     def obj(self):
         """The object folder without ``truth/`` (which only :func:`truth` reads, for evaluation)."""
         return iio.read_object(self.object_dir, load_images=False, load_truth=False)
+
+    @functools.cached_property
+    def ct(self):
+        """The CT the internal stage learns from: ``ct/volume``, else the FDK reconstruction of
+        the training projections, made once per run (never ``truth/``: it is for the evaluation
+        alone)."""
+        if self.obj.volume is not None:
+            return self.obj.volume
+        if self.obj.geometry is None:
+            raise StageError(f"{self.object_dir}: neither a CT volume ({iio.VOLUME_FILE}) nor X-ray"
+                             f" projections ({iio.PROJECTIONS_FILE}) to reconstruct one from")
+        self.note("no CT volume in the object folder: the internal stage learns from the FDK"
+                  " reconstruction of the training projections")
+        return pl.reconstruct_ct(self.obj.projections, self.obj.geometry, self.cfg.xray)
+
+    def training_views(self):
+        """(training projections, their geometry), or (None, None) without projections."""
+        if self.obj.geometry is None:
+            return None, None
+        return pg.split_views(self.obj.projections, self.obj.geometry, self.cfg.xray.train.holdout_every)[0]
 
     def splats(self, name: str):
         try:
@@ -152,26 +170,13 @@ def load_photos(ctx: RunContext):
     return imgs, cams, model
 
 
-def photos_in_ct_frame(ctx: RunContext, *, heldout: bool):
-    """(photos, cameras in the CT frame) of the training or held-out photos."""
+def photos_in_ct_frame(ctx: RunContext):
+    """((training photos, cameras), (held-out photos, cameras)), cameras moved into the CT frame
+    by the fitted similarity; the photos are read once."""
     imgs, cams, _ = load_photos(ctx)
-    tr, ho = holdout_split(len(imgs), ctx.cfg.rgb.train.holdout_every)
-    idx = ho if heldout else tr
-    cams_ct = pg.cameras_in_ct_frame([cams[i] for i in idx], store.load_transform(ctx.stage_dir))
-    return imgs[idx], cams_ct
-
-
-def ct_volume(ctx: RunContext):
-    """The CT the internal stage learns from: ``ct/volume``, else the FDK reconstruction of the
-    training projections (never ``truth/``, which is for the evaluation alone)."""
-    if ctx.obj.volume is not None:
-        return ctx.obj.volume
-    if ctx.obj.geometry is None:
-        raise StageError(f"{ctx.object_dir}: neither a CT volume ({iio.VOLUME_FILE}) nor X-ray"
-                         f" projections ({iio.PROJECTIONS_FILE}) to reconstruct one from")
-    ctx.note("no CT volume in the object folder: the internal stage learns from the FDK"
-             " reconstruction of the training projections")
-    return pl.reconstruct_ct(ctx.obj.projections, ctx.obj.geometry, ctx.cfg.xray)
+    transform = store.load_transform(ctx.stage_dir)
+    return tuple((imgs[idx], pg.cameras_in_ct_frame([cams[i] for i in idx], transform))
+                 for idx in holdout_split(len(imgs), ctx.cfg.rgb.train.holdout_every))
 
 
 def truth(ctx: RunContext) -> pl.Truth:
@@ -232,16 +237,13 @@ def stage_fitting(ctx: RunContext) -> None:
 
 def stage_internal(ctx: RunContext) -> None:
     """Stage 3: both splat sets trained on the CT cross-sections (X-ray reference loss)."""
-    cfg, geom, proj = ctx.cfg.internal, ctx.obj.geometry, ctx.obj.projections
-    tr = holdout_split(geom.n_views, ctx.cfg.xray.train.holdout_every)[0] if geom else None
-    photos, cams = (photos_in_ct_frame(ctx, heldout=False) if cfg.rgb.photo_weight > 0
-                    else (None, None))
+    cfg = ctx.cfg.internal
+    proj, geom = ctx.training_views()
+    photos, cams = photos_in_ct_frame(ctx)[0] if cfg.rgb.photo_weight > 0 else (None, None)
     print(f"[internal] slices every {cfg.slice_spacing} mm at {cfg.resolution}²")
     res = pl.internal_stage(
-        ctx.splats("xray_splats"), ctx.splats("rgb_aligned"), ct_volume(ctx), cfg,
-        projections=None if geom is None else proj[tr],
-        geometry=None if geom is None else geom.replace(angles=geom.angles[tr]),
-        photos=photos, cameras=cams, background=ctx.cfg.rgb.train.background,
+        ctx.splats("xray_splats"), ctx.splats("rgb_aligned"), ctx.ct, cfg, projections=proj,
+        geometry=geom, photos=photos, cameras=cams, background=ctx.cfg.rgb.train.background,
         checkpoint_paths=tuple(ctx.stage_dir / f for f in CHECKPOINTS["internal"]),
         progress=True)
     ctx.record(res)
@@ -250,9 +252,8 @@ def stage_internal(ctx: RunContext) -> None:
 
 def stage_visual(ctx: RunContext) -> None:
     """Stage 4: colour transfer + detail cloning → unified model (PLY, volume TIFF)."""
-    photos, cams = photos_in_ct_frame(ctx, heldout=False)
-    ho_photos, ho_cams = photos_in_ct_frame(ctx, heldout=True)
-    res = pl.visual_stage(ctx.splats("xray_internal"), ctx.splats("rgb_internal"), ct_volume(ctx),
+    (photos, cams), (ho_photos, ho_cams) = photos_in_ct_frame(ctx)
+    res = pl.visual_stage(ctx.splats("xray_internal"), ctx.splats("rgb_internal"), ctx.ct,
                           ctx.cfg.visual, photos=photos, cameras=cams, heldout_photos=ho_photos,
                           heldout_cameras=ho_cams, background=ctx.cfg.rgb.train.background,
                           progress=True)
@@ -267,15 +268,12 @@ def stage_evaluation(ctx: RunContext) -> None:
     from insideout_jax import reporting as rp
 
     grid, density = store.load_grid(ctx.stage_dir)
-    geom, proj = ctx.obj.geometry, ctx.obj.projections
-    tr = holdout_split(geom.n_views, ctx.cfg.xray.train.holdout_every)[0] if geom else None
+    proj, geom = ctx.training_views()
     res = pl.evaluate(rgb0=ctx.splats("rgb_splats"), rgb_aligned=ctx.splats("rgb_aligned"),
                       rgb_internal=ctx.splats("rgb_internal"), rad0=ctx.splats("xray_splats"),
                       rad_internal=ctx.splats("xray_internal"), unified_density=density, grid=grid,
-                      ct_volume=ct_volume(ctx), cfg=ctx.cfg, truth=truth(ctx),
-                      fit_levels=store.load_fit_levels(ctx.stage_dir),
-                      projections=None if geom is None else proj[tr],
-                      geometry=None if geom is None else geom.replace(angles=geom.angles[tr]))
+                      ct_volume=ctx.ct, cfg=ctx.cfg, truth=truth(ctx),
+                      fit_levels=store.load_fit_levels(ctx.stage_dir), projections=proj, geometry=geom)
     ctx.record(res)
     m = res.metrics
     print("[evaluation] cross-sections (held-out, vs CT): " + ", ".join(
@@ -326,7 +324,9 @@ def fingerprint(ctx: RunContext, name: str) -> dict:
     for rel in STAGE_INPUTS[name]:
         p = ctx.object_dir / rel
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] * p.is_file()
-        rows += [f"{f.relative_to(ctx.object_dir)}|{f.stat().st_size}|{f.stat().st_mtime_ns}" for f in files]
+        for f in files:
+            st = f.stat()
+            rows.append(f"{f.relative_to(ctx.object_dir)}|{st.st_size}|{st.st_mtime_ns}")
     ups = []
     for up in STAGE_UPSTREAM[name]:
         m = ctx.done_marker(up)
@@ -366,8 +366,8 @@ def run_stage(name: str, ctx: RunContext) -> bool:
             (ctx.stage_dir / f).unlink(missing_ok=True)
     marker.unlink(missing_ok=True)
     atomic_write_bytes(started, json.dumps(fp).encode())
-    if old:
-        ctx.metrics["notes"] = [n for n in ctx.metrics["notes"] if n not in set(old.get("notes", []))]
+    stale = set(old.get("notes", []))
+    ctx.metrics["notes"] = [n for n in ctx.metrics["notes"] if n not in stale]
     before = list(ctx.metrics["notes"])
     t0 = time.perf_counter()
     try:

@@ -24,6 +24,7 @@ from insideout_jax.pipeline.results import (
     empty_metrics,
     finite_metrics,
     merge_metrics,
+    non_finite_note,
 )
 from insideout_jax.pipeline.stages import (
     fit_stage,
@@ -36,5 +37,6 @@ from insideout_jax.pipeline.stages import (
 
 __all__ = ["STAGE_ORDER", "EvaluationResult", "FitResult", "FusedResult", "InternalResult",
            "PipelineInputError", "RGBResult", "Truth", "VisualResult", "XrayResult",
-           "empty_metrics", "evaluate", "finite_metrics", "fit_stage", "fuse", "internal_stage", "merge_metrics",
-           "reconstruct_ct", "seeded_config", "train_rgb_stage", "train_xray_stage", "visual_stage"]
+           "empty_metrics", "evaluate", "finite_metrics", "fit_stage", "fuse", "internal_stage",
+           "merge_metrics", "non_finite_note", "reconstruct_ct", "seeded_config", "train_rgb_stage",
+           "train_xray_stage", "visual_stage"]

@@ -92,22 +92,14 @@ def alignment_scores(levels, truth_transform, centre) -> dict:
     """Errors of the fitted levels against the true RGB → CT similarity: the global level, the
     last local level and the fine level (rotation in degrees, relative scale, translation in mm
     of the point ``centre`` of the RGB frame)."""
-    from insideout_jax.fitting.procrustes import Similarity, similarity_errors
-
     t = truth_transform
-    truth = Similarity(np.asarray(t.rotation, np.float32), np.asarray(t.translation, np.float32),
-                       np.float32(t.scale))
     picked = {"global": levels[0][1]}
     for kind in ("local", "fine"):
         match = [tr for name, tr in levels if name.startswith(kind)]
         if match:
             picked[kind] = match[-1]
-    out = {}
-    for kind, tr in picked.items():
-        e = similarity_errors(tr, truth, center=np.asarray(centre, np.float32))
-        out[kind] = {"rot_deg": float(e["rot_deg"]), "scale_rel": float(e["scale_rel"]),
-                     "trans_mm": float(e["trans"])}
-    return out
+    return {kind: ev.alignment_errors(tr, (t.rotation, t.translation, t.scale), center=centre)
+            for kind, tr in picked.items()}
 
 
 def evaluate(*, rgb0, rgb_aligned, rgb_internal, rad0, rad_internal, unified_density, grid,

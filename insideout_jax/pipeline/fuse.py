@@ -9,7 +9,14 @@ import numpy as np
 from insideout_jax.config import PipelineConfig
 from insideout_jax.pipeline import geometry as pg
 from insideout_jax.pipeline.evaluate import evaluate
-from insideout_jax.pipeline.results import FusedResult, Truth, empty_metrics, finite_metrics, merge_metrics
+from insideout_jax.pipeline.results import (
+    FusedResult,
+    Truth,
+    empty_metrics,
+    finite_metrics,
+    merge_metrics,
+    non_finite_note,
+)
 from insideout_jax.pipeline.stages import (
     Progress,
     fit_stage,
@@ -76,13 +83,12 @@ def fuse(photos: np.ndarray, cameras, projections: np.ndarray, geometry, *, poin
         ct_volume = reconstruct_ct(projections, geometry, cfg.xray)
         metrics["notes"].append("no CT volume given: the internal stage learns from the FDK"
                                 " reconstruction of the training projections")
-    tr_p, _ = holdout_split(geometry.n_views, cfg.xray.train.holdout_every)
-    g_tr = geometry.replace(angles=geometry.angles[tr_p])
+    p_tr, g_tr = pg.split_views(projections, geometry, cfg.xray.train.holdout_every)[0]
     tr, ho = holdout_split(len(photos), cfg.rgb.train.holdout_every)
     cams_ct = pg.cameras_in_ct_frame(cameras, fit.transform)
     bg = cfg.rgb.train.background
     internal = internal_stage(xray.splats, fit.splats, ct_volume, cfg.internal,
-                              projections=projections[tr_p], geometry=g_tr,
+                              projections=p_tr, geometry=g_tr,
                               photos=photos[tr], cameras=[cams_ct[i] for i in tr],
                               background=bg, progress=progress)
     visual = visual_stage(internal.rad, internal.rgb, ct_volume, cfg.visual, photos=photos[tr],
@@ -93,11 +99,11 @@ def fuse(photos: np.ndarray, cameras, projections: np.ndarray, geometry, *, poin
                           rad0=xray.splats, rad_internal=internal.rad,
                           unified_density=visual.density, grid=visual.grid, ct_volume=ct_volume,
                           cfg=cfg, truth=truth, fit_levels=[(st.name, st.transform) for st in fit.stages],
-                          projections=projections[tr_p], geometry=g_tr)
+                          projections=p_tr, geometry=g_tr)
     for result in (rgb, xray, fit, internal, visual, evaluation):
         merge_metrics(metrics, result.metrics)
     metrics["notes"].extend(n for n in evaluation.notes if n not in metrics["notes"])
     metrics, replaced = finite_metrics(metrics)
     if replaced:
-        metrics["notes"].append(f"not computable (NaN or infinite, written as null): {', '.join(replaced)}")
+        metrics["notes"].append(non_finite_note(replaced))
     return FusedResult(rgb, xray, fit, internal, visual, evaluation, metrics)

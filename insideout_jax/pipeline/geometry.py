@@ -15,7 +15,7 @@ from insideout_jax.splats import RadSplats, RGBSplats, transform_splats
 
 __all__ = ["PipelineInputError", "apply_to_all", "comparison_grid", "downscale_photos",
            "fov_grid", "object_bbox", "object_grid", "object_points", "cameras_in_ct_frame",
-           "radiative_solid_points", "resample_block", "resample_to", "slice_set", "volume_slices"]
+           "radiative_solid_points", "resample_block", "resample_to", "slice_set", "split_views", "volume_slices"]
 
 
 class PipelineInputError(ValueError):
@@ -33,6 +33,15 @@ def downscale_photos(images: np.ndarray, cameras, factor: int):
     out = np.stack([cv2.resize(img, (c.width, c.height), interpolation=cv2.INTER_AREA)
                     for img, c in zip(images, cams, strict=True)])
     return out.astype(np.float32), cams
+
+
+def split_views(projections, geometry, every: int):
+    """((training projections, their geometry), (held-out projections, their geometry)): every
+    ``every``-th view is held out (:func:`insideout_jax.train.rgb.holdout_split`)."""
+    from insideout_jax.train.rgb import holdout_split
+
+    tr, ho = holdout_split(geometry.n_views, every)
+    return tuple((np.asarray(projections)[i], geometry.replace(angles=geometry.angles[i])) for i in (tr, ho))
 
 
 def cameras_in_ct_frame(cameras, transform) -> list:

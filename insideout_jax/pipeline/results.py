@@ -17,7 +17,7 @@ import numpy as np
 
 __all__ = ["STAGE_ORDER", "EvaluationResult", "FitResult", "FusedResult", "InternalResult",
            "RGBResult", "Truth", "VisualResult", "XrayResult", "empty_metrics", "json_number",
-           "finite_metrics", "merge_metrics"]
+           "finite_metrics", "merge_metrics", "non_finite_note"]
 
 STAGE_ORDER = ("data", "sfm", "rgb", "xray", "fitting", "internal", "visual", "evaluation")
 
@@ -70,6 +70,11 @@ def finite_metrics(metrics: dict) -> tuple[dict, list]:
         return v
 
     return clean(metrics, ""), replaced
+
+
+def non_finite_note(replaced: list) -> str:
+    """The note that names the fields :func:`finite_metrics` replaced."""
+    return f"not computable (NaN or infinite, written as null): {', '.join(replaced)}"
 
 
 def json_number(x) -> float | None:

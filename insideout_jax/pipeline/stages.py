@@ -69,11 +69,9 @@ def train_xray_stage(projections: np.ndarray, geometry, cfg: XrayStageConfig, *,
     from insideout_jax.train.xray import evaluate_xray, train_xray
 
     tcfg = cfg.train
-    tr, ho = holdout_split(geometry.n_views, tcfg.holdout_every)
-    g_tr, g_ho = geometry.replace(angles=geometry.angles[tr]), geometry.replace(angles=geometry.angles[ho])
-    splats, hist = train_xray(projections[tr], g_tr, tcfg, checkpoint_path=checkpoint_path,
-                              progress=_bar(progress))
-    ev = evaluate_xray(splats, projections[ho], g_ho, backend=tcfg.backend)
+    (p_tr, g_tr), (p_ho, g_ho) = pg.split_views(projections, geometry, tcfg.holdout_every)
+    splats, hist = train_xray(p_tr, g_tr, tcfg, checkpoint_path=checkpoint_path, progress=_bar(progress))
+    ev = evaluate_xray(splats, p_ho, g_ho, backend=tcfg.backend)
     return XrayResult(splats, hist, {"heldout_views": {"xray": {"psnr": ev["psnr"], "ssim": ev["ssim"]}},
                                      **_skipped({"xray": hist})})
 
@@ -127,10 +125,9 @@ def reconstruct_ct(projections: np.ndarray, geometry, cfg: XrayStageConfig):
     from insideout_jax.fdk import fdk
     from insideout_jax.io import make_volume
 
-    tr, _ = holdout_split(geometry.n_views, cfg.train.holdout_every)
+    p_tr, g_tr = pg.split_views(projections, geometry, cfg.train.holdout_every)[0]
     grid = pg.fov_grid(geometry, cfg.fdk_size)
-    vol = np.asarray(fdk(projections[tr], geometry.replace(angles=geometry.angles[tr]),
-                         grid.shape_zyx, np.asarray(grid.spacing_zyx), np.asarray(grid.origin_xyz)))
+    vol = np.asarray(fdk(p_tr, g_tr, grid.shape_zyx, np.asarray(grid.spacing_zyx), np.asarray(grid.origin_xyz)))
     return make_volume(np.maximum(vol, 0.0), np.asarray(grid.spacing_zyx),
                        np.asarray(grid.origin_xyz), quantity="attenuation")
 

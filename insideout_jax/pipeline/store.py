@@ -68,9 +68,10 @@ def _history(stage_dir: Path, name: str, history) -> None:
         atomic_write_bytes(stage_dir / f"{name}_history.json", json.dumps(history).encode())
 
 
-def _similarity_json(t) -> dict:
-    return {"rotation": np.asarray(t.rotation).tolist(),
-            "translation": np.asarray(t.translation).tolist(), "scale": float(t.scale)}
+def _similarity(d: dict) -> Similarity:
+    """A :class:`Similarity` from its ``as_dict()`` form."""
+    return Similarity(np.asarray(d["rotation"], np.float32), np.asarray(d["translation"], np.float32),
+                      np.float32(d["scale"]))
 
 
 def save_result(stage_dir: Path, out_dir: Path, result) -> list[Path]:
@@ -87,13 +88,13 @@ def save_result(stage_dir: Path, out_dir: Path, result) -> list[Path]:
     elif isinstance(result, FitResult):
         written.append(save_splats(stage_dir, "rgb_aligned", result.splats))
         written.append(iio.write_json_atomic(stage_dir / "fitting.json", {
-            "transform": _similarity_json(result.transform),
+            "transform": result.transform.as_dict(),
             "stages": [{"name": st.name, "accepted": st.accepted, "residual": json_number(st.residual),
                         "residual_before": json_number(st.residual_before),
                         "clusters": st.clusters, "displacement_mean": json_number(st.displacement_mean),
                         "seconds": st.seconds,
                         "distortion": {k: json_number(v) for k, v in st.distortion.items()},
-                        "transform": _similarity_json(st.transform)} for st in result.stages]}))
+                        "transform": st.transform.as_dict()} for st in result.stages]}))
     elif isinstance(result, InternalResult):
         written.append(save_splats(stage_dir, "xray_internal", result.rad))
         written.append(save_splats(stage_dir, "rgb_internal", result.rgb))
@@ -144,17 +145,13 @@ def load_splats(stage_dir: Path, name: str):
 
 def load_transform(stage_dir: Path) -> Similarity:
     """The fitted RGB → CT similarity of the fitting stage."""
-    t = iio.read_json(_need(Path(stage_dir) / "fitting.json", "fitting"))["transform"]
-    return Similarity(np.asarray(t["rotation"], np.float32), np.asarray(t["translation"], np.float32),
-                      np.float32(t["scale"]))
+    return _similarity(iio.read_json(_need(Path(stage_dir) / "fitting.json", "fitting"))["transform"])
 
 
 def load_fit_levels(stage_dir: Path) -> list:
     """[(level name, its RGB → CT Similarity)] of the fitting stage, in order."""
     levels = iio.read_json(_need(Path(stage_dir) / "fitting.json", "fitting"))["stages"]
-    return [(lv["name"], Similarity(np.asarray(lv["transform"]["rotation"], np.float32),
-                                    np.asarray(lv["transform"]["translation"], np.float32),
-                                    np.float32(lv["transform"]["scale"]))) for lv in levels]
+    return [(lv["name"], _similarity(lv["transform"])) for lv in levels]
 
 
 def load_grid(stage_dir: Path):
