@@ -10,9 +10,11 @@ whose output exists. Stages not implemented yet in this version are listed in ``
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="reuse the saved output of every stage that finished before")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the results of an earlier run in the output folder")
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of errors in the input too (bugs always show theirs)")
     return p.parse_args(argv)
 
 
@@ -79,23 +83,57 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+# Errors of the machine rather than of the program: the message names the path and what to do.
+_OS_ADVICE = {errno.ENOSPC: "the disk is full: free space there or give another --out",
+              errno.EDQUOT: "the disk quota is exhausted: free space or give another --out",
+              errno.EACCES: "permission denied: choose a folder you may write (--out)",
+              errno.EPERM: "operation not permitted: choose a folder you may write (--out)",
+              errno.EROFS: "the file system is read-only: give another --out",
+              errno.ENOTDIR: "a part of the path is a file, not a folder: give another --out",
+              errno.EEXIST: "a file is in the way: remove it or give another --out"}
+
+
+def _fail(message: str, exc: BaseException | None, debug: bool) -> int:
+    if debug and exc is not None:
+        traceback.print_exception(exc)
+    print(f"\nerror: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        return _main(args)
+    except OSError as e:
+        if e.errno not in _OS_ADVICE:
+            raise  # not the machine's: a bug, with its traceback
+        return _fail(f"cannot write {e.filename or 'the output'}: {_OS_ADVICE[e.errno]}. Finished"
+                     " stages are kept; continue with --resume.", e, args.debug)
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # for callers of main() in-process
+
+
+def _main(args) -> int:
     cfg = preset(args.config)
     obj_name, obj_dir = resolve_object(args.object)
     out = Path(args.out) if args.out else REPO / "outputs" / obj_name
     if args.resume and args.overwrite:
-        print("error: --resume and --overwrite exclude each other", file=sys.stderr)
-        return 2
+        return _fail("--resume and --overwrite exclude each other", None, False)
+    if out.exists() and not out.is_dir():
+        return _fail(f"--out {out} is a file; give a folder", None, False)
+    wanted = [s for s in STAGES if s in args.stages]
+    try:  # everything the run needs, before any work and before anything is written
+        ctx = stages_lib.RunContext(object_name=obj_name, object_dir=obj_dir, out_dir=out, cfg=cfg,
+                                    resume=args.resume)
+        stages_lib.preflight(ctx, wanted)
+    except stages_lib.StageError as e:
+        return _fail(str(e), e, args.debug)
     problem = check_output_folder(out, args)
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+        return _fail(problem, None, False)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "config.json", config_to_json(cfg).encode())
-    ctx = stages_lib.RunContext(object_name=obj_name, object_dir=obj_dir, out_dir=out, cfg=cfg,
-                                resume=args.resume)
-    wanted = [s for s in STAGES if s in args.stages]
     print(f"insideout: object '{obj_name}' ({obj_dir}), config '{cfg.name}', output {out}")
     signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop: as Ctrl-C
     for name in wanted:
@@ -103,9 +141,8 @@ def main(argv=None) -> int:
         try:
             ran = stages_lib.run_stage(name, ctx)
         except stages_lib.StageError as e:
-            print(f"\nerror in stage '{name}': {e}", file=sys.stderr)
             ctx.write_metrics()
-            return 2
+            return _fail(f"in stage '{name}': {e}", e, args.debug)
         except KeyboardInterrupt:
             # every file is written atomically and training checkpoints after every block: what
             # is on disk is consistent, and --resume continues from the last checkpoint

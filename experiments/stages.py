@@ -21,6 +21,7 @@ from insideout_jax import io as iio
 from insideout_jax import pipeline as pl
 from insideout_jax.config import PipelineConfig
 from insideout_jax.io.checkpoint import atomic_write_bytes
+from insideout_jax.io.validate import check_photo_size, validate_object
 from insideout_jax.pipeline import geometry as pg
 from insideout_jax.pipeline import store
 from insideout_jax.train.loop import NonFiniteLossError
@@ -31,6 +32,25 @@ STAGE_ORDER = pl.STAGE_ORDER
 
 class StageError(RuntimeError):
     """A stage failed for a reason the user can act on (message says what to fix)."""
+
+
+def _user_errors() -> tuple:
+    """Exceptions that mean a user's input or request is at fault (their messages name the file
+    or the setting); anything else is a bug and keeps its traceback."""
+    from insideout_jax.data.sfm import SfMError
+    from insideout_jax.render.tiles import PairCountOverflow
+
+    return (iio.ObjectFolderError, pl.PipelineInputError, store.MissingStageOutput,
+            NonFiniteLossError, SfMError, PairCountOverflow)
+
+
+def run_json(path: Path) -> dict:
+    """A JSON file of the output folder (metrics, stage markers); StageError if it is damaged."""
+    try:
+        return iio.read_json(path)
+    except iio.ObjectFolderError as e:
+        raise StageError(f"{e}: the output folder is damaged; remove the file (its stage runs"
+                         " again) or start afresh with --overwrite") from e
 
 
 @dataclasses.dataclass
@@ -48,7 +68,7 @@ class RunContext:
     def __post_init__(self):
         mpath = self.out_dir / "metrics.json"
         if self.resume and mpath.is_file():
-            self.metrics = json.loads(mpath.read_text())
+            self.metrics = run_json(mpath)
         else:
             self.metrics = pl.empty_metrics(self.object_name, self.cfg.name)
 
@@ -161,10 +181,7 @@ def load_photos(ctx: RunContext):
     for name, cam in zip(model.image_names, model.cameras, strict=True):
         path = ctx.object_dir / iio.IMAGES_DIR / name
         img = iio.read_image(path)
-        if img.shape[:2] != (cam.height, cam.width):  # never resized silently
-            raise StageError(f"{path}: the photo is {img.shape[1]}×{img.shape[0]} but its camera in"
-                             f" {ctx.object_dir / iio.COLMAP_DIR} is {cam.width}×{cam.height}: give"
-                             " the photos SfM registered, or run SfM again (remove rgb/sparse)")
+        check_photo_size(path, img, cam, ctx.object_dir / iio.COLMAP_DIR)  # never resized silently
         imgs.append(img)
     imgs, cams = pg.downscale_photos(np.stack(imgs), model.cameras, ctx.cfg.rgb.downscale)
     return imgs, cams, model
@@ -310,6 +327,53 @@ STAGE_UPSTREAM = {"data": (), "sfm": ("data",), "rgb": ("sfm",), "xray": ("data"
                   "visual": ("internal", "rgb"), "evaluation": ("visual", "fitting", "xray", "rgb")}
 
 
+# What each stage needs in the object folder ("ct": a CT volume, or projections to make one)
+STAGE_NEEDS = {"sfm": ("photos",), "rgb": ("photos",), "xray": ("projections",), "internal": ("ct",),
+               "visual": ("photos", "ct"), "evaluation": ("ct",)}
+
+
+def preflight(ctx: RunContext, wanted: list) -> None:
+    """Check, before any work and before anything is written, that the object folder is valid and
+    holds what the wanted stages need, and that every stage they use runs now or finished before
+    in this output folder. Raises StageError saying what to do."""
+    from insideout_jax.data import objects as data_objects
+
+    d = ctx.object_dir
+    if not d.exists():
+        if ctx.object_name == "skull" and "data" in wanted:
+            return  # the data stage makes the built-in skull
+        raise StageError(f"object folder {d} does not exist. Give a path to an object folder, or"
+                         " make one with `python -m insideout_jax.data from-ct VOLUME --spacing DZ DY DX"
+                         " --out DIR`" + (" (or run stage 'data' to make the skull)." if ctx.object_name
+                                          == "skull" else "."))
+    if not d.is_dir():
+        raise StageError(f"{d} is a file; --object takes an object folder (rgb/, xray/, ct/)")
+    try:
+        obj = validate_object(d, check_photos=any("photos" in STAGE_NEEDS.get(s, ()) for s in wanted))
+        data_objects.check_generator(d, ctx.cfg.skull)
+    except ValueError as e:  # ObjectFolderError included
+        raise StageError(str(e)) from e
+    have = {"photos": bool(obj.image_names), "projections": obj.geometry is not None,
+            "ct": obj.volume is not None or obj.geometry is not None}
+    what = {"photos": f"photos in {iio.IMAGES_DIR}", "projections": f"X-ray projections"
+            f" ({iio.PROJECTIONS_FILE} and {iio.GEOMETRY_FILE})", "ct": f"a CT volume ({iio.VOLUME_FILE})"
+            " or X-ray projections to reconstruct one"}
+    for stage in wanted:
+        for need in STAGE_NEEDS.get(stage, ()):
+            if not have[need]:
+                raise StageError(f"stage '{stage}' needs {what[need]}, and {d} has none: add them, or"
+                                 f" leave the stage out (--stages …)")
+    for stage in wanted:
+        for up in STAGE_UPSTREAM[stage]:
+            if up == "data" or up in wanted or (up == "sfm" and obj.colmap is not None):
+                continue  # data: checked here; sfm: the object's own COLMAP model
+            if not (ctx.resume and (ctx.out_dir / "stages" / f"{up}.done.json").is_file()):
+                raise StageError(
+                    f"stage '{stage}' uses the results of stage '{up}', which does not run now and"
+                    f" has not finished in {ctx.out_dir}: add it (--stages {up} {stage} …), or"
+                    " --resume an output folder where it finished")
+
+
 def _digest(*parts: str) -> str:
     import hashlib
 
@@ -330,7 +394,7 @@ def fingerprint(ctx: RunContext, name: str) -> dict:
     ups = []
     for up in STAGE_UPSTREAM[name]:
         m = ctx.done_marker(up)
-        ups.append(json.loads(m.read_text()).get("fingerprint", {}).get("all", "") if m.is_file() else "")
+        ups.append(run_json(m).get("fingerprint", {}).get("all", "") if m.is_file() else "")
     fp = {"config": _digest(config_to_json(ctx.cfg)), "inputs": _digest(*rows), "upstream": _digest(*ups)}
     return dict(fp, all=_digest(*fp.values()))
 
@@ -353,14 +417,14 @@ def run_stage(name: str, ctx: RunContext) -> bool:
     """
     marker, started = ctx.done_marker(name), ctx.stage_dir / f"{name}.started.json"
     fp = fingerprint(ctx, name)
-    old = json.loads(marker.read_text()) if marker.is_file() else {}
+    old = run_json(marker) if marker.is_file() else {}
     if ctx.resume and old.get("fingerprint", {}).get("all") == fp["all"]:
         print(f"[{name}] already done (resume)")
         return False
     if ctx.resume and old:
         why = [_WHY[k] for k in _WHY if old.get("fingerprint", {}).get(k) != fp[k]]
         print(f"[{name}] runs again: {', '.join(why) or 'the earlier run has no fingerprint'}")
-    same_start = started.is_file() and json.loads(started.read_text()).get("all") == fp["all"]
+    same_start = started.is_file() and run_json(started).get("all") == fp["all"]
     if not (ctx.resume and same_start):
         for f in CHECKPOINTS.get(name, ()):
             (ctx.stage_dir / f).unlink(missing_ok=True)
@@ -372,7 +436,7 @@ def run_stage(name: str, ctx: RunContext) -> bool:
     t0 = time.perf_counter()
     try:
         STAGES[name](ctx)
-    except (pl.PipelineInputError, store.MissingStageOutput, NonFiniteLossError) as e:
+    except _user_errors() as e:
         raise StageError(f"stage '{name}': {e}") from e
     seconds = time.perf_counter() - t0
     ctx.metrics["stage_seconds"][name] = seconds

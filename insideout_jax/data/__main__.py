@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from insideout_jax.config import SfMConfig, SkullConfig
+from insideout_jax.data.sfm import SfMError
 
 
 def _scanner_args(p) -> None:
@@ -73,24 +76,67 @@ def _parser() -> argparse.ArgumentParser:
     sf.add_argument("dir", help="object folder")
     sf.add_argument("--known-intrinsics", action="store_true",
                     help="use the true intrinsics of a generated object")
+    for q in (mk, ct, sf):
+        q.add_argument("--debug", action="store_true",
+                       help="show the traceback of errors in the input too (bugs always show theirs)")
     return p
+
+
+# (option, attribute, smallest value): below it an object cannot be scanned, split or evaluated
+_LIMITS = (("--views", "views", 4), ("--detector", "detector", 8), ("--photos", "photos", 3), ("--photo-size", "photo_size", 16), ("--photons", "photons", 0),
+           ("--read-noise", "read_noise", 0))
+
+
+def _check_args(args) -> str | None:
+    """A message for option values no object can be made with (before any work), else None."""
+    import math
+
+    for opt, attr, low in _LIMITS:
+        v = getattr(args, attr, None)
+        if v is not None and not (math.isfinite(v) and v >= low):
+            return f"{opt} must be at least {low}, got {v:g}"
+    if args.command == "make" and not 8 <= args.volume <= 256:
+        return f"--volume must be 8 to 256 voxels per side, got {args.volume}"
+    if args.command == "from-ct":
+        if not all(math.isfinite(v) and v > 0 for v in args.spacing):
+            return f"--spacing must be three positive lengths in mm (DZ DY DX), got {args.spacing}"
+        if not Path(args.volume).exists():
+            return f"{args.volume}: no such file or folder (the CT volume to make the object from)"
+    if args.command == "sfm" and not Path(args.dir).is_dir():
+        return f"{args.dir}: no such object folder"
+    return None
+
+
+def _move_into_place(build: Path, out: Path) -> Path:
+    """Replace ``out`` (absent, empty, or an earlier object under --overwrite) by ``build``."""
+    if out.is_dir():
+        shutil.rmtree(out)
+    elif out.exists():
+        out.unlink()
+    build.rename(out)
+    return out
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     from insideout_jax.data import objects
 
+    problem = _check_args(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
+    build = None
     if args.command in ("make", "from-ct"):
         out = Path(args.out)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            if not args.overwrite:
-                print(f"error: {out} exists and is not empty: pass --overwrite to replace it, or"
-                      " give another --out", file=sys.stderr)
-                return 2
-            import shutil
-
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+            print(f"error: {out} exists and is not empty: pass --overwrite to replace it, or"
+                  " give another --out", file=sys.stderr)
+            return 2
+        # made in a sibling folder and moved into place when complete: a failure or Ctrl-C
+        # leaves neither a half-made object nor a lost old one
+        build = out.parent / f".{out.name}.partial"
+        shutil.rmtree(build, ignore_errors=True)
     try:
         if args.command == "make":
             cfg = dataclasses.replace(SkullConfig(), n_views=args.views, n_detector=args.detector,
@@ -98,9 +144,8 @@ def main(argv=None) -> int:
                                       rgb_size=args.photo_size, photons=args.photons,
                                       read_noise=args.read_noise,
                                       ct_source="exact" if args.exact_ct else "fdk")
-            print(f"making '{args.name}' in {args.out}")
-            objects.make_skull_object(args.out, cfg)
-            out = Path(args.out)
+            print(f"making '{args.name}' in {out}")
+            objects.make_skull_object(build, cfg)
         elif args.command == "from-ct":
             import numpy as np
 
@@ -111,22 +156,33 @@ def main(argv=None) -> int:
             data = np.asarray(vol.data, np.float32) - np.float32(args.offset)
             if args.flip_z:
                 data = data[::-1].copy()
-            print(f"making an object from {args.volume} {data.shape} in {args.out}")
-            objects.make_ct_object(data, vol.spacing_zyx, args.out, iso=args.iso,
-                                   quantity=args.quantity, n_views=args.views,
-                                   n_det=args.detector, n_rgb_views=args.photos,
-                                   rgb_size=args.photo_size, keep_largest=args.keep_largest,
-                                   photons=args.photons, read_noise=args.read_noise,
-                                   ct_source="exact" if args.exact_ct else "fdk")
-            out = Path(args.out)
+            print(f"making an object from {args.volume} {data.shape} in {out}")
+            try:
+                objects.make_ct_object(data, vol.spacing_zyx, build, iso=args.iso,
+                                       quantity=args.quantity, n_views=args.views,
+                                       n_det=args.detector, n_rgb_views=args.photos,
+                                       rgb_size=args.photo_size, keep_largest=args.keep_largest,
+                                       photons=args.photons, read_noise=args.read_noise,
+                                       ct_source="exact" if args.exact_ct else "fdk")
+            except ValueError as e:
+                raise ValueError(f"{args.volume}: {e}") from e
         else:
             out = Path(args.dir)
             args.sfm = True
+        if build is not None:
+            out = _move_into_place(build, out)
         if args.sfm:
             cfg = SfMConfig(use_known_intrinsics=getattr(args, "known_intrinsics", False))
             print("structure from motion (pycolmap, CPU)")
             objects.ensure_sfm(out, cfg, with_truth=True)
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
+    except BaseException as e:
+        if build is not None:
+            shutil.rmtree(build, ignore_errors=True)
+        if not isinstance(e, (ValueError, SfMError, FileNotFoundError)):
+            raise  # a bug (or Ctrl-C): its traceback
+        # the input's fault
+        if args.debug:
+            traceback.print_exception(e)
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"done in {time.perf_counter() - t0:.1f} s: {objects.describe_object(out)}")

@@ -215,10 +215,21 @@ def make_ct_object(volume: np.ndarray, spacing_zyx, out_dir: str | Path, *, orig
         origin_xyz = -0.5 * (np.array(vol.shape[::-1]) - 1) * spacing[::-1]
     times = {}
     t = time.perf_counter()
+    if vol.ndim != 3 or min(vol.shape) < 2:
+        raise ValueError(f"the volume must be [z, y, x] with ≥ 2 voxels per axis, got shape {vol.shape}")
+    if not np.all(np.isfinite(vol)):
+        raise ValueError(f"{int(np.sum(~np.isfinite(vol)))} voxels are not finite (NaN or inf)")
     att = ctobject.hu_to_attenuation(vol) if quantity == "HU" else vol
+    if not np.any(att > 0):
+        raise ValueError("no voxel has a positive attenuation: the volume is empty (values in HU?"
+                         " pass --quantity HU; stored with an offset? pass --offset)")
+    level = ctobject.default_iso_level(att) if iso is None else (
+        float(ctobject.hu_to_attenuation(np.float32(iso))) if quantity == "HU" else float(iso))
+    if not level < float(att.max()):
+        raise ValueError(f"no voxel reaches the isosurface level {level:.4g} /mm of the photos (the"
+                         f" volume reaches {float(att.max()):.4g} /mm): give a lower --iso")
     if keep_largest:
-        skin = ctobject.default_iso_level(att) if iso is None else (
-            float(ctobject.hu_to_attenuation(np.float32(iso))) if quantity == "HU" else float(iso))
+        skin = level
         mask = ctobject.largest_component_mask(att, skin)
         say(f"  kept the largest region above {skin:.4g} /mm: {100 * (1 - mask.mean()):.1f}% of voxels"
             " set to zero")
@@ -233,8 +244,6 @@ def make_ct_object(volume: np.ndarray, spacing_zyx, out_dir: str | Path, *, orig
                                              " clipped at 0 (water = 0.02 /mm)")
     times["projections"] = time.perf_counter() - t
     t = time.perf_counter()
-    level = ctobject.default_iso_level(att) if iso is None else (
-        float(ctobject.hu_to_attenuation(np.float32(iso))) if quantity == "HU" else float(iso))
     cams = ctobject.default_ct_cameras(att.shape, spacing, origin_xyz, n=n_rgb_views, size=rgb_size)
     say(f"  photos: {len(cams)} renders of the isosurface at {level:.4g} /mm")
     images = ctobject.render_isosurface_rgb(att, spacing, origin_xyz, level, cams)

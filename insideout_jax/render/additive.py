@@ -40,6 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from insideout_jax.render.tiles import pairs_overflow
+
 __all__ = ["TileLayout", "tile_local_coords", "pixel_bounds_to_boxes", "box_counts",
            "decode_pairs", "SplatKernel", "vjp_width", "sum_splat", "raw_moments", "shift_moments",
            "tile_moments"]
@@ -223,7 +225,8 @@ class _Enumeration(NamedTuple):
     boxes: jax.Array  # [R, 6] int32 boxes in compacted order
     starts: jax.Array  # [R + chunk + 1] int32 first pair of each compacted record, padded
     total: jax.Array  # [] int32 number of pairs
-    n_chunks: jax.Array  # [] int32
+    n_chunks: jax.Array  # [] int32 (0 when overflow)
+    overflow: jax.Array  # [] bool: the total reaches tiles.PAIR_LIMIT (nothing is summed: NaN)
 
 
 _NO_START = np.iinfo(np.int32).max // 2
@@ -249,7 +252,9 @@ def _enumerate(boxes: jax.Array, chunk: int) -> _Enumeration:
     incl = jnp.cumsum(ccounts)
     starts = jnp.concatenate([incl - ccounts, jnp.full((chunk + 1,), _NO_START, jnp.int32)])
     total = incl[-1]
-    return _Enumeration(perm, cboxes, starts, total, (total + chunk - 1) // chunk)
+    overflow = pairs_overflow(counts)
+    n_chunks = jnp.where(overflow, 0, (total + chunk - 1) // chunk)
+    return _Enumeration(perm, cboxes, starts, total, n_chunks, overflow)
 
 
 def _decode_chunk(en: _Enumeration, layout: TileLayout, c, r0):
@@ -288,7 +293,8 @@ def _sum_splat_fwd_impl(kernel, layout, records, aux, en: _Enumeration):
         return buf.at[tile].add(vals, mode="drop"), r0
 
     buf0 = jnp.zeros((layout.n_tiles, layout.tile_pixels), records.dtype)
-    return jax.lax.fori_loop(0, en.n_chunks, body, (buf0, jnp.int32(0)))[0]
+    buf = jax.lax.fori_loop(0, en.n_chunks, body, (buf0, jnp.int32(0)))[0]
+    return jnp.where(en.overflow, jnp.nan, buf)  # wrapped counts: NaN, never a partial sum
 
 
 def _sum_splat_fwd(kernel, layout, records, aux, boxes):

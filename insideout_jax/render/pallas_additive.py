@@ -41,6 +41,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
 from insideout_jax.render import additive as ad
+from insideout_jax.render.tiles import pairs_overflow
 
 __all__ = ["PallasKernel", "integrate", "build_segments", "default_window_capacity",
            "sorted_segment_sum", "check_power_of_two"]
@@ -236,8 +237,10 @@ def _window(rec, boxes, layout, capacity, bk, w):
 
 
 def _n_windows(boxes, capacity):
-    total = jnp.sum(ad.box_counts(boxes))
-    return jnp.maximum(1, (total + capacity - 1) // capacity)
+    """Windows to run: 0 when the pair total reaches ``tiles.PAIR_LIMIT`` (int32 would wrap)."""
+    counts = ad.box_counts(boxes)
+    total = jnp.sum(counts)
+    return jnp.where(pairs_overflow(counts), 0, jnp.maximum(1, (total + capacity - 1) // capacity))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
@@ -252,6 +255,7 @@ def _integrate_fwd(kernel, layout, bk, interpret, capacity, rec, aux, boxes):
 
     buf0 = jnp.zeros((layout.n_tiles, layout.tile_pixels), jnp.float32)
     buf = jax.lax.fori_loop(0, _n_windows(boxes, capacity), body, buf0)
+    buf = jnp.where(pairs_overflow(ad.box_counts(boxes)), jnp.nan, buf)  # nothing summed: NaN
     return buf, (rec, aux, boxes)
 
 

@@ -124,7 +124,8 @@ class RGBRender:
       alpha: [H, W] accumulated opacity 1 − T.
       depth: [H, W] expected depth Σ wᵢzᵢ / alpha of the composited Gaussians (0 where alpha = 0).
       visible: [C] bool, the Gaussian touches at least one tile (3DGS "radii > 0").
-      n_pairs: [] int32 number of (tile, Gaussian) pairs.
+      n_pairs: [] int32 number of (tile, Gaussian) pairs (−1 under a trace when the count
+        overflowed; :func:`render_rgb` raises ``tiles.PairCountOverflow`` then).
       max_pairs_per_tile: [] int32 longest per-tile list.
     """
 
@@ -193,7 +194,7 @@ def _forward(packed, extents, background, grid, config):
     layout = tl.pair_layout(packed[:, :2], extents, packed[:, 9], grid)
     t0 = _initial_trans(grid, packed.dtype)
     state = jnp.concatenate([t0[:, None], jnp.zeros((grid.n_tiles, 4) + t0.shape[1:], t0.dtype)], 1)
-    n_windows = jnp.maximum(1, -(-layout.n_pairs // capacity))
+    n_windows = jnp.where(layout.overflow, 0, jnp.maximum(1, -(-layout.n_pairs // capacity)))
 
     def body(c):
         k, state, first = c
@@ -207,10 +208,11 @@ def _forward(packed, extents, background, grid, config):
         lambda x: jnp.zeros(x.shape, x.dtype),
         jax.eval_shape(lambda: _window(layout, grid, capacity, 0, packed)))
     _, state, first = jax.lax.while_loop(lambda c: c[0] < n_windows, body, (0, state, first0))
-    trans = jnp.abs(state[:, 0])
+    # an overflowing pair count renders nothing: NaN, never the background alone (tiles docstring)
+    trans = jnp.where(layout.overflow, jnp.nan, jnp.abs(state[:, 0]))
     color = jnp.moveaxis(state[:, 1:4], 1, 2) + trans[..., None] * background
     max_per_tile = jnp.max(first[2] - first[1])
-    out = (color, trans, state[:, 4], layout.n_pairs, max_per_tile)
+    out = (color, trans, state[:, 4], jnp.where(layout.overflow, -1, layout.n_pairs), max_per_tile)
     return out, (packed, background, layout, first, color, trans, state[:, 4])
 
 
@@ -231,7 +233,8 @@ def composite_rgb(packed: jax.Array, extents: jax.Array, background: jax.Array,
       color: [T, S², 3] tile-major colour including T·background.
       trans: [T, S²] final transmittance.
       depth_acc: [T, S²] Σ wᵢ zᵢ.
-      n_pairs: [] int32 number of pairs.
+      n_pairs: [] int32 number of pairs; −1 when their count reaches ``tiles.PAIR_LIMIT`` (then
+        nothing is composited and colour and transmittance are NaN).
       max_pairs_per_tile: [] int32 longest tile list in the first window.
     """
     return _forward(packed, extents, background, grid, config)[0]
@@ -252,7 +255,7 @@ def _composite_bwd(grid, config, res, cts):
     cot = jnp.concatenate([jnp.moveaxis(g_color, 2, 1), g_depth[:, None], r[:, None]], axis=1)
     t0 = _initial_trans(grid, packed.dtype)
     bstate = jnp.stack([t0, jnp.zeros_like(t0)], axis=1)
-    n_windows = jnp.maximum(1, -(-layout.n_pairs // capacity))
+    n_windows = jnp.where(layout.overflow, 0, jnp.maximum(1, -(-layout.n_pairs // capacity)))
 
     def body(c):
         k, bstate, d_packed = c
@@ -318,6 +321,8 @@ def render_rgb(splats: RGBSplats, camera: PinholeCamera, *, background: jax.Arra
 
     Raises:
       ValueError: for inconsistent shapes, an SH degree out of range or an unknown back end.
+      tiles.PairCountOverflow: outside a trace, when the (tile, Gaussian) pairs would exceed the
+        int32 counts (``tiles.PAIR_LIMIT``).
     """
     c = splats.means.shape[0]
     if splats.means.ndim != 2 or splats.means.shape[1] != 3 or c == 0:
@@ -347,4 +352,8 @@ def render_rgb(splats: RGBSplats, camera: PinholeCamera, *, background: jax.Arra
     delta = jnp.zeros((c, 2), dtype) if means2d_delta is None else jnp.asarray(means2d_delta, dtype)
     if delta.shape != (c, 2):
         raise ValueError(f"means2d_delta must have shape [{c}, 2], got {delta.shape}")
-    return _render_rgb_jit(splats, camera, bg, delta, degree, config)
+    out = _render_rgb_jit(splats, camera, bg, delta, degree, config)
+    tl.raise_on_overflow(out.n_pairs < 0, f"render_rgb of {c} splats at {camera.width}×{camera.height}",
+                         "Render at a lower resolution, in crops (cameras with a shifted principal"
+                         " point), or with fewer or smaller splats.")
+    return out

@@ -39,11 +39,13 @@ from insideout_jax import xla
 from insideout_jax.render.additive import (
     SplatKernel,
     TileLayout,
+    box_counts,
     pixel_bounds_to_boxes,
     sum_splat,
     tile_local_coords,
     tile_moments,
 )
+from insideout_jax.render.tiles import pairs_overflow, raise_on_overflow
 from insideout_jax.render.xray import check_pallas_options, resolve_xray_backend, safe_quats
 from insideout_jax.splats import RadSplats, RGBSplats, quat_to_rotmat
 
@@ -338,13 +340,22 @@ def render_slice(splats: RadSplats | RGBSplats, plane: SlicePlane, *, cutoff_sig
 
     Returns:
       [H, W] float32 density (1/mm for RadSplats; dimensionless for RGBSplats).
+
+    Raises:
+      tiles.PairCountOverflow: when the (splat, tile) pairs would exceed the int32 counts of the
+        tile engine (``tiles.PAIR_LIMIT``); the message says how to split the work.
     """
     backend = _check(splats, cutoff_sigma, tile_size, chunk, backend, capacity)
     if not isinstance(plane, SlicePlane):
         raise ValueError(f"plane must be a SlicePlane, got {type(plane).__name__}")
-    return _render_slice_jit(splats, plane, jnp.float32(cutoff_sigma), tile_size=int(tile_size),
-                             chunk=int(chunk), backend=backend,
-                             capacity=None if capacity is None else int(capacity))
+    img, overflow = _render_slice_jit(splats, plane, jnp.float32(cutoff_sigma),
+                                      tile_size=int(tile_size), chunk=int(chunk), backend=backend,
+                                      capacity=None if capacity is None else int(capacity))
+    h, w = plane.resolution
+    raise_on_overflow(overflow, f"render_slice of {splats.means.shape[0]} splats at {w}×{h}",
+                      "Render the plane in parts (planes over sub-rectangles) or at a lower"
+                      " resolution.")
+    return img
 
 
 @xla.jit(static_argnames=("tile_size", "chunk", "backend", "capacity"))
@@ -380,7 +391,7 @@ def _render_slice_jit(splats, plane, cutoff_sigma, *, tile_size, chunk, backend,
     aux = (x00, step_c, step_r, jnp.zeros(3, jnp.float32), k2)
     aux = jax.tree_util.tree_map(jax.lax.stop_gradient, aux)
     buf = _sum_density(layout, rec, aux, boxes, backend, capacity)
-    return layout.untile(buf, h, w)[0]
+    return layout.untile(buf, h, w)[0], pairs_overflow(box_counts(boxes))
 
 
 def voxelize(splats: RadSplats | RGBSplats, grid: VoxelGrid, *, cutoff_sigma: float = 6.0,
@@ -397,13 +408,22 @@ def voxelize(splats: RadSplats | RGBSplats, grid: VoxelGrid, *, cutoff_sigma: fl
 
     Returns:
       [Z, Y, X] float32 density.
+
+    Raises:
+      tiles.PairCountOverflow: when the (splat, tile) pairs would exceed the int32 counts of the
+        tile engine (``tiles.PAIR_LIMIT``); the message says how to split the work.
     """
     backend = _check(splats, cutoff_sigma, tile_size, chunk, backend, capacity)
     if not isinstance(grid, VoxelGrid):
         raise ValueError(f"grid must be a VoxelGrid, got {type(grid).__name__}")
-    return _voxelize_jit(splats, grid, jnp.float32(cutoff_sigma), tile_size=int(tile_size),
-                         chunk=int(chunk), backend=backend,
-                             capacity=None if capacity is None else int(capacity))
+    vol, overflow = _voxelize_jit(splats, grid, jnp.float32(cutoff_sigma), tile_size=int(tile_size),
+                                  chunk=int(chunk), backend=backend,
+                                  capacity=None if capacity is None else int(capacity))
+    nz, ny, nx = grid.shape_zyx
+    raise_on_overflow(overflow, f"voxelize of {splats.means.shape[0]} splats on a {nz}×{ny}×{nx} grid",
+                      "Voxelize the grid in z-slabs (VoxelGrids of fewer z layers, origins shifted"
+                      " by their first layer) and stack the results.")
+    return vol
 
 
 @xla.jit(static_argnames=("tile_size", "chunk", "backend", "capacity"))
@@ -426,4 +446,4 @@ def _voxelize_jit(splats, grid, cutoff_sigma, *, tile_size, chunk, backend, capa
     aux = (grid.origin_xyz, sp_xyz[0] * eye[0], sp_xyz[1] * eye[1], sp_xyz[2] * eye[2], k * k)
     aux = jax.tree_util.tree_map(jax.lax.stop_gradient, aux)
     buf = _sum_density(layout, rec, aux, boxes, backend, capacity)
-    return layout.untile(buf, ny, nx)
+    return layout.untile(buf, ny, nx), pairs_overflow(box_counts(boxes))

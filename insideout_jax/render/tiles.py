@@ -15,6 +15,13 @@ the caller processes the next window (``start += capacity``) and composites it b
 exact, because windows are contiguous in rank, so every tile sees its Gaussians front to back.
 ``n_pairs`` (the total) says how many windows are needed.
 
+**Pair-count bound.** Slots and offsets are int32 (XLA's fast integer width on every device). A
+pair total at or above :data:`PAIR_LIMIT` would wrap, so both tile engines (this one and the
+additive engine of :mod:`insideout_jax.render.additive`) measure the total in float32 first
+(:func:`pairs_overflow`) and, when it reaches the bound, do no work and return NaN – never a
+plausible image built from wrapped counts. The public renderers turn that into
+:class:`PairCountOverflow`, whose message says how to split the work.
+
 **Sort key bit layout.** Inside a window every pair gets the key
 
     key = (tile << rank_bits) | rank          (uint32; empty slots get 0xFFFFFFFF)
@@ -35,7 +42,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["TileGrid", "make_tile_grid", "tile_rects", "depth_order", "PairLayout", "pair_layout",
+PAIR_LIMIT = 2**31 - 2**28
+"""Pair totals at or above this are refused: int32 holds 2³¹ − 1, and the 2²⁸ margin covers the
+rounding of the float32 total (relative error < 2⁻³ for up to 2²¹ summands)."""
+
+
+class PairCountOverflow(ValueError):
+    """A render would need more (tile, Gaussian) pairs than int32 counts hold; the message says
+    how many and how to split the work."""
+
+
+def pairs_overflow(counts: jax.Array) -> jax.Array:
+    """[] bool: the total of the per-Gaussian pair ``counts`` reaches :data:`PAIR_LIMIT` (an int32
+    prefix sum of them would wrap). Measured in float32, which cannot wrap."""
+    return jnp.sum(counts.astype(jnp.float32)) >= PAIR_LIMIT
+
+
+def raise_on_overflow(overflow, what: str, advice: str) -> None:
+    """Raise :class:`PairCountOverflow` when a concrete ``overflow`` flag is set (under a trace the
+    flag is abstract and the result itself is NaN)."""
+    if isinstance(overflow, jax.core.Tracer) or not bool(overflow):
+        return
+    raise PairCountOverflow(
+        f"{what} needs more than {PAIR_LIMIT:.3g} (tile, Gaussian) pairs, beyond what the int32"
+        f" pair counts of the tile engine hold; nothing was rendered. {advice}")
+
+__all__ = ["PAIR_LIMIT", "PairCountOverflow", "pairs_overflow", "raise_on_overflow", "TileGrid", "make_tile_grid", "tile_rects", "depth_order", "PairLayout", "pair_layout",
            "TileIntersections", "window_intersections", "intersect_tiles", "tile_ranges",
            "pairs_to_gaussians", "pixel_centers", "tiles_to_image", "image_to_tiles"]
 
@@ -115,13 +147,16 @@ class PairLayout(NamedTuple):
       rects: [N, 4] int32 tile boxes (x0, y0, x1, y1) per Gaussian.
       order: [N] int32, order[r] = Gaussian of rank r (front to back).
       offsets: [N + 1] int32, pairs of rank r occupy slots offsets[r] ≤ s < offsets[r + 1].
-      n_pairs: [] int32 total number of pairs (= offsets[N]).
+      n_pairs: [] int32 total number of pairs (= offsets[N]); 0 when ``overflow``.
+      overflow: [] bool, the total reaches :data:`PAIR_LIMIT` (offsets have wrapped: render
+        nothing, return NaN).
     """
 
     rects: jax.Array
     order: jax.Array
     offsets: jax.Array
     n_pairs: jax.Array
+    overflow: jax.Array
 
 
 def _ordered_bits(x: jax.Array) -> jax.Array:
@@ -183,7 +218,8 @@ def pair_layout(means2d: jax.Array, extents: jax.Array, depths: jax.Array | None
         d = jax.lax.stop_gradient(depths)
         order = depth_order(jnp.where((counts > 0) & jnp.isfinite(d), d, jnp.inf))
     offsets = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(counts[order], dtype=jnp.int32)])
-    return PairLayout(rects, order, offsets, offsets[-1])
+    overflow = pairs_overflow(counts)
+    return PairLayout(rects, order, offsets, jnp.where(overflow, 0, offsets[-1]), overflow)
 
 
 class TileIntersections(NamedTuple):

@@ -70,6 +70,7 @@ from insideout_jax.render.additive import (
     pixel_bounds_to_boxes,
     sum_splat,
 )
+from insideout_jax.render.tiles import pairs_overflow, raise_on_overflow
 from insideout_jax.render.xray_records import (  # noqa: F401  (re-exported)
     CONE_KERNEL,
     CONE_SERIES_KERNEL,
@@ -201,15 +202,23 @@ def render_xray(splats: RadSplats, geometry: XrayGeometry, views=None, *,
 
     Returns:
       [V, nv, nu] float32 line integrals (dimensionless attenuation −ln(I/I₀)).
+
+    Raises:
+      tiles.PairCountOverflow: outside a trace, when the (record, tile) pairs would exceed the
+        int32 counts (``tiles.PAIR_LIMIT``; under a trace the result is NaN instead).
     """
     _check_inputs(splats, geometry, cutoff_sigma, tile_size, chunk)
     backend = resolve_xray_backend(backend)
     angles = resolve_view_angles(geometry, views)
     if backend != "xla":
         check_pallas_options(tile_size, capacity, backend)
-    return _render_xray_jit(splats, geometry, angles, jnp.float32(cutoff_sigma),
-                            tile_size=int(tile_size), chunk=int(chunk), backend=backend,
-                            capacity=None if capacity is None else int(capacity))
+    img, overflow = _render_xray_jit(splats, geometry, angles, jnp.float32(cutoff_sigma),
+                                     tile_size=int(tile_size), chunk=int(chunk), backend=backend,
+                                     capacity=None if capacity is None else int(capacity))
+    raise_on_overflow(overflow, f"render_xray of {splats.means.shape[0]} splats on {angles.shape[0]}"
+                      f" views of {geometry.n_detector[1]}×{geometry.n_detector[0]} pixels",
+                      "Render fewer views per call (views=…) and concatenate the results.")
+    return img
 
 
 def check_pallas_options(tile_size: int, capacity, backend: str) -> None:
@@ -235,14 +244,16 @@ def _render_xray_jit(splats, geometry, angles, cutoff_sigma, *, tile_size, chunk
     layout = _layout(geometry, angles.shape[0], tile_size, chunk)
     cutoff = jax.lax.stop_gradient(cutoff_sigma)
     rec, boxes, _ = _xray_setup(splats, geometry, angles, cutoff, layout)
+    overflow = pairs_overflow(box_counts(boxes))
     if backend == "xla" and geometry.mode == "cone":
         # two passes of the engine: records in the series regime, then the others (each pass
         # enumerates only its own records' pairs)
         sel = series_records(rec, boxes, layout)[:, None]
         empty = boxes.at[:, 3:].set(0)
-        buf = (sum_splat(CONE_SERIES_KERNEL, layout, rec, cutoff * cutoff,
-                         jnp.where(sel, boxes, empty))
-               + sum_splat(CONE_KERNEL, layout, rec, cutoff * cutoff, jnp.where(sel, empty, boxes)))
+        series, other = jnp.where(sel, boxes, empty), jnp.where(sel, empty, boxes)
+        overflow = pairs_overflow(box_counts(series)) | pairs_overflow(box_counts(other))
+        buf = (sum_splat(CONE_SERIES_KERNEL, layout, rec, cutoff * cutoff, series)
+               + sum_splat(CONE_KERNEL, layout, rec, cutoff * cutoff, other))
     elif backend == "xla":
         buf = sum_splat(PARALLEL_KERNEL, layout, rec, cutoff * cutoff, boxes)
     else:
@@ -254,7 +265,7 @@ def _render_xray_jit(splats, geometry, angles, cutoff_sigma, *, tile_size, chunk
                                           capacity=capacity)
     nv, nu = geometry.n_detector
     img = layout.untile(buf, nv, nu)
-    return img * ray_length_image(geometry)[None]
+    return img * ray_length_image(geometry)[None], overflow
 
 
 def xray_tile_stats(splats: RadSplats, geometry: XrayGeometry, views=None, *,

@@ -1,0 +1,87 @@
+"""Check an object folder before any work: everything a pipeline run reads, in seconds.
+
+:func:`read_object` already checks each file against its schema (fields, types, signs, finite
+values, angles that look like degrees, projections that look like raw counts, shapes against the
+geometry, COLMAP images that are missing). :func:`validate_object` adds what only shows across
+files or in the pixels: every photo decodes, has 1, 3 or 4 channels and an opaque alpha, matches
+the size of its COLMAP camera (or, before SfM, the other photos); there are enough photos for a
+held-out split; the CT volume and the projections are not empty. It never opens ``truth/`` (that
+is the evaluation's alone).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from insideout_jax.io.errors import ObjectFolderError
+from insideout_jax.io.images import read_image
+from insideout_jax.io.objects import (
+    COLMAP_DIR,
+    IMAGES_DIR,
+    PROJECTIONS_FILE,
+    VOLUME_FILE,
+    ObjectFolder,
+    read_object,
+)
+
+__all__ = ["MIN_PHOTOS", "validate_object", "check_photo_size"]
+
+MIN_PHOTOS = 3
+"""Fewer photos cannot be split into training and held-out views (nor registered by SfM)."""
+
+
+def check_photo_size(path, image: np.ndarray, camera, colmap_dir) -> None:
+    """ObjectFolderError when a photo is not the size of its COLMAP camera (never resized
+    silently)."""
+    h, w = image.shape[:2]
+    if (h, w) != (camera.height, camera.width):
+        raise ObjectFolderError(path, "size", f"the photo is {w}×{h} but its camera in {colmap_dir}"
+                                f" is {camera.width}×{camera.height}: give the photos SfM registered,"
+                                " or run SfM again (remove rgb/sparse)")
+
+
+def validate_object(path: str | os.PathLike, *, check_photos: bool = True) -> ObjectFolder:
+    """Read and check an object folder as a pipeline run will use it (no ``truth/``).
+
+    Args:
+      path: the object folder.
+      check_photos: decode every photo (the slowest check: about 10 ms per megapixel).
+
+    Returns:
+      The :class:`ObjectFolder` (photos not loaded).
+
+    Raises:
+      ObjectFolderError: naming the file and the field, for the first problem found.
+    """
+    obj = read_object(path, load_images=False, load_truth=False)
+    root = obj.root
+    if obj.volume is not None and min(obj.volume.shape) < 2:
+        raise ObjectFolderError(root / VOLUME_FILE, "shape", f"{obj.volume.shape} voxels: a CT volume"
+                                " has at least 2 along each axis (is it one slice?)")
+    if obj.volume is not None and not np.any(np.asarray(obj.volume.data) != 0):
+        raise ObjectFolderError(root / VOLUME_FILE, "values", "every voxel is 0: the CT volume is"
+                                " empty (a failed export or a wrong --offset?)")
+    if obj.projections is not None and not np.any(obj.projections > 0):
+        raise ObjectFolderError(root / PROJECTIONS_FILE, "values", "no positive line integral: the"
+                                " projections are empty (flat fields only?)")
+    names = obj.image_names
+    if names and len(names) < MIN_PHOTOS:
+        raise ObjectFolderError(root / IMAGES_DIR, "<file>", f"{len(names)} photo(s); at least"
+                                f" {MIN_PHOTOS} are needed (training views and held-out views)")
+    if check_photos and names:
+        cams = dict(zip(obj.colmap.image_names, obj.colmap.cameras)) if obj.colmap else {}
+        first = None
+        for name in names:
+            p = root / IMAGES_DIR / name
+            img = read_image(p)  # decodes; checks depth, channels and alpha
+            if name in cams:
+                check_photo_size(p, img, cams[name], root / COLMAP_DIR)
+            elif not cams:
+                first = first or (p, img.shape[:2])
+                if img.shape[:2] != first[1]:
+                    raise ObjectFolderError(p, "size", f"the photo is {img.shape[1]}×{img.shape[0]}"
+                                            f" but {first[0].name} is {first[1][1]}×{first[1][0]}:"
+                                            " SfM gives all photos one camera, so one size")
+    return obj
