@@ -348,11 +348,20 @@ def preflight(ctx: RunContext, wanted: list) -> None:
                                           == "skull" else "."))
     if not d.is_dir():
         raise StageError(f"{d} is a file; --object takes an object folder (rgb/, xray/, ct/)")
+    photos_used = any("photos" in STAGE_NEEDS.get(s, ()) for s in wanted)
     try:
-        obj = validate_object(d, check_photos=any("photos" in STAGE_NEEDS.get(s, ()) for s in wanted))
+        obj = validate_object(d, check_photos=photos_used)
         data_objects.check_generator(d, ctx.cfg.skull)
     except ValueError as e:  # ObjectFolderError included
         raise StageError(str(e)) from e
+    f = ctx.cfg.rgb.downscale
+    if obj.image_names and photos_used:
+        first = d / iio.IMAGES_DIR / obj.image_names[0]
+        h, w = iio.read_image(first).shape[:2]
+        if w % f or h % f:
+            raise StageError(f"{first}: the photos are {w}×{h}, which the preset '{ctx.cfg.name}' cannot"
+                             f" shrink by its factor {f} (rgb.downscale) without resampling: crop"
+                             f" them to a multiple of {f}, or use another preset")
     have = {"photos": bool(obj.image_names), "projections": obj.geometry is not None,
             "ct": obj.volume is not None or obj.geometry is not None}
     what = {"photos": f"photos in {iio.IMAGES_DIR}", "projections": f"X-ray projections"

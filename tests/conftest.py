@@ -46,3 +46,27 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real development data not found at {SHARED_DATA} (only on developer machines)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def small_object(tmp_path_factory) -> Path:
+    """A valid small generated skull (8 projections of 16², a 16³ CT, 4 photos of 24 px) with a
+    COLMAP model of its true cameras, made once per session. Read-only: copy it to mutate it."""
+    import dataclasses
+
+    import numpy as np
+
+    from insideout_jax import io as iio
+    from insideout_jax.config import preset
+    from insideout_jax.data.objects import make_skull_object, read_true_cameras, read_true_surface
+
+    cfg = dataclasses.replace(preset("tiny").skull, n_views=8, n_detector=16, volume_size=16,
+                              n_rgb_views=4, rgb_size=24)
+    obj = tmp_path_factory.mktemp("small") / "obj"
+    make_skull_object(obj, cfg, verbose=False)
+    cams = read_true_cameras(obj / "truth" / "cameras.json")
+    pts = read_true_surface(obj)[0][::50].astype(np.float64)
+    names = sorted(cams)
+    iio.write_colmap(obj / iio.COLMAP_DIR, iio.make_colmap_model(
+        names, [cams[n] for n in names], pts, np.full((len(pts), 3), 128, np.uint8)))
+    return obj

@@ -9,7 +9,6 @@ costs seconds; the end-to-end subprocess cases live in test_robustness.py and te
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import hashlib
 import json
@@ -22,7 +21,6 @@ import pytest
 import tifffile
 
 from insideout_jax import io as iio
-from insideout_jax.config import preset
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -31,24 +29,10 @@ from experiments import run as runner  # noqa: E402
 from experiments import stack as stack_cli  # noqa: E402
 from insideout_jax.data import __main__ as data_cli  # noqa: E402
 
-SMALL = dataclasses.replace(preset("tiny").skull, n_views=8, n_detector=16, volume_size=16,
-                            n_rgb_views=4, rgb_size=24)
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> Path:
-    """A valid small skull with a COLMAP model of its true cameras (made once)."""
-    from insideout_jax.data.objects import make_skull_object, read_true_cameras, read_true_surface
-
-    obj = tmp_path_factory.mktemp("pristine") / "obj"
-    make_skull_object(obj, SMALL, verbose=False)
-    cams = read_true_cameras(obj / "truth" / "cameras.json")
-    pts, _ = read_true_surface(obj)
-    names = sorted(cams)
-    iio.write_colmap(obj / iio.COLMAP_DIR, iio.make_colmap_model(
-        names, [cams[n] for n in names], pts[::50].astype(np.float64),
-        np.full((len(pts[::50]), 3), 128, np.uint8)))
-    return obj
+@pytest.fixture
+def pristine(small_object) -> Path:
+    """The valid small object of conftest (each case copies it before mutating)."""
+    return small_object
 
 
 def _digest(folder: Path) -> str:
