@@ -21,7 +21,7 @@ from insideout_jax import io as iio
 from insideout_jax import pipeline as pl
 from insideout_jax.config import PipelineConfig
 from insideout_jax.io.checkpoint import atomic_write_bytes
-from insideout_jax.io.validate import check_photo_size, validate_object
+from insideout_jax.io.validate import check_photo_size
 from insideout_jax.pipeline import geometry as pg
 from insideout_jax.pipeline import store
 from insideout_jax.train.loop import NonFiniteLossError
@@ -151,9 +151,7 @@ def stage_data(ctx: RunContext) -> None:
 
     if not ctx.object_dir.exists():
         if ctx.object_name != "skull":
-            raise StageError(f"object folder {ctx.object_dir} does not exist. Give a path to an"
-                             " object folder, or make one with `python -m insideout_jax.data"
-                             " from-ct VOLUME --spacing DZ DY DX --out DIR`.")
+            raise _missing_object(ctx)
         print(f"[data] generating the built-in skull into {ctx.object_dir}")
         data_objects.make_skull_object(ctx.object_dir, ctx.cfg.skull, made_by="runner")
     try:
@@ -327,51 +325,30 @@ STAGE_UPSTREAM = {"data": (), "sfm": ("data",), "rgb": ("sfm",), "xray": ("data"
                   "visual": ("internal", "rgb"), "evaluation": ("visual", "fitting", "xray", "rgb")}
 
 
-# What each stage needs in the object folder ("ct": a CT volume, or projections to make one)
-STAGE_NEEDS = {"sfm": ("photos",), "rgb": ("photos",), "xray": ("projections",), "internal": ("ct",),
-               "visual": ("photos", "ct"), "evaluation": ("ct",)}
+def _missing_object(ctx: RunContext) -> StageError:
+    return StageError(f"object folder {ctx.object_dir} does not exist. Give a path to an object"
+                      " folder, or make one with `python -m insideout_jax.data from-ct VOLUME"
+                      " --spacing DZ DY DX --out DIR`" + (" (or run stage 'data' to make the skull)."
+                                                          if ctx.object_name == "skull" else "."))
 
 
 def preflight(ctx: RunContext, wanted: list) -> None:
-    """Check, before any work and before anything is written, that the object folder is valid and
-    holds what the wanted stages need, and that every stage they use runs now or finished before
-    in this output folder. Raises StageError saying what to do."""
-    from insideout_jax.data import objects as data_objects
+    """Check, before any work and before anything is written, the object folder
+    (:func:`insideout_jax.pipeline.preflight.check_object`) and that every stage the wanted ones
+    use runs now or finished before in this output folder. Raises StageError saying what to do."""
+    from insideout_jax.pipeline.preflight import check_object
 
     d = ctx.object_dir
     if not d.exists():
         if ctx.object_name == "skull" and "data" in wanted:
             return  # the data stage makes the built-in skull
-        raise StageError(f"object folder {d} does not exist. Give a path to an object folder, or"
-                         " make one with `python -m insideout_jax.data from-ct VOLUME --spacing DZ DY DX"
-                         " --out DIR`" + (" (or run stage 'data' to make the skull)." if ctx.object_name
-                                          == "skull" else "."))
+        raise _missing_object(ctx)
     if not d.is_dir():
         raise StageError(f"{d} is a file; --object takes an object folder (rgb/, xray/, ct/)")
-    photos_used = any("photos" in STAGE_NEEDS.get(s, ()) for s in wanted)
     try:
-        obj = validate_object(d, check_photos=photos_used)
-        data_objects.check_generator(d, ctx.cfg.skull)
-    except ValueError as e:  # ObjectFolderError included
+        obj = check_object(d, ctx.cfg, wanted)
+    except ValueError as e:  # ObjectFolderError, PipelineInputError
         raise StageError(str(e)) from e
-    f = ctx.cfg.rgb.downscale
-    if obj.image_names and photos_used:
-        first = d / iio.IMAGES_DIR / obj.image_names[0]
-        h, w = iio.read_image(first).shape[:2]
-        if w % f or h % f:
-            raise StageError(f"{first}: the photos are {w}×{h}, which the preset '{ctx.cfg.name}' cannot"
-                             f" shrink by its factor {f} (rgb.downscale) without resampling: crop"
-                             f" them to a multiple of {f}, or use another preset")
-    have = {"photos": bool(obj.image_names), "projections": obj.geometry is not None,
-            "ct": obj.volume is not None or obj.geometry is not None}
-    what = {"photos": f"photos in {iio.IMAGES_DIR}", "projections": f"X-ray projections"
-            f" ({iio.PROJECTIONS_FILE} and {iio.GEOMETRY_FILE})", "ct": f"a CT volume ({iio.VOLUME_FILE})"
-            " or X-ray projections to reconstruct one"}
-    for stage in wanted:
-        for need in STAGE_NEEDS.get(stage, ()):
-            if not have[need]:
-                raise StageError(f"stage '{stage}' needs {what[need]}, and {d} has none: add them, or"
-                                 f" leave the stage out (--stages …)")
     for stage in wanted:
         for up in STAGE_UPSTREAM[stage]:
             if up == "data" or up in wanted or (up == "sfm" and obj.colmap is not None):

@@ -144,3 +144,34 @@ def test_neighbor_distortion_statistics():
         neighbor_distortion(p, p[:10])
     with pytest.raises(ValueError, match="rgb"):
         hierarchical_fit(p, p)
+
+
+def test_the_caps_of_the_local_fit_are_counted_where_they_bite():
+    """Issue #17: the per-cluster target cap and the field's cell cap coarsen a fit; both are
+    counted (closed forms), never applied silently."""
+    from insideout_jax.fitting import hierarchical as hf
+    from insideout_jax.reporting.markdown import _caps
+
+    rng = np.random.default_rng(0)
+    cent = np.stack([np.arange(10) * 100.0, np.zeros(10), np.zeros(10)], 1)
+    p = np.repeat(cent, 20, axis=0) + rng.normal(scale=1.0, size=(200, 3))
+    labels = np.repeat(np.arange(10), 20)
+    radius = np.full(10, 1.7)
+    # 10 targets beside every cluster, 1000 beside cluster 3: the cap is max(64, 8 · median 10)
+    # = 80 targets per cluster, so 1000 − 80 are left out
+    surf = np.concatenate([np.repeat(cent, 10, 0), np.repeat(cent[3:4], 990, 0)])
+    surf = (surf + rng.normal(scale=0.5, size=surf.shape)).astype(np.float32)
+    _, _, dropped = hf._local_displacements(p, surf, (labels, cent, radius, 1.7), icp_iters=2,
+                                            trim=0.9, prior_weight=0.1, reach=2.5)
+    assert dropped == 1000 - 80
+    # the field's grid: step max(σ/2, (extent + 8σ) / (max_cells − 2)) → coarsening step / (σ/2)
+    pts = np.stack([np.linspace(0, 1000, 50), np.zeros(50), np.zeros(50)], 1)
+    _, _, c = hf._smooth_field(pts, np.zeros((50, 3)), np.ones(50), 1.0)
+    assert c == pytest.approx((1000 + 8) / 158 / 0.5)
+    _, _, c = hf._smooth_field(pts[:5] / 100, np.zeros((5, 3)), np.ones(5), 1.0)
+    assert c == 1.0
+    lines = _caps({"xray_culled_at_source": 3, "fitting_targets_dropped": {"local_0.1": 920},
+                   "fitting_grid_coarsening": {"local_0.1": 12.76, "fine": 1.0}})
+    assert any("920 surface targets" in x for x in lines) and any("12.76×" in x for x in lines)
+    assert not any("fine" in x for x in lines) and any("3 radiative splats" in x for x in lines)
+    assert _caps({"xray_culled_at_source": 0}) == []

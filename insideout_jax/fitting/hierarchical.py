@@ -94,6 +94,10 @@ class StageReport:
         global stage (all zeros for the global stage).
       clusters: K (0 for global).
       seconds: wall time of the stage.
+      targets_dropped: surface targets left out by the per-cluster cap of the local ICP (summed
+        over both halves and iterations; 0 when the cap did not bite).
+      grid_coarsening: how much coarser than σ/2 the displacement field's grid had to be to stay
+        within ``max_cells`` per axis (1.0: not coarsened; the largest over the stage).
       means: [N, 3] float32 centres of the active RGB splats after the stage (CT frame), for
         per-stage metrics (e.g. Chamfer distance, error against a known truth).
     """
@@ -109,6 +113,8 @@ class StageReport:
     clusters: int
     seconds: float
     means: np.ndarray
+    targets_dropped: int = 0
+    grid_coarsening: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,7 +170,8 @@ def neighbor_distortion(before: ArrayLike, after: ArrayLike, *, k: int = 8,
 def _smooth_field(points, values, weights, sigma, *, max_cells=160):
     """Normalised Gaussian convolution of point values; field and Jacobian at the points.
 
-    Returns (u [N, d], jac [N, d, 3]) with jac[n, c, a] = ∂u_c/∂x_a.
+    Returns (u [N, d], jac [N, d, 3], coarsening) with jac[n, c, a] = ∂u_c/∂x_a and coarsening =
+    the grid step over σ/2 (> 1 where ``max_cells`` per axis forced a coarser grid).
     """
     p = np.asarray(points, np.float64)
     lo = p.min(0) - 4 * sigma
@@ -185,7 +192,7 @@ def _smooth_field(points, values, weights, sigma, *, max_cells=160):
         u[:, c] = ndimage.map_coordinates(field, coords.T, order=1)
         for a, g in enumerate(np.gradient(field, h)):
             jac[:, c, a] = ndimage.map_coordinates(g, coords.T, order=1)
-    return u, jac
+    return u, jac, h / (sigma / 2)
 
 
 def _polar_rotation(m: np.ndarray) -> np.ndarray:
@@ -244,7 +251,8 @@ def _cluster(p, k, key, kmeans_iters):
 
 
 def _local_displacements(p, surf, clusters, *, icp_iters, trim, prior_weight, reach):
-    """Per-point displacements from vmapped per-cluster rigid ICP against the matched surface."""
+    """Per-point displacements from vmapped per-cluster rigid ICP against the matched surface, their
+    weights, and the number of surface targets the per-cluster cap left out."""
     labels, cent, radius, r_med = clusters
     k = len(cent)
     d_s, lab_s = cKDTree(cent).query(surf)  # host side: one query, no compilation
@@ -257,6 +265,7 @@ def _local_displacements(p, surf, clusters, *, icp_iters, trim, prior_weight, re
     rank = np.empty(len(order), np.int64)
     first = np.searchsorted(lab_s[order], lab_s[order])
     rank[order] = np.arange(len(order)) - first
+    dropped = int(np.sum(near & (rank >= cap)))
     near &= rank < cap
     src, src_mask, slot = _pad_groups(p.astype(np.float32), labels, k)
     dst, dst_mask, _ = _pad_groups(surf[near], lab_s[near], k)
@@ -264,7 +273,7 @@ def _local_displacements(p, surf, clusters, *, icp_iters, trim, prior_weight, re
                       prior_weight=prior_weight)
     usable = (src_mask.sum(1) >= 3) & (dst_mask.sum(1) >= 3)
     moved = np.asarray(res.transform.apply(jnp.asarray(src)))
-    return moved[labels, slot] - p, usable[labels].astype(np.float64)
+    return moved[labels, slot] - p, usable[labels].astype(np.float64), dropped
 
 
 def _fine_displacements(p, surf, trim):
@@ -275,13 +284,14 @@ def _fine_displacements(p, surf, trim):
 
 
 def _field(p, disp, w, sigma):
-    """Smoothed, capped displacement field and rotations at the points (None if no data)."""
+    """Smoothed, capped displacement field, rotations at the points and the grid's coarsening
+    (None if no data)."""
     if w.sum() == 0:
         return None
-    u, jac = _smooth_field(p, disp, w, sigma)
+    u, jac, coarsening = _smooth_field(p, disp, w, sigma)
     norm = np.linalg.norm(u, axis=1, keepdims=True)
     u = u * np.minimum(1.0, sigma / np.maximum(norm, 1e-30))  # cap the step at σ
-    return u, _polar_rotation(np.eye(3) + jac)
+    return u, _polar_rotation(np.eye(3) + jac), coarsening
 
 
 def _split_rad(rad, seed):
@@ -359,6 +369,7 @@ def hierarchical_fit(rgb: RGBSplats, rad, *, schedule=(0.1, 0.5, 1.0), seed: int
         cur = p
         rots_total = np.broadcast_to(np.eye(3), (n, 3, 3)).copy()
         clusters = None if fine else _cluster(p, k, sub, kmeans_iters)
+        dropped, coarsening = 0, 1.0
         for _ in range(fine_iters if fine else 1):
             # Two-fold cross-validation: the field estimated against one half's surface must
             # lower the residual to the other half's (independent noise), and vice versa.
@@ -368,14 +379,16 @@ def hierarchical_fit(rgb: RGBSplats, rad, *, schedule=(0.1, 0.5, 1.0), seed: int
                     disp, w = _fine_displacements(cur, halves[est], trim)
                     sigma = max(smoothing * spacing, sigma_floor)
                 else:
-                    disp, w = _local_displacements(cur, halves[est], clusters, icp_iters=icp_iters,
-                                                   trim=trim, prior_weight=prior_weight,
-                                                   reach=reach)
+                    disp, w, n_out = _local_displacements(cur, halves[est], clusters,
+                                                          icp_iters=icp_iters, trim=trim,
+                                                          prior_weight=prior_weight, reach=reach)
+                    dropped += n_out
                     sigma = max(smoothing * clusters[3], sigma_floor)
                 fld = _field(cur, disp, w, sigma)
                 if fld is None:
                     ok = False
                     break
+                coarsening = max(coarsening, fld[2])
                 r0 = symmetric_residual(cur, halves[held], trim=trim)
                 r1 = symmetric_residual(cur + fld[0], halves[held], trim=trim)
                 ok = ok and r1 < r0 * (1.0 - min_gain)
@@ -401,5 +414,5 @@ def hierarchical_fit(rgb: RGBSplats, rad, *, schedule=(0.1, 0.5, 1.0), seed: int
         stages.append(StageReport(
             name, bool(accepted), _effective(p_in, p), res, before, float(disp_all.mean()),
             float(disp_all.max()), neighbor_distortion(p_glob, p), k, time.perf_counter() - t1,
-            p.astype(np.float32)))
+            p.astype(np.float32), dropped, float(coarsening)))
     return HierarchicalFitResult(splats=splats, transform=tr, stages=tuple(stages), surface=surf)

@@ -100,9 +100,9 @@ def fuse(photos: np.ndarray, cameras, projections: np.ndarray, geometry, *, poin
                           unified_density=visual.density, grid=visual.grid, ct_volume=ct_volume,
                           cfg=cfg, truth=truth, fit_levels=[(st.name, st.transform) for st in fit.stages],
                           projections=p_tr, geometry=g_tr)
-    for result in (rgb, xray, fit, internal, visual, evaluation):
+    for result in (rgb, xray, fit, internal, visual, evaluation):  # the runner's order
         merge_metrics(metrics, result.metrics)
-    metrics["notes"].extend(n for n in evaluation.notes if n not in metrics["notes"])
+        metrics["notes"].extend(n for n in getattr(result, "notes", ()) if n not in metrics["notes"])
     metrics, replaced = finite_metrics(metrics)
     if replaced:
         metrics["notes"].append(non_finite_note(replaced))

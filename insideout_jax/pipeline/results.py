@@ -40,6 +40,8 @@ def empty_metrics(obj: str, cfg: str) -> dict:
         "occupancy": {m: copy.deepcopy(occ) for m in ("radiative", "insideout")},
         "internal_noise": {"before": None, "after": None},
         "densify_skipped": {s: None for s in ("rgb", "xray", "internal_rad", "internal_rgb")},
+        "coarsened": {"xray_culled_at_source": None, "fitting_targets_dropped": None,
+                      "fitting_grid_coarsening": None},
     }
 
 
@@ -114,6 +116,7 @@ class XrayResult:
     splats: Any
     history: dict
     metrics: dict
+    notes: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)

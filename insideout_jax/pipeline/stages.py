@@ -66,14 +66,19 @@ def train_xray_stage(projections: np.ndarray, geometry, cfg: XrayStageConfig, *,
                      checkpoint_path=None, progress: Progress = None) -> XrayResult:
     """Stage 1b: radiative splats on the training projections (every ``holdout_every``-th is held
     out) and their held-out projection scores. (The volumes are scored by the evaluation.)"""
+    from insideout_jax.render.xray import xray_tile_stats
     from insideout_jax.train.xray import evaluate_xray, train_xray
 
     tcfg = cfg.train
     (p_tr, g_tr), (p_ho, g_ho) = pg.split_views(projections, geometry, tcfg.holdout_every)
     splats, hist = train_xray(p_tr, g_tr, tcfg, checkpoint_path=checkpoint_path, progress=_bar(progress))
     ev = evaluate_xray(splats, p_ho, g_ho, backend=tcfg.backend)
+    culled = xray_tile_stats(splats, g_tr)["n_culled_at_source"]
+    notes = (f"{culled} radiative splats reach the X-ray source plane in some training view; the"
+             " cone-beam renderer leaves them out of those views",) if culled else ()
     return XrayResult(splats, hist, {"heldout_views": {"xray": {"psnr": ev["psnr"], "ssim": ev["ssim"]}},
-                                     **_skipped({"xray": hist})})
+                                     **_skipped({"xray": hist}),
+                                     "coarsened": {"xray_culled_at_source": culled}}, notes)
 
 
 def volume_scores(projections, geometry, splats, reference_volume, n: int):
@@ -143,7 +148,14 @@ def fit_stage(rgb, rad, cfg: FittingStageConfig) -> FitResult:
     solid = pg.radiative_solid_points(rad, cfg.grid_size)
     fit_rgb = rgb.replace(active=rgb.active & (rgb.opacities >= cfg.min_opacity))
     res = pg.apply_to_all(hierarchical_fit(fit_rgb, solid, schedule=cfg.schedule, seed=cfg.seed), rgb)
-    return FitResult(res.splats, res.transform, tuple(res.stages), {})
+    dropped = {st.name: st.targets_dropped for st in res.stages if st.clusters}
+    coarse = {st.name: round(st.grid_coarsening, 3) for st in res.stages if st.name != "global"}
+    notes = tuple(f"fitting level {k}: {v} surface targets beyond the per-cluster cap were left out"
+                  " of its ICP" for k, v in dropped.items() if v)
+    notes += tuple(f"fitting level {k}: the displacement field's grid was {v:.2f}× coarser than σ/2"
+                   " (cell cap per axis)" for k, v in coarse.items() if v > 1.0)
+    metrics = {"coarsened": {"fitting_targets_dropped": dropped, "fitting_grid_coarsening": coarse}}
+    return FitResult(res.splats, res.transform, tuple(res.stages), metrics, notes)
 
 
 def internal_stage(rad, rgb, ct_volume, cfg: InternalStageConfig, *, projections=None,

@@ -92,7 +92,8 @@ def save_result(stage_dir: Path, out_dir: Path, result) -> list[Path]:
             "stages": [{"name": st.name, "accepted": st.accepted, "residual": json_number(st.residual),
                         "residual_before": json_number(st.residual_before),
                         "clusters": st.clusters, "displacement_mean": json_number(st.displacement_mean),
-                        "seconds": st.seconds,
+                        "seconds": st.seconds, "targets_dropped": st.targets_dropped,
+                        "grid_coarsening": json_number(st.grid_coarsening),
                         "distortion": {k: json_number(v) for k, v in st.distortion.items()},
                         "transform": st.transform.as_dict()} for st in result.stages]}))
     elif isinstance(result, InternalResult):

@@ -251,6 +251,19 @@ def _section_sparse(out_dir: Path) -> list:
          "radiative − FDK (dB)"], rows)
 
 
+def _caps(c: dict) -> list:
+    """One line per cap that coarsened a result (nothing when none bit or none was measured)."""
+    out = []
+    if c.get("xray_culled_at_source"):
+        out.append(f"- {c['xray_culled_at_source']} radiative splats left out of some training view"
+                   " (they reach the X-ray source plane)")
+    out += [f"- fitting level {k}: {v} surface targets over the per-cluster cap left out"
+            for k, v in (c.get("fitting_targets_dropped") or {}).items() if v]
+    out += [f"- fitting level {k}: displacement grid {v:.2f}× coarser than σ/2 (cell cap)"
+            for k, v in (c.get("fitting_grid_coarsening") or {}).items() if v and v > 1.0]
+    return ["", "Caps that coarsened a result:", ""] + out + [""] if out else []
+
+
 def write_report(metrics: Mapping, figures: Mapping[str, object], out_dir) -> Path:
     """Write ``report.md``: wall times, Tables 2-3, occupancy, ground truth, trends, figures, notes.
 
@@ -281,6 +294,7 @@ def write_report(metrics: Mapping, figures: Mapping[str, object], out_dir) -> Pa
         lines += ["", "Densification candidates left out at the capacity cap: "
                   + ", ".join(f"{k} {v}" for k, v in skipped.items())
                   + (" (none)" if not any(skipped.values()) else " (raise the cap to keep them)"), ""]
+    lines += _caps(metrics.get("coarsened") or {})
     lines += _section_cross(metrics) + _section_chamfer(metrics) + _section_occupancy(metrics)
     lines += _section_truth(metrics) + _section_sparse(out_dir)
     lines += ["## Paper trends", ""]
