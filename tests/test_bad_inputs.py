@@ -177,7 +177,7 @@ RUNNER_CASES = [
     ("photo-not-an-image", _photo("view_001.png", b"\x89PNG broken"), [], r"view_001\.png.*not a readable image"),
     ("photo-empty-file", _photo("view_002.png", b""), [], r"view_002\.png.*not a readable image"),
     ("photo-with-transparency", _photo("view_001.png", array=np.zeros((24, 24, 4), np.uint8)), [],
-     r"view_001\.png.*'alpha'.*non-opaque"),
+     r"view_001\.png.*'alpha'.*transparent alpha channel: flatten it"),
     ("photo-size-vs-camera", _photo("view_003.png", array=np.zeros((30, 30, 3), np.uint8)), [],
      r"view_003\.png.*'size'.*30×30 but its camera .* 24×24"),
     ("photo-missing-for-colmap", _remove(f"{iio.IMAGES_DIR}/view_002.png"), [],

@@ -59,8 +59,10 @@ def read_image(path: PathLike, *, as_uint8: bool = False, background=None) -> np
         img = img[..., 2::-1]
         if np.any(alpha != full):
             if background is None:
-                raise ObjectFolderError(path, "alpha", "image has a non-opaque alpha channel; pass"
-                                        " background=(r, g, b) to composite it")
+                raise ObjectFolderError(path, "alpha", "the photo has a transparent alpha channel:"
+                                        " flatten it onto the background it was taken on (an image"
+                                        " editor, or `convert IN -background white -flatten OUT`);"
+                                        " from Python, read_image(..., background=(r, g, b))")
             a = alpha[..., None].astype(np.float32) / full
             bg = np.asarray(background, np.float32).reshape(1, 1, 3)
             rgb = img.astype(np.float32) / full * a + bg * (1 - a)
