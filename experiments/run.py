@@ -10,7 +10,6 @@ whose output exists. Stages not implemented yet in this version are listed in ``
 from __future__ import annotations
 
 import argparse
-import errno
 import signal
 import sys
 import time
@@ -24,6 +23,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
 from experiments import stages as stages_lib  # noqa: E402
 from insideout_jax.config import config_to_json, preset  # noqa: E402
 from insideout_jax.io.checkpoint import atomic_write_bytes  # noqa: E402
+from insideout_jax.io.errors import os_error_message  # noqa: E402
 
 STAGES = stages_lib.STAGE_ORDER
 
@@ -83,16 +83,6 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-# Errors of the machine rather than of the program: the message names the path and what to do.
-_OS_ADVICE = {errno.ENOSPC: "the disk is full: free space there or give another --out",
-              errno.EDQUOT: "the disk quota is exhausted: free space or give another --out",
-              errno.EACCES: "permission denied: choose a folder you may write (--out)",
-              errno.EPERM: "operation not permitted: choose a folder you may write (--out)",
-              errno.EROFS: "the file system is read-only: give another --out",
-              errno.ENOTDIR: "a part of the path is a file, not a folder: give another --out",
-              errno.EEXIST: "a file is in the way: remove it or give another --out"}
-
-
 def _fail(message: str, exc: BaseException | None, debug: bool) -> int:
     if debug and exc is not None:
         traceback.print_exception(exc)
@@ -106,10 +96,10 @@ def main(argv=None) -> int:
     try:
         return _main(args)
     except OSError as e:
-        if e.errno not in _OS_ADVICE:
+        message = os_error_message(e)
+        if message is None:
             raise  # not the machine's: a bug, with its traceback
-        return _fail(f"cannot write {e.filename or 'the output'}: {_OS_ADVICE[e.errno]}. Finished"
-                     " stages are kept; continue with --resume.", e, args.debug)
+        return _fail(f"{message}. Finished stages are kept; continue with --resume.", e, args.debug)
     finally:
         signal.signal(signal.SIGTERM, previous)  # for callers of main() in-process
 

@@ -371,3 +371,16 @@ def test_a_failed_make_keeps_the_old_object(tmp_path, capsys):
                                     "--out", out, "--overwrite"], capsys)
     assert rc == 2 and "volume is empty" in err
     assert (out / "mine.txt").read_text() == "user data" and len(list(tmp_path.iterdir())) == 2
+
+
+def test_the_data_tool_names_the_path_of_a_full_disk_and_leaves_no_half_object(tmp_path, capsys, monkeypatch):
+    from insideout_jax.data import objects
+
+    def full(out, cfg, **kw):
+        (Path(out) / "xray").mkdir(parents=True)
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(out) / "xray" / "projections.tif"))
+
+    monkeypatch.setattr(objects, "make_skull_object", full)
+    rc, err = _call(data_cli.main, ["make", "skull", "--out", tmp_path / "obj"], capsys)
+    assert rc == 2 and "cannot write" in err and "projections.tif: the disk is full" in err
+    assert "Traceback" not in err and list(tmp_path.iterdir()) == []

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from insideout_jax.config import SfMConfig, SkullConfig
 from insideout_jax.data.sfm import SfMError
+from insideout_jax.io.errors import os_error_message
 
 
 def _scanner_args(p) -> None:
@@ -178,6 +179,9 @@ def main(argv=None) -> int:
     except BaseException as e:
         if build is not None:
             shutil.rmtree(build, ignore_errors=True)
+        if isinstance(e, OSError) and os_error_message(e):  # a full disk, a forbidden folder
+            print(f"error: {os_error_message(e)}", file=sys.stderr)
+            return 2
         if not isinstance(e, (ValueError, SfMError, FileNotFoundError)):
             raise  # a bug (or Ctrl-C): its traceback
         # the input's fault
