@@ -21,6 +21,7 @@ import numpy as np
 from insideout_jax import io as iio
 from insideout_jax.fitting.procrustes import Similarity
 from insideout_jax.io.checkpoint import atomic_write_bytes, checkpoint_meta, load_checkpoint, save_checkpoint
+from insideout_jax.io.exports import write_gltf_splats, write_nifti, write_nrrd, write_obj
 from insideout_jax.io.ply import write_mesh_ply, write_ply
 from insideout_jax.pipeline.results import (
     EvaluationResult,
@@ -107,9 +108,14 @@ def save_result(stage_dir: Path, out_dir: Path, result) -> list[Path]:
 
         g = result.grid
         written.append(write_unified_ply(out_dir / "unified.ply", result.model))
-        written.append(iio.write_volume(out_dir / "volume.tif", iio.make_volume(
-            result.density, np.asarray(g.spacing_zyx), np.asarray(g.origin_xyz),
-            quantity="attenuation")))
+        written.append(write_gltf_splats(out_dir / "unified.glb", result.model.splats,
+                                         density=np.exp(np.asarray(result.model.log_densities)),
+                                         radiative=np.asarray(result.model.radiative)))
+        vol = iio.make_volume(result.density, np.asarray(g.spacing_zyx), np.asarray(g.origin_xyz),
+                              quantity="attenuation")
+        written.append(iio.write_volume(out_dir / "volume.tif", vol))
+        written.append(write_nifti(out_dir / "volume.nii.gz", vol))
+        written.append(write_nrrd(out_dir / "volume.nrrd", vol))
         written.append(save_npy(stage_dir / "volume_unified.npy", result.density))
         written.append(iio.write_json_atomic(stage_dir / "visual.json", {
             "grid": {"shape_zyx": list(g.shape_zyx), "spacing_zyx": np.asarray(g.spacing_zyx).tolist(),
@@ -117,6 +123,7 @@ def save_result(stage_dir: Path, out_dir: Path, result) -> list[Path]:
         _history(stage_dir, "colour", result.history)
     elif isinstance(result, EvaluationResult):
         written.append(write_mesh_ply(out_dir / "mesh.ply", *result.mesh))
+        written.append(write_obj(out_dir / "mesh.obj", *result.mesh))
         for name, vol in (result.volumes or {}).items():
             written.append(save_npy(stage_dir / f"volume_{name}.npy", vol))
     else:
