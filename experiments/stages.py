@@ -107,8 +107,9 @@ class RunContext:
         from insideout_jax import reporting as rp
 
         figs = dict(self.figures)
-        for name in ("cross_sections", "alignment", "normals", "training"):
-            p = self.out_dir / "figures" / f"{name}.png"
+        for name in ("cross_sections", "alignment", "normals", "training", "cutaways", "turntable.gif"):
+            p = self.out_dir / "figures" / (name if "." in name else f"{name}.png")
+            name = name.split(".")[0]
             if name not in figs and p.is_file():
                 figs[name] = p
         return rp.write_report(self.metrics, figs, self.out_dir)
@@ -305,6 +306,12 @@ def stage_evaluation(ctx: RunContext) -> None:
         "normals": rp.plot_normal_histograms(fd["normals"], figs / "normals.png"),
         "training": rp.plot_training_curves(rp.load_histories(ctx.stage_dir), figs / "training.png"),
     }
+    from insideout_jax.reporting.cutaways import opacity_model, plot_cutaways, write_turntable
+
+    models = {"InsideOut": store.load_unified(ctx.stage_dir), "3DGS": opacity_model(ctx.splats("rgb_aligned"))}
+    print("[evaluation] cut-away figures and turntable")
+    ctx.figures["cutaways"] = plot_cutaways(models, figs / "cutaways.png")
+    ctx.figures["turntable"] = write_turntable(models, figs / "turntable.gif")[0]
 
 
 STAGES: dict[str, Callable[[RunContext], None]] = {

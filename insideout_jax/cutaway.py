@@ -10,8 +10,9 @@ Definitions (decisions the paper leaves open):
   material at the plane) sampled on the plane. It is rendered exactly on a plane grid by the
   additive slice renderer (:func:`~insideout_jax.render.slices.render_slice`) and mapped into the
   image like a texture: every pixel whose ray meets the plane in front of the camera takes the
-  bilinear interpolation of the grid at the meeting point. Grid cells are at most as large as the
-  image's pixels where the plane is nearest to the camera.
+  bilinear interpolation of the grid at the meeting point. The grid covers the part of the plane
+  the camera sees within the model's reach, at a fixed number of cells (the image's larger side by
+  default).
 * **Transfer function.** With the window ``(lo, hi)`` (1/mm), r = clip((ρ − lo) / (hi − lo), 0, 1);
   the face's colour is ``colormap(r)`` and its opacity ``face_opacity · r`` (air is clear).
 * **Compositing.** All kept splats are on one side of the plane. When the camera is on the removed
@@ -111,11 +112,13 @@ def _basis(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 _REACH = 6.0  # = render_slice's default cutoff_sigma
 
 
-def face_grid(model: UnifiedModel, camera: PinholeCamera, cut: CutPlane, *, max_cells: int = 1024
-              ) -> SlicePlane | None:
+def face_grid(model: UnifiedModel, camera: PinholeCamera, cut: CutPlane, *,
+              resolution: int | None = None) -> SlicePlane | None:
     """The plane grid of the cut face: the part of the plane the camera sees, within the model's
-    extent (centres ± 6σ: the slice renderer's cutoff, so the field is 0 beyond the grid), with cells no larger than the image's pixels where the plane is nearest
-    (capped at ``max_cells`` per side). None when the camera does not see the plane there."""
+    extent (centres ± 6σ: the slice renderer's cutoff, so the field is 0 beyond the grid), at
+    ``resolution``² cells (default: the image's larger side; one grid size for every camera of
+    that image size, so a turntable compiles once). None when the camera does not see the plane
+    there."""
     pts, hit = ray_plane_points(camera, cut)
     act = np.asarray(model.splats.active)
     means = np.asarray(model.splats.means, np.float64)[act]
@@ -124,23 +127,14 @@ def face_grid(model: UnifiedModel, camera: PinholeCamera, cut: CutPlane, *, max_
     inside = hit & np.all((pts >= lo) & (pts <= hi), axis=-1)
     if not inside.any():
         return None
+    res = int(resolution or max(camera.width, camera.height))
     e1, e2 = _basis(cut.normal)
     q = pts[inside] - cut.point
     a, b = q @ e1, q @ e2
-    # pixel footprint on the plane: distance between neighbouring rays' meeting points
-    step = []
-    for ax in (0, 1):
-        dpts = np.diff(pts, axis=ax)
-        ok = np.diff(inside.astype(int), axis=ax) == 0
-        ok &= inside[:-1, :] if ax == 0 else inside[:, :-1]
-        if ok.any():
-            step.append(np.linalg.norm(dpts[ok], axis=-1).min())
-    cell = max(min(step) if step else 1.0, 1e-6)
-    pad = cell
-    ext = (a.max() - a.min() + 2 * pad, b.max() - b.min() + 2 * pad)
-    res = tuple(int(min(max_cells, max(2, np.ceil(e / cell)))) for e in (ext[1], ext[0]))
+    ext = np.array([a.max() - a.min(), b.max() - b.min()])
+    ext = np.maximum(ext * (1 + 2.0 / res), 1e-6)  # one cell of margin each side
     centre = cut.point + (a.max() + a.min()) / 2 * e1 + (b.max() + b.min()) / 2 * e2
-    return make_slice_plane(centre, e1, e2, ext, res)
+    return make_slice_plane(centre, e1, e2, ext, (res, res))
 
 
 def _plane_coords(plane: SlicePlane, pts: np.ndarray) -> np.ndarray:
@@ -173,7 +167,8 @@ def composite_cutaway(rgb_color, rgb_alpha, face_rgb, face_alpha, background, ca
 
 def render_cutaway(model: UnifiedModel, camera: PinholeCamera, cut: CutPlane, *, window=None,
                    face_opacity: float = 1.0, colormap: str = "inferno", background=(1.0, 1.0, 1.0),
-                   config: RasterConfig = RasterConfig(), max_cells: int = 1024) -> CutawayRender:
+                   config: RasterConfig = RasterConfig(), face_resolution: int | None = None
+                   ) -> CutawayRender:
     """Render ``model`` from ``camera`` with the side of ``cut`` its normal points to removed.
 
     Args:
@@ -186,7 +181,7 @@ def render_cutaway(model: UnifiedModel, camera: PinholeCamera, cut: CutPlane, *,
       colormap: matplotlib colour map of the face.
       background: RGB behind everything, in [0, 1].
       config: rasterizer options.
-      max_cells: largest face grid side.
+      face_resolution: cells per side of the face grid (default: the image's larger side).
 
     Returns:
       :class:`CutawayRender`.
@@ -203,7 +198,7 @@ def render_cutaway(model: UnifiedModel, camera: PinholeCamera, cut: CutPlane, *,
     bg = jnp.asarray(background, jnp.float32)
     kept = kept_model(model, cut)
     rgb = render_rgb(kept.splats, camera, background=bg, config=config)
-    plane = face_grid(model, camera, cut, max_cells=max_cells)
+    plane = face_grid(model, camera, cut, resolution=face_resolution)
     h, w = camera.height, camera.width
     if plane is None:
         rho = jnp.zeros((h, w), jnp.float32)

@@ -102,8 +102,16 @@ def test_whole_pipeline_fills_the_metrics(tiny_object, tiny_run):
     for meth in ("3dgs", "xgaussian", "insideout"):  # scored against the CT and against the truth
         assert m["cross_sections"][meth]["heldout"]["psnr"] is not None
         assert m["cross_sections"][meth]["heldout"]["vs_truth"]["psnr"] is not None
-    for name in ("report.md", "unified.ply", "volume.tif", "mesh.ply", "stages/rgb_splats.ply"):
+    for name in ("report.md", "unified.ply", "unified.glb", "volume.tif", "volume.nii.gz", "volume.nrrd",
+                 "mesh.ply", "mesh.obj", "stages/rgb_splats.ply", "figures/cutaways.png",
+                 "figures/turntable.gif", "figures/turntable.png"):
         assert (tiny_run / name).is_file(), name
+    from PIL import Image
+
+    gif = Image.open(tiny_run / "figures" / "turntable.gif")
+    assert gif.n_frames == 36 and gif.size[0] == 2 * gif.size[1]  # InsideOut | 3DGS
+    report = (tiny_run / "report.md").read_text()
+    assert "figures/turntable.gif" in report and "figures/cutaways.png" in report
     assert "Stage wall times" in (tiny_run / "report.md").read_text()
 
 

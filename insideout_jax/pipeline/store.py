@@ -117,6 +117,9 @@ def save_result(stage_dir: Path, out_dir: Path, result) -> list[Path]:
         written.append(write_nifti(out_dir / "volume.nii.gz", vol))
         written.append(write_nrrd(out_dir / "volume.nrrd", vol))
         written.append(save_npy(stage_dir / "volume_unified.npy", result.density))
+        written.append(save_splats(stage_dir, "unified_splats", result.model.splats))
+        written.append(save_npy(stage_dir / "unified_log_densities.npy", result.model.log_densities))
+        written.append(save_npy(stage_dir / "unified_radiative.npy", result.model.radiative))
         written.append(iio.write_json_atomic(stage_dir / "visual.json", {
             "grid": {"shape_zyx": list(g.shape_zyx), "spacing_zyx": np.asarray(g.spacing_zyx).tolist(),
                      "origin_xyz": np.asarray(g.origin_xyz).tolist()}}))
@@ -138,7 +141,7 @@ def _need(path: Path, stage: str) -> Path:
 
 
 _MADE_BY = {"rgb_splats": "rgb", "xray_splats": "xray", "rgb_aligned": "fitting",
-            "xray_internal": "internal", "rgb_internal": "internal"}
+            "xray_internal": "internal", "rgb_internal": "internal", "unified_splats": "visual"}
 
 
 def load_splats(stage_dir: Path, name: str):
@@ -160,6 +163,16 @@ def load_fit_levels(stage_dir: Path) -> list:
     """[(level name, its RGB → CT Similarity)] of the fitting stage, in order."""
     levels = iio.read_json(_need(Path(stage_dir) / "fitting.json", "fitting"))["stages"]
     return [(lv["name"], _similarity(lv["transform"])) for lv in levels]
+
+
+def load_unified(stage_dir: Path):
+    """The unified model (:class:`insideout_jax.visual.UnifiedModel`) the visual stage saved."""
+    from insideout_jax.visual import UnifiedModel
+
+    d = Path(stage_dir)
+    return UnifiedModel(load_splats(d, "unified_splats"),
+                        jnp.asarray(np.load(_need(d / "unified_log_densities.npy", "visual"))),
+                        jnp.asarray(np.load(_need(d / "unified_radiative.npy", "visual"))))
 
 
 def load_grid(stage_dir: Path):
