@@ -2,9 +2,8 @@
 """The InsideOut pipeline on one object: ``python experiments/run.py --object skull``.
 
 Stages (paper Fig. 2): data → sfm → rgb → xray → fitting → internal → visual → evaluation. Each
-stage saves its output atomically under ``outputs/<object>/stages/``; ``--resume`` skips stages
-whose output exists. Stages not implemented yet in this version are listed in ``metrics.json``'s
-``notes`` and their fields are ``null``, as the output contract requires.
+stage saves its output atomically under ``outputs/<object>/stages/``; ``--resume`` skips the
+stages that finished with the same config and inputs. Contract: docs/OUTPUTS.md.
 """
 
 from __future__ import annotations

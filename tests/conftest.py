@@ -70,3 +70,31 @@ def small_object(tmp_path_factory) -> Path:
     iio.write_colmap(obj / iio.COLMAP_DIR, iio.make_colmap_model(
         names, [cams[n] for n in names], pts, np.full((len(pts), 3), 128, np.uint8)))
     return obj
+
+
+@pytest.fixture(scope="session")
+def tiny_object(tmp_path_factory) -> Path:
+    """The skull as the tiny preset makes it. No COLMAP model: the run's own SfM (pycolmap)
+    registers the photos, so the tiny preset runs end to end on its own skull, SfM included."""
+    from insideout_jax.config import preset
+    from insideout_jax.data.objects import make_skull_object
+
+    obj = tmp_path_factory.mktemp("obj") / "tiny"
+    make_skull_object(obj, preset("tiny").skull, verbose=False)
+    return obj
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_object, tmp_path_factory) -> Path:
+    """The whole pipeline through the runner on the tiny object (every stage, from files), under
+    an audit hook that logs which stage opens a file in truth/."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("run")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu", TRUTH_LOG=str(out / "truth_log.json"))
+    res = subprocess.run([sys.executable, str(REPO / "tests" / "audited_run.py"), "--object",
+                          str(tiny_object), "--config", "tiny", "--out", str(out)],
+                         capture_output=True, text=True, env=env, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out

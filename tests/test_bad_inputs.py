@@ -29,6 +29,7 @@ from experiments import run as runner  # noqa: E402
 from experiments import stack as stack_cli  # noqa: E402
 from insideout_jax.data import __main__ as data_cli  # noqa: E402
 
+
 @pytest.fixture
 def pristine(small_object) -> Path:
     """The valid small object of conftest (each case copies it before mutating)."""
@@ -189,7 +190,8 @@ RUNNER_CASES = [
      [], r"view_002\.png.*'size'.*32×32 but view_000\.png is 24×24"),
     ("stage-needs-photos", _remove(iio.IMAGES_DIR, iio.COLMAP_DIR), ["--stages", "data", "sfm", "rgb"],
      r"stage 'sfm' needs photos in rgb/images"),
-    ("stage-needs-projections", _remove(iio.PROJECTIONS_FILE, iio.GEOMETRY_FILE), ["--stages", "xray"], r"stage 'xray' needs X-ray projections"),
+    ("stage-needs-projections", _remove(iio.PROJECTIONS_FILE, iio.GEOMETRY_FILE), ["--stages", "xray"],
+     r"stage 'xray' needs X-ray projections"),
     ("stage-without-its-upstream", _noop, ["--stages", "fitting"],
      r"stage 'fitting' uses the results of stage 'rgb'.*--stages rgb fitting"),
     ("evaluation-alone", _noop, ["--stages", "evaluation"], r"stage 'evaluation' uses the results of stage 'visual'"),

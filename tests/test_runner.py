@@ -14,36 +14,15 @@ import pytest
 
 from insideout_jax import io as iio
 from insideout_jax.config import preset
-from insideout_jax.data.objects import make_skull_object, read_true_cameras, read_true_surface, true_sfm_transform
+from insideout_jax.data.objects import read_true_surface, true_sfm_transform
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = [sys.executable, str(REPO / "experiments" / "run.py")]
 
 
-@pytest.fixture(scope="module")
-def tiny_object(tmp_path_factory) -> Path:
-    """The skull as the tiny preset makes it. No COLMAP model: the run's own SfM (pycolmap)
-    registers the photos, so the tiny preset runs end to end on its own skull, SfM included."""
-    obj = tmp_path_factory.mktemp("obj") / "tiny"
-    make_skull_object(obj, preset("tiny").skull, verbose=False)
-    return obj
-
-
 def _run(args, **kw):
     env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
     return subprocess.run(RUN + args, capture_output=True, text=True, env=env, cwd=REPO, **kw)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_object, tmp_path_factory) -> Path:
-    """The whole pipeline through the runner on the tiny object (every stage, from files)."""
-    out = tmp_path_factory.mktemp("run")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu", TRUTH_LOG=str(out / "truth_log.json"))
-    res = subprocess.run([sys.executable, str(REPO / "tests" / "audited_run.py"), "--object",
-                          str(tiny_object), "--config", "tiny", "--out", str(out)],
-                         capture_output=True, text=True, env=env, cwd=REPO)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return out
 
 
 def test_only_the_evaluation_stage_reads_truth(tiny_run):

@@ -84,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # (option, attribute, smallest value): below it an object cannot be scanned, split or evaluated
-_LIMITS = (("--views", "views", 4), ("--detector", "detector", 8), ("--photos", "photos", 3), ("--photo-size", "photo_size", 16), ("--photons", "photons", 0),
+_LIMITS = (("--views", "views", 4), ("--detector", "detector", 8), ("--photos", "photos", 3),
+           ("--photo-size", "photo_size", 16), ("--photons", "photons", 0),
            ("--read-noise", "read_noise", 0))
 
 

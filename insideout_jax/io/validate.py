@@ -71,7 +71,7 @@ def validate_object(path: str | os.PathLike, *, check_photos: bool = True) -> Ob
         raise ObjectFolderError(root / IMAGES_DIR, "<file>", f"{len(names)} photo(s); at least"
                                 f" {MIN_PHOTOS} are needed (training views and held-out views)")
     if check_photos and names:
-        cams = dict(zip(obj.colmap.image_names, obj.colmap.cameras)) if obj.colmap else {}
+        cams = dict(zip(obj.colmap.image_names, obj.colmap.cameras, strict=True)) if obj.colmap else {}
         first = None
         for name in names:
             p = root / IMAGES_DIR / name

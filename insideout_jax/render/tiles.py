@@ -67,7 +67,8 @@ def raise_on_overflow(overflow, what: str, advice: str) -> None:
         f"{what} needs more than {PAIR_LIMIT:.3g} (tile, Gaussian) pairs, beyond what the int32"
         f" pair counts of the tile engine hold; nothing was rendered. {advice}")
 
-__all__ = ["PAIR_LIMIT", "PairCountOverflow", "pairs_overflow", "raise_on_overflow", "TileGrid", "make_tile_grid", "tile_rects", "depth_order", "PairLayout", "pair_layout",
+__all__ = ["PAIR_LIMIT", "PairCountOverflow", "pairs_overflow", "raise_on_overflow",
+           "TileGrid", "make_tile_grid", "tile_rects", "depth_order", "PairLayout", "pair_layout",
            "TileIntersections", "window_intersections", "intersect_tiles", "tile_ranges",
            "pairs_to_gaussians", "pixel_centers", "tiles_to_image", "image_to_tiles"]
 
