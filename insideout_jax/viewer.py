@@ -228,8 +228,7 @@ class Viewer:
 
         self.data, self.state, self._face = data, ViewState(), None
         self.server = viser.ViserServer(host=host, port=port, verbose=False)
-        self.server.gui.configure_theme(control_layout="collapsible", control_width="medium",
-                                        show_logo=False, show_share_button=False)
+        self.server.gui.configure_theme(control_width="medium", show_logo=False, show_share_button=False)
         self.server.scene.set_up_direction("+z")
         gui = self.server.gui
         with gui.add_folder("Clip plane"):
