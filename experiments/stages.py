@@ -345,20 +345,18 @@ def preflight(ctx: RunContext, wanted: list) -> None:
     use runs now or finished before in this output folder. Raises StageError saying what to do."""
     from insideout_jax.pipeline.preflight import check_object
 
-    d = ctx.object_dir
-    if not d.exists():
-        if ctx.object_name == "skull" and "data" in wanted:
-            return  # the data stage makes the built-in skull
-        raise _missing_object(ctx)
-    if not d.is_dir():
+    d, colmap = ctx.object_dir, None
+    if not d.exists() and not (ctx.object_name == "skull" and "data" in wanted):
+        raise _missing_object(ctx)  # (the data stage makes the built-in skull)
+    if d.exists() and not d.is_dir():
         raise StageError(f"{d} is a file; --object takes an object folder (rgb/, xray/, ct/)")
     try:
-        obj = check_object(d, ctx.cfg, wanted)
+        colmap = check_object(d, ctx.cfg, wanted).colmap if d.exists() else None
     except ValueError as e:  # ObjectFolderError, PipelineInputError
         raise StageError(str(e)) from e
     for stage in wanted:
         for up in STAGE_UPSTREAM[stage]:
-            if up == "data" or up in wanted or (up == "sfm" and obj.colmap is not None):
+            if up == "data" or up in wanted or (up == "sfm" and colmap is not None):
                 continue  # data: checked here; sfm: the object's own COLMAP model
             if not (ctx.resume and (ctx.out_dir / "stages" / f"{up}.done.json").is_file()):
                 raise StageError(

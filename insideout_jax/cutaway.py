@@ -19,8 +19,10 @@ Definitions (decisions the paper leaves open):
   side the face is in front of them: ``out = α·face + (1 − α)·rgb``; otherwise it is behind
   them: ``out = (rgb − T·bg) + T·(α·face + (1 − α)·bg)`` with T the splats' transmittance.
 
-Differentiable with respect to the splats (through the rasterizer, the slice renderer and the
-bilinear map); the plane grid's placement is decided on the host.
+Differentiable with respect to the model's densities, colours and opacities (through the
+rasterizer, the slice renderer and the bilinear map) when ``window`` is given. The face grid's
+placement is decided on the host from the splats' positions and scales, so those must be
+concrete (not traced).
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ def _xray_cameras(geometry, n: int = 8) -> dict:
         eye = (np.asarray(xray_source(geometry, a), np.float64) if geometry.mode == "cone"
                else dist * np.array([np.cos(a), np.sin(a), 0.0]))
         rot, t = look_at(eye, np.zeros(3))
-        scale = (dsd if geometry.mode == "cone" else 2 * dist) / np.array([du, dv])
+        scale = (dsd if geometry.mode == "cone" else dist) / np.array([du, dv])
         out[f"X-ray view {k} ({np.rad2deg(a):.0f}°)"] = make_pinhole(rot, t, scale[0], scale[1], nu / 2, nv / 2,
                                                                      nu, nv)
     return out
@@ -185,32 +185,38 @@ def _plane_on_cut(model, cut: CutPlane, size: int):
 
 
 def slice_pair(data: ViewerData, cut: CutPlane, *, size: int = 192, window=(0.05, 1.0)):
-    """(CT slice, model slice) on the cut plane as [size, size, 3] uint8 images through the same
-    window (fractions of the model's largest value; the CT side is None without a CT), and the
-    plane grid."""
+    """(CT slice, model slice) on the cut plane as [size, size, 3] uint8 images, each through the
+    window as fractions of its own volume's largest value (the model's largest peak density, the
+    CT's maximum attenuation; HU converted), so colours do not change as the plane moves; the CT
+    side is None without a CT. Also returns the plane grid."""
     from scipy import ndimage
 
+    from insideout_jax.data.ctobject import hu_to_attenuation
     from insideout_jax.render.slices import render_slice, slice_pixel_centers
     from insideout_jax.visual import as_radiative
 
     plane = _plane_on_cut(data.model, cut, size)
     model_img = np.asarray(render_slice(as_radiative(data.model), plane), np.float64)
-    top = max(model_img.max(), 1e-12)
+    act = np.asarray(data.model.splats.active)
+    top_model = float(np.exp(np.asarray(data.model.log_densities, np.float64))[act].max())
     table = colormap_table("inferno")
 
-    def colour(img):
-        r = np.clip((img / top - window[0]) / max(window[1] - window[0], 1e-6), 0, 1)
+    def colour(img, top):
+        r = np.clip((img / max(top, 1e-12) - window[0]) / max(window[1] - window[0], 1e-6), 0, 1)
         return (np.stack([np.interp(r, np.linspace(0, 1, len(table)), table[:, c]) for c in range(3)], -1)
                 * 255).astype(np.uint8)
 
     ct_img = None
     if data.ct is not None:
+        vol = np.asarray(data.ct.data, np.float64)
+        if data.ct.quantity == "HU":
+            vol = np.asarray(hu_to_attenuation(vol), np.float64)
         pts = np.asarray(slice_pixel_centers(plane), np.float64)
         idx = (pts - np.asarray(data.ct.origin_xyz)) / np.asarray(data.ct.spacing_zyx)[::-1]
-        vals = ndimage.map_coordinates(np.asarray(data.ct.data, np.float64), [idx[..., 2], idx[..., 1], idx[..., 0]],
-                                       order=1, mode="constant", cval=0.0)
-        ct_img = colour(vals)
-    return ct_img, colour(model_img), plane
+        vals = ndimage.map_coordinates(vol, [idx[..., 2], idx[..., 1], idx[..., 0]], order=1,
+                                       mode="constant", cval=0.0)
+        ct_img = colour(vals, float(vol.max()))
+    return ct_img, colour(model_img, top_model), plane
 
 
 def _wxyz(rot: np.ndarray) -> np.ndarray:
@@ -334,6 +340,9 @@ def main(argv=None) -> int:
               " through its visual stage first", file=sys.stderr)
         return 2
     obj = args.object
+    if obj is not None and not Path(obj).is_dir():
+        print(f"error: --object {obj} is not an object folder", file=sys.stderr)
+        return 2
     if obj is None:
         import json
 

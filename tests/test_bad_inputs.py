@@ -219,10 +219,19 @@ def test_the_runner_refuses_bad_input_before_any_work(pristine, tmp_path, capsys
 
 
 def test_the_pristine_object_passes_the_checks(pristine, tmp_path, capsys):
-    """The cases above fail for their mutation alone: the object they start from is accepted."""
+    """The cases above fail for their mutation alone: the object they start from passes every
+    check a whole run makes (photos decoded), and the data stage runs on it."""
+    from experiments import stages as st
+    from insideout_jax.config import preset
+
+    ctx = st.RunContext("obj", pristine, tmp_path / "o1", preset("tiny"))
+    st.preflight(ctx, list(st.STAGE_ORDER))  # raises StageError on any problem
     sys_argv = ["--object", pristine, "--config", "tiny", "--out", tmp_path / "out", "--stages", "data"]
     rc, err = _call(runner.main, sys_argv, capsys)
     assert rc == 0, err
+    rc, err = _call(runner.main, ["--object", tmp_path / "skull", "--stages", "data", "fitting", "--out",
+                                  tmp_path / "o2"], capsys)
+    assert rc == 2 and "stage 'fitting' uses the results of stage 'rgb'" in err  # checked before making it
 
 
 COMMAND_CASES = [
@@ -334,7 +343,7 @@ def test_a_full_disk_or_a_forbidden_folder_names_the_path(pristine, tmp_path, ca
     monkeypatch.setattr(runner, "atomic_write_bytes", full)
     out = tmp_path / "out"
     rc, err = _call(runner.main, ["--object", pristine, "--config", "tiny", "--out", out, "--stages", "data"], capsys)
-    assert rc == 2 and f"cannot write {out / 'config.json'}: the disk is full" in err and "Traceback" not in err
+    assert rc == 2 and f"cannot access {out / 'config.json'}: the disk is full" in err and "Traceback" not in err
 
     def forbidden(path, data):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
@@ -343,7 +352,7 @@ def test_a_full_disk_or_a_forbidden_folder_names_the_path(pristine, tmp_path, ca
     monkeypatch.setattr(st, "atomic_write_bytes", forbidden)
     rc, err = _call(runner.main, ["--object", pristine, "--config", "tiny", "--out", tmp_path / "o2",
                                   "--stages", "data"], capsys)
-    assert rc == 2 and "permission denied: choose a folder you may write" in err
+    assert rc == 2 and "permission denied: use files and folders you may read and write" in err
     assert str(tmp_path / "o2" / "stages" / "data.started.json") in err
 
     def bug(path, data):
@@ -384,5 +393,5 @@ def test_the_data_tool_names_the_path_of_a_full_disk_and_leaves_no_half_object(t
 
     monkeypatch.setattr(objects, "make_skull_object", full)
     rc, err = _call(data_cli.main, ["make", "skull", "--out", tmp_path / "obj"], capsys)
-    assert rc == 2 and "cannot write" in err and "projections.tif: the disk is full" in err
+    assert rc == 2 and "cannot access" in err and "projections.tif: the disk is full" in err
     assert "Traceback" not in err and list(tmp_path.iterdir()) == []

@@ -29,7 +29,8 @@ def test_the_state_selects_the_splats(data):
     full = visible_splats(data, ViewState())
     n = len(full["centers"])
     assert full["covariances"].shape == (n, 3, 3) and full["opacities"].shape == (n, 1)
-    assert np.all((full["opacities"] > 0) & (full["opacities"] <= 1)) and np.all((full["rgbs"] >= 0) & (full["rgbs"] <= 1))
+    assert np.all((full["opacities"] > 0) & (full["opacities"] <= 1))
+    assert np.all((full["rgbs"] >= 0) & (full["rgbs"] <= 1))
     rad_only = visible_splats(data, ViewState(show_rgb=False, show_clones=False))
     no_rgb = visible_splats(data, ViewState(show_rgb=False))
     assert len(rad_only["centers"]) < len(no_rgb["centers"]) < n

@@ -28,18 +28,18 @@ class ObjectFolderError(ValueError):
 
 
 # Errors of the machine rather than of the program, and what to do about them.
-_OS_ADVICE = {errno.ENOSPC: "the disk is full: free space there or give another --out",
-              errno.EDQUOT: "the disk quota is exhausted: free space or give another --out",
-              errno.EACCES: "permission denied: choose a folder you may write (--out)",
-              errno.EPERM: "operation not permitted: choose a folder you may write (--out)",
-              errno.EROFS: "the file system is read-only: give another --out",
-              errno.ENOTDIR: "a part of the path is a file, not a folder: give another --out",
-              errno.EEXIST: "a file is in the way: remove it or give another --out"}
+_OS_ADVICE = {errno.ENOSPC: "the disk is full: free space there or write elsewhere",
+              errno.EDQUOT: "the disk quota is exhausted: free space or write elsewhere",
+              errno.EACCES: "permission denied: use files and folders you may read and write",
+              errno.EPERM: "operation not permitted: use files and folders you may read and write",
+              errno.EROFS: "the file system is read-only: write elsewhere",
+              errno.ENOTDIR: "a part of the path is a file, not a folder",
+              errno.EEXIST: "a file is in the way: remove it or write elsewhere"}
 
 
 def os_error_message(e: OSError) -> str | None:
-    """'cannot write PATH: what to do' for a full disk, a forbidden or read-only folder or a file in
+    """'cannot access PATH: what to do' for a full disk, a forbidden or read-only folder or a file in
     the way; None for other OS errors (those are bugs and keep their traceback)."""
     if e.errno not in _OS_ADVICE:
         return None
-    return f"cannot write {e.filename or 'the output'}: {_OS_ADVICE[e.errno]}"
+    return f"cannot access {e.filename or 'a file'}: {_OS_ADVICE[e.errno]}"

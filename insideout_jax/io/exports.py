@@ -179,19 +179,25 @@ def read_gltf_splats(path: str | os.PathLike) -> dict:
     data = path.read_bytes()
     if len(data) < 20 or struct.unpack_from("<I", data, 0)[0] != 0x46546C67:
         raise ObjectFolderError(path, "<file>", "not a binary glTF (.glb)")
-    jlen, jtype = struct.unpack_from("<II", data, 12)
-    doc = json.loads(data[20:20 + jlen])
-    blen, _ = struct.unpack_from("<II", data, 20 + jlen)
-    blob = data[28 + jlen:28 + jlen + blen]
-    prim = doc["meshes"][0]["primitives"][0]
+    try:
+        jlen, _ = struct.unpack_from("<II", data, 12)
+        doc = json.loads(data[20:20 + jlen])
+        blen, _ = struct.unpack_from("<II", data, 20 + jlen)
+        blob = data[28 + jlen:28 + jlen + blen]
+        prim = doc["meshes"][0]["primitives"][0]
+    except (struct.error, ValueError, KeyError, IndexError) as e:
+        raise ObjectFolderError(path, "<file>", f"a damaged or foreign glTF ({type(e).__name__}: {e})") from None
     if "KHR_gaussian_splatting" not in prim.get("extensions", {}):
         raise ObjectFolderError(path, "KHR_gaussian_splatting", "the primitive is not a splat set")
     out = {}
     for name, k in prim["attributes"].items():
-        acc = doc["accessors"][k]
-        view = doc["bufferViews"][acc["bufferView"]]
-        width = {"SCALAR": 1, "VEC3": 3, "VEC4": 4}[acc["type"]]
-        a = np.frombuffer(blob, np.float32, acc["count"] * width, view["byteOffset"])
+        try:
+            acc = doc["accessors"][k]
+            view = doc["bufferViews"][acc["bufferView"]]
+            width = {"SCALAR": 1, "VEC3": 3, "VEC4": 4}[acc["type"]]
+            a = np.frombuffer(blob, np.float32, acc["count"] * width, view["byteOffset"])
+        except (KeyError, IndexError, ValueError) as e:
+            raise ObjectFolderError(path, name, f"unreadable accessor ({type(e).__name__}: {e})") from None
         out[name] = a.reshape(acc["count"], width)
     out["_document"] = doc
     return out

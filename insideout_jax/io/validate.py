@@ -4,7 +4,7 @@
 values, angles that look like degrees, projections that look like raw counts, shapes against the
 geometry, COLMAP images that are missing). :func:`validate_object` adds what only shows across
 files or in the pixels: every photo decodes, has 1, 3 or 4 channels and an opaque alpha, matches
-the size of its COLMAP camera (or, before SfM, the other photos); there are enough photos for a
+the size of its COLMAP camera and the other photos' size; there are enough photos for a
 held-out split; the CT volume and the projections are not empty. It never opens ``truth/`` (that
 is the evaluation's alone).
 """
@@ -78,10 +78,10 @@ def validate_object(path: str | os.PathLike, *, check_photos: bool = True) -> Ob
             img = read_image(p)  # decodes; checks depth, channels and alpha
             if name in cams:
                 check_photo_size(p, img, cams[name], root / COLMAP_DIR)
-            elif not cams:
-                first = first or (p, img.shape[:2])
-                if img.shape[:2] != first[1]:
-                    raise ObjectFolderError(p, "size", f"the photo is {img.shape[1]}×{img.shape[0]}"
-                                            f" but {first[0].name} is {first[1][1]}×{first[1][0]}:"
-                                            " SfM gives all photos one camera, so one size")
+            first = first or (p, img.shape[:2])
+            if img.shape[:2] != first[1]:
+                raise ObjectFolderError(p, "size", f"the photo is {img.shape[1]}×{img.shape[0]}"
+                                        f" but {first[0].name} is {first[1][1]}×{first[1][0]}:"
+                                        " the photos of one object are taken with one camera, so"
+                                        " one size (SfM gives them one camera)")
     return obj

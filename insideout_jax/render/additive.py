@@ -229,7 +229,7 @@ class _Enumeration(NamedTuple):
     overflow: jax.Array  # [] bool: the total reaches tiles.PAIR_LIMIT (nothing is summed: NaN)
 
 
-_NO_START = np.iinfo(np.int32).max // 2
+_NO_START = np.iinfo(np.int32).max  # padding: beyond every pair index (< tiles.PAIR_LIMIT)
 
 
 def _enumerate(boxes: jax.Array, chunk: int) -> _Enumeration:

@@ -17,7 +17,7 @@ exact, because windows are contiguous in rank, so every tile sees its Gaussians 
 
 **Pair-count bound.** Slots and offsets are int32 (XLA's fast integer width on every device). A
 pair total at or above :data:`PAIR_LIMIT` would wrap, so both tile engines (this one and the
-additive engine of :mod:`insideout_jax.render.additive`) measure the total in float32 first
+additive engine of :mod:`insideout_jax.render.additive`) check the total exactly first
 (:func:`pairs_overflow`) and, when it reaches the bound, do no work and return NaN – never a
 plausible image built from wrapped counts. The public renderers turn that into
 :class:`PairCountOverflow`, whose message says how to split the work.
@@ -43,8 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 
 PAIR_LIMIT = 2**31 - 2**28
-"""Pair totals at or above this are refused: int32 holds 2³¹ − 1, and the 2²⁸ margin covers the
-rounding of the float32 total (relative error < 2⁻³ for up to 2²¹ summands)."""
+"""Pair totals at or above this are refused: int32 holds 2³¹ − 1, and the 2²⁸ margin keeps the
+engines' window arithmetic (a window's first slot plus its capacity) inside int32."""
 
 
 class PairCountOverflow(ValueError):
@@ -53,9 +53,14 @@ class PairCountOverflow(ValueError):
 
 
 def pairs_overflow(counts: jax.Array) -> jax.Array:
-    """[] bool: the total of the per-Gaussian pair ``counts`` reaches :data:`PAIR_LIMIT` (an int32
-    prefix sum of them would wrap). Measured in float32, which cannot wrap."""
-    return jnp.sum(counts.astype(jnp.float32)) >= PAIR_LIMIT
+    """[] bool: the total of the per-Gaussian pair ``counts`` (each in [0, 2³¹)) reaches
+    :data:`PAIR_LIMIT`. Exact: their int32 running sum is non-decreasing unless it wraps, and its
+    first wrap is a step down (a true sum in [2³¹, 2³²) wraps to a negative number)."""
+    if counts.shape[0] == 0:
+        return jnp.asarray(False)
+    incl = jnp.cumsum(counts.astype(jnp.int32))
+    wrapped = (incl[0] < 0) | jnp.any(incl[1:] < incl[:-1])
+    return wrapped | (incl[-1] >= PAIR_LIMIT)
 
 
 def raise_on_overflow(overflow, what: str, advice: str) -> None:
