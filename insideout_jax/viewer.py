@@ -188,7 +188,8 @@ def slice_pair(data: ViewerData, cut: CutPlane, *, size: int = 192, window=(0.05
     """(CT slice, model slice) on the cut plane as [size, size, 3] uint8 images, each through the
     window as fractions of its own volume's largest value (the model's largest peak density, the
     CT's maximum attenuation; HU converted), so colours do not change as the plane moves; the CT
-    side is None without a CT. Also returns the plane grid."""
+    side is None without a CT. Also returns the plane grid and the model's r ∈ [0, 1] (the face's
+    opacity: air is clear)."""
     from scipy import ndimage
 
     from insideout_jax.data.ctobject import hu_to_attenuation
@@ -201,8 +202,11 @@ def slice_pair(data: ViewerData, cut: CutPlane, *, size: int = 192, window=(0.05
     top_model = float(np.exp(np.asarray(data.model.log_densities, np.float64))[act].max())
     table = colormap_table("inferno")
 
+    def ramp(img, top):
+        return np.clip((img / max(top, 1e-12) - window[0]) / max(window[1] - window[0], 1e-6), 0, 1)
+
     def colour(img, top):
-        r = np.clip((img / max(top, 1e-12) - window[0]) / max(window[1] - window[0], 1e-6), 0, 1)
+        r = ramp(img, top)
         return (np.stack([np.interp(r, np.linspace(0, 1, len(table)), table[:, c]) for c in range(3)], -1)
                 * 255).astype(np.uint8)
 
@@ -216,7 +220,7 @@ def slice_pair(data: ViewerData, cut: CutPlane, *, size: int = 192, window=(0.05
         vals = ndimage.map_coordinates(vol, [idx[..., 2], idx[..., 1], idx[..., 0]], order=1,
                                        mode="constant", cval=0.0)
         ct_img = colour(vals, float(vol.max()))
-    return ct_img, colour(model_img, top_model), plane
+    return ct_img, colour(model_img, top_model), plane, ramp(model_img, top_model)
 
 
 def _wxyz(rot: np.ndarray) -> np.ndarray:
@@ -278,10 +282,11 @@ class Viewer:
                 self._face = None
             self.slices.image = np.zeros((8, 16, 3), np.uint8)
             return
-        ct_img, model_img, plane = slice_pair(self.data, cut, window=s.window)
+        ct_img, model_img, plane, r = slice_pair(self.data, cut, window=s.window)
+        face = np.concatenate([model_img, (255 * np.clip(s.opacity * r * 4, 0, 1)).astype(np.uint8)[..., None]], -1)
         ext = np.asarray(plane.extent, np.float64)
         rot = np.stack([np.asarray(plane.e1), np.asarray(plane.e2), cut.normal], 1)
-        self._face = self.server.scene.add_image("/face", model_img[::-1], float(ext[0]), float(ext[1]), format="png",
+        self._face = self.server.scene.add_image("/face", face[::-1], float(ext[0]), float(ext[1]), format="png",
                                     wxyz=_wxyz(rot), position=np.asarray(plane.origin, np.float64))
         gap = np.full((model_img.shape[0], 4, 3), 255, np.uint8)
         self.slices.image = np.concatenate([ct_img if ct_img is not None else np.zeros_like(model_img), gap,

@@ -50,7 +50,8 @@ def test_the_state_selects_the_splats(data):
 
 def test_the_slices_at_the_plane_show_the_ct_and_the_model(data):
     cut = cut_from_state(data.model, ViewState(axis="z"))
-    ct_img, model_img, plane = slice_pair(data, cut, size=64)
+    ct_img, model_img, plane, r = slice_pair(data, cut, size=64)
+    assert r.shape == (64, 64) and r[:6, :6].max() == 0 and r[24:40, 24:40].max() > 0.5  # air is clear
     assert ct_img.shape == model_img.shape == (64, 64, 3) and ct_img.dtype == np.uint8
     # both show the object in the middle of the plane and nothing at its corners
     for img in (ct_img, model_img):

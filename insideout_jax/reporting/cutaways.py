@@ -82,7 +82,7 @@ def plot_cutaways(models: dict, path, *, size: int = 256) -> Path:
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(f"cut ⟂ {'xyz'[axis]}")
+                ax.set_title(f"cut normal to {'xyz'[axis]}")
             if c == 0:
                 ax.set_ylabel(name)
     fig.tight_layout()
