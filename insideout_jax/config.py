@@ -199,7 +199,7 @@ _CPU_INTERNAL = InternalStageConfig(
 _TINY = PipelineConfig(
     name="tiny",
     skull=SkullConfig(n_views=24, n_detector=48, volume_size=40, n_rgb_views=60, rgb_size=256),
-    rgb=RGBStageConfig(downscale=4, train=RGBTrainConfig(iterations=40, block=20, sh_degree=1, densify_from=20,
+    rgb=RGBStageConfig(downscale=4, train=RGBTrainConfig(iterations=80, block=10, sh_degree=1, densify_from=20,
                                             densify_until=20, capacity_factor=1.5,
                                             opacity_reset_every=10**6)),
     xray=XrayStageConfig(train=XrayTrainConfig(iterations=40, block=20, n_init=800,

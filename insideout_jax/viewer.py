@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -237,6 +238,7 @@ class Viewer:
         import viser
 
         self.data, self.state, self._face = data, ViewState(), None
+        self._lock = threading.Lock()  # GUI callbacks arrive on viser's threads: one refresh at a time
         self.server = viser.ViserServer(host=host, port=port, verbose=False)
         self.server.gui.configure_theme(control_width="medium", show_logo=False, show_share_button=False)
         self.server.scene.set_up_direction("+z")
@@ -272,6 +274,10 @@ class Viewer:
 
     def refresh(self) -> None:
         """Re-send the splats, the cut face and the slice images for the GUI's state."""
+        with self._lock:
+            self._refresh()
+
+    def _refresh(self) -> None:
         self.state = s = self._read_state()
         sp = visible_splats(self.data, s)
         self.server.scene.add_gaussian_splats("/model", **sp)

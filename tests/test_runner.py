@@ -48,7 +48,7 @@ def test_kill_and_resume_matches_uninterrupted(tiny_object, tiny_run, tmp_path, 
     ckpt = out / "stages" / "rgb_train.npz"
     t0 = time.time()
     while not ckpt.exists() and proc.poll() is None and time.time() - t0 < 300:
-        time.sleep(0.05)
+        time.sleep(0.01)
     assert proc.poll() is None, "the run finished before it could be killed"
     os.kill(proc.pid, sig)  # mid-training: one block done, the next one running
     proc.wait()
