@@ -91,7 +91,7 @@ def _fail(message: str, exc: BaseException | None, debug: bool) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     try:
         return _main(args)
     except OSError as e:
@@ -100,7 +100,8 @@ def main(argv=None) -> int:
             raise  # not the machine's: a bug, with its traceback
         return _fail(f"{message}. Finished stages are kept; continue with --resume.", e, args.debug)
     finally:
-        signal.signal(signal.SIGTERM, previous)  # for callers of main() in-process
+        signal.signal(signal.SIGTERM, previous[0])  # for callers of main() in-process
+        signal.signal(signal.SIGINT, previous[1])
 
 
 def _main(args) -> int:
@@ -125,6 +126,7 @@ def _main(args) -> int:
     atomic_write_bytes(out / "config.json", config_to_json(cfg).encode())
     print(f"insideout: object '{obj_name}' ({obj_dir}), config '{cfg.name}', output {out}")
     signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop: as Ctrl-C
+    signal.signal(signal.SIGINT, _interrupt)  # also where a parent shell left SIGINT ignored
     for name in wanted:
         t0 = time.perf_counter()
         try:
