@@ -38,7 +38,8 @@ from insideout_jax.render.rgb import RasterConfig, render_rgb
 from insideout_jax.render.slices import SlicePlane, make_slice_plane, render_slice
 from insideout_jax.visual import UnifiedModel, as_radiative
 
-__all__ = ["CutPlane", "CutawayRender", "make_cut_plane", "colormap_table", "render_cutaway",
+__all__ = ["CutPlane", "CutawayRender", "make_cut_plane", "colormap_table", "colormap_rgb",
+           "camera_centre", "render_cutaway",
            "face_grid", "ray_plane_points", "composite_cutaway", "kept_model"]
 
 
@@ -80,6 +81,19 @@ def colormap_table(name: str = "inferno", n: int = 256) -> np.ndarray:
     return np.asarray(colormaps[name](np.linspace(0.0, 1.0, n))[:, :3], np.float32)
 
 
+def colormap_rgb(r: np.ndarray, name: str = "inferno") -> np.ndarray:
+    """[..., 3] float64 colours of r ∈ [0, 1] on a matplotlib colour map (linear between entries)."""
+    table = colormap_table(name)
+    x = np.linspace(0.0, 1.0, len(table))
+    return np.stack([np.interp(r, x, table[:, c]) for c in range(3)], -1)
+
+
+def camera_centre(camera: PinholeCamera) -> np.ndarray:
+    """[3] float64 camera centre −Rᵀt on the host (``cameras.camera_center`` is its float32,
+    traceable twin)."""
+    return -np.asarray(camera.rotation, np.float64).T @ np.asarray(camera.translation, np.float64)
+
+
 def kept_model(model: UnifiedModel, cut: CutPlane) -> UnifiedModel:
     """The model with every splat whose centre is on the cut side made inactive."""
     side = (jnp.asarray(model.splats.means) - jnp.asarray(cut.point, jnp.float32)) @ jnp.asarray(
@@ -91,7 +105,7 @@ def ray_plane_points(camera: PinholeCamera, cut: CutPlane) -> tuple[np.ndarray, 
     """([H, W, 3] float64 points where the pixel-centre rays meet the plane, [H, W] bool: met in
     front of the camera). Host side."""
     r = np.asarray(camera.rotation, np.float64)
-    c = -r.T @ np.asarray(camera.translation, np.float64)
+    c = camera_centre(camera)
     u = np.arange(camera.width) + 0.5
     v = np.arange(camera.height) + 0.5
     uu, vv = np.meshgrid(u, v)
@@ -213,8 +227,7 @@ def render_cutaway(model: UnifiedModel, camera: PinholeCamera, cut: CutPlane, *,
     table = jnp.asarray(colormap_table(colormap))
     face_rgb = _bilinear_table(table, r)
     alpha = face_opacity * r
-    cam_side = float((-np.asarray(camera.rotation, np.float64).T @ np.asarray(camera.translation, np.float64)
-                      - cut.point) @ cut.normal) > 0
+    cam_side = float((camera_centre(camera) - cut.point) @ cut.normal) > 0
     color = composite_cutaway(rgb.color, rgb.alpha, face_rgb, alpha, bg, cam_side)
     return CutawayRender(color, alpha, rho, (lo, hi))
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from insideout_jax.cutaway import CutPlane, colormap_table, make_cut_plane
+from insideout_jax.cutaway import CutPlane, camera_centre, colormap_rgb, make_cut_plane
 
 __all__ = ["ViewerData", "ViewState", "load_run", "visible_splats", "cut_from_state", "slice_pair",
            "Viewer", "main"]
@@ -148,8 +148,7 @@ def visible_splats(data: ViewerData, state: ViewState) -> dict:
         top = rho[rad].max()
         lo, hi = state.window
         r = np.clip((rho[rad] / top - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
-        table = colormap_table("inferno")
-        rgb = np.stack([np.interp(r, np.linspace(0, 1, len(table)), table[:, c]) for c in range(3)], -1)
+        rgb = colormap_rgb(r)
         parts.append((m.splats, rad, rgb, state.opacity * r))
     for show, splats, mask in ((state.show_clones, m.splats, act & ~np.asarray(m.radiative)),
                                (state.show_rgb, data.rgb, None)):
@@ -201,15 +200,12 @@ def slice_pair(data: ViewerData, cut: CutPlane, *, size: int = 192, window=(0.05
     model_img = np.asarray(render_slice(as_radiative(data.model), plane), np.float64)
     act = np.asarray(data.model.splats.active)
     top_model = float(np.exp(np.asarray(data.model.log_densities, np.float64))[act].max())
-    table = colormap_table("inferno")
-
     def ramp(img, top):
         return np.clip((img / max(top, 1e-12) - window[0]) / max(window[1] - window[0], 1e-6), 0, 1)
 
     def colour(img, top):
         r = ramp(img, top)
-        return (np.stack([np.interp(r, np.linspace(0, 1, len(table)), table[:, c]) for c in range(3)], -1)
-                * 255).astype(np.uint8)
+        return (colormap_rgb(r) * 255).astype(np.uint8)
 
     ct_img = None
     if data.ct is not None:
@@ -310,7 +306,7 @@ class Viewer:
         if cam is None:
             return
         r = np.asarray(cam.rotation, np.float64)
-        eye = -r.T @ np.asarray(cam.translation, np.float64)
+        eye = camera_centre(cam)
         centre, _ = _extent(self.data.model)
         for client in self.server.get_clients().values():
             client.camera.up_direction = tuple(-r[1])  # image y is down

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from insideout_jax.cameras import look_at, make_pinhole
-from insideout_jax.cutaway import make_cut_plane, render_cutaway
+from insideout_jax.cutaway import camera_centre, make_cut_plane, render_cutaway
 from insideout_jax.visual import UnifiedModel
 
 __all__ = ["opacity_model", "view_cameras", "plot_cutaways", "write_turntable"]
@@ -53,7 +53,7 @@ def view_cameras(model: UnifiedModel, n: int, *, size: int, elevation_deg: float
 
 def _toward(camera, centre, axis=None) -> np.ndarray:
     """Cut normal: ``axis`` (±, whichever faces the camera) or the horizontal direction to it."""
-    eye = -np.asarray(camera.rotation, np.float64).T @ np.asarray(camera.translation, np.float64)
+    eye = camera_centre(camera)
     d = eye - centre
     if axis is None:
         d[2] = 0.0
