@@ -236,10 +236,12 @@ def stage_xray(ctx: RunContext) -> None:
         raise StageError(f"{ctx.object_dir}: no X-ray projections ({iio.PROJECTIONS_FILE})")
     print(f"[xray] {obj.geometry.n_views} projections (every"
           f" {ctx.cfg.xray.train.holdout_every}th held out), {ctx.cfg.xray.train.iterations} iterations")
-    res = pl.train_xray_stage(obj.projections, obj.geometry, ctx.cfg.xray,
-                              checkpoint_path=ctx.stage_dir / CHECKPOINTS["xray"][0], progress=True)
+    ck = [ctx.stage_dir / f for f in CHECKPOINTS["xray"]]
+    res = pl.train_xray_stage(obj.projections, obj.geometry, ctx.cfg.xray, checkpoint_path=ck[0],
+                              xgaussian_checkpoint_path=ck[1], progress=True)
     ctx.record(res)
-    print(f"[xray] held-out projections: {_fmt(res.metrics['heldout_views']['xray'])}")
+    print("[xray] held-out projections: " + "; ".join(f"{k} {_fmt(v)}" for k, v in
+                                                      res.metrics["heldout_views"].items()))
 
 
 def stage_fitting(ctx: RunContext) -> None:
@@ -289,7 +291,8 @@ def stage_evaluation(ctx: RunContext) -> None:
                       rgb_internal=ctx.splats("rgb_internal"), rad0=ctx.splats("xray_splats"),
                       rad_internal=ctx.splats("xray_internal"), unified_density=density, grid=grid,
                       ct_volume=ctx.ct, cfg=ctx.cfg, truth=truth(ctx),
-                      fit_levels=store.load_fit_levels(ctx.stage_dir), projections=proj, geometry=geom)
+                      fit_levels=store.load_fit_levels(ctx.stage_dir), projections=proj, geometry=geom,
+                      xgaussian=store.load_xgaussian(ctx.stage_dir))
     ctx.record(res)
     m = res.metrics
     print("[evaluation] cross-sections (held-out, vs CT): " + ", ".join(
@@ -297,8 +300,7 @@ def stage_evaluation(ctx: RunContext) -> None:
     print(f"[evaluation] Chamfer (HPR) mm: {m['chamfer_mm']}")
     for kind, e in m.get("alignment", {}).items():
         print(f"[evaluation] alignment, {kind} level vs the true transform: {_fmt(e)}")
-    for name, v in m.get("volume", {}).items():
-        print(f"[evaluation] volume {name}: {_fmt(v)}")
+    print("".join(f"[evaluation] volume {name}: {_fmt(v)}\n" for name, v in m.get("volume", {}).items()), end="")
     figs, fd = ctx.out_dir / "figures", res.figure_data
     ctx.figures = {
         "cross_sections": rp.plot_cross_sections(*fd["cross_sections"], figs / "cross_sections.png"),
@@ -315,10 +317,8 @@ def stage_evaluation(ctx: RunContext) -> None:
 
 
 STAGES: dict[str, Callable[[RunContext], None]] = {
-    "data": stage_data, "sfm": stage_sfm, "rgb": stage_rgb, "xray": stage_xray,
-    "fitting": stage_fitting, "internal": stage_internal, "visual": stage_visual,
-    "evaluation": stage_evaluation,
-}
+    "data": stage_data, "sfm": stage_sfm, "rgb": stage_rgb, "xray": stage_xray, "fitting": stage_fitting,
+    "internal": stage_internal, "visual": stage_visual, "evaluation": stage_evaluation}
 
 
 # What each stage reads from the object folder, and which stages' results it uses: a stage's
@@ -390,7 +390,7 @@ def fingerprint(ctx: RunContext, name: str) -> dict:
     return dict(fp, all=_digest(*fp.values()))
 
 
-CHECKPOINTS = {"rgb": ("rgb_train.npz",), "xray": ("xray_train.npz",),
+CHECKPOINTS = {"rgb": ("rgb_train.npz",), "xray": ("xray_train.npz", "xgaussian_train.npz"),
                "internal": ("internal_rad.npz", "internal_rgb.npz")}
 _WHY = {"config": "the config changed", "inputs": "its input files changed",
         "upstream": "a stage it uses was re-run"}

@@ -14,6 +14,7 @@ import json
 from insideout_jax.internal.train import InternalConfig
 from insideout_jax.train.densify import DensifyConfig
 from insideout_jax.train.rgb import RGBTrainConfig
+from insideout_jax.train.xgaussian import XGaussianConfig
 from insideout_jax.train.xray import XrayTrainConfig
 
 __all__ = ["SkullConfig", "SfMConfig", "RGBStageConfig", "XrayStageConfig", "FittingStageConfig",
@@ -86,10 +87,13 @@ class XrayStageConfig:
     Attributes:
       train: radiative training constants.
       fdk_size: voxels per side of the FDK / voxelized comparison volumes.
+      xgaussian: the X-Gaussian baseline trained on the same projections (None: not trained; the
+        cross-section tables then have no X-Gaussian row). Cone beam only.
     """
 
     train: XrayTrainConfig = XrayTrainConfig()
     fdk_size: int = 128
+    xgaussian: XGaussianConfig | None = XGaussianConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +178,13 @@ _CPU_XRAY = XrayTrainConfig(iterations=2000, block=100, n_init=10_000, densify_f
                             densify=DensifyConfig(grad_threshold=5e-6, percent_dense=0.01,
                                                   min_density=1e-6, min_density_fraction=0.01,
                                                   max_scale_fraction=0.2))
+# X-Gaussian baseline: the radiative model's schedule (iterations, densification window, ACUI
+# count), so the two stage-1b models differ in their renderer only; 3DGS's other constants.
+_CPU_XGAUSSIAN = XGaussianConfig(
+    train=dataclasses.replace(_CPU_RGB, iterations=_CPU_XRAY.iterations, sh_degree=0,
+                              densify_until=_CPU_XRAY.densify_until,
+                              position_lr_steps=_CPU_XRAY.iterations),
+    n_init=_CPU_XRAY.n_init)
 # Internal rendering on a CPU runs 20-60× fewer iterations than the paper's 20k, so it keeps stage
 # 1's per-field rates (at 5e-4 the splats barely move in 600 steps: +0.35 dB) and keeps stage 1's
 # view loss on: projections (radiative: weight 3 on every 2nd step) and photos (RGB: weight 5;
@@ -203,7 +214,10 @@ _TINY = PipelineConfig(
                                             densify_until=20, capacity_factor=1.5,
                                             opacity_reset_every=10**6)),
     xray=XrayStageConfig(train=XrayTrainConfig(iterations=40, block=20, n_init=800,
-                                               densify_from=20, densify_until=20), fdk_size=24),
+                                               densify_from=20, densify_until=20), fdk_size=24,
+                         xgaussian=XGaussianConfig(train=RGBTrainConfig(
+                             iterations=40, block=20, sh_degree=0, densify_from=20, densify_until=20,
+                             capacity_factor=1.5, opacity_reset_every=10**6), n_init=800)),
     fitting=FittingStageConfig(schedule=(0.1, 1.0)),
     internal=InternalStageConfig(resolution=32, eval_resolution=32, rad=InternalConfig(iterations=20, block=10),
                                  rgb=InternalConfig(iterations=20, block=10, projection_weight=0.0)),
@@ -212,7 +226,7 @@ _TINY = PipelineConfig(
 PRESETS = {
     "tiny": _TINY,
     "cpu": PipelineConfig(name="cpu", rgb=RGBStageConfig(downscale=2, train=_CPU_RGB),
-                          xray=XrayStageConfig(train=_CPU_XRAY, fdk_size=128),
+                          xray=XrayStageConfig(train=_CPU_XRAY, fdk_size=128, xgaussian=_CPU_XGAUSSIAN),
                           internal=_CPU_INTERNAL),
     "paper": PipelineConfig(name="paper", skull=SkullConfig(volume_size=256, n_rgb_views=120),
                             xray=XrayStageConfig(fdk_size=256)),

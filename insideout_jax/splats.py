@@ -147,8 +147,9 @@ class RadSplats:
       log_scales: [C, 3] float32 log standard deviations (log mm).
       quats: [C, 4] float32 rotations (w, x, y, z).
       log_densities: [C] float32; peak density ρ = exp(log_densities), attenuation per mm.
-      opacity_logits: [C] float32; opacity for the alpha-composited X-Gaussian parity mode.
-      features: [C, F] float32 radiative feature vector (X-Gaussian); F may be 1.
+      opacity_logits: [C] float32; an opacity, kept for alpha-composited views and importers of
+        X-Gaussian-style files (the density renderers do not read it).
+      features: [C, F] float32 radiative feature vector (X-Gaussian-style files); F may be 1.
       colors: [C, 3] float32 RGB in [0, 1], filled by visual alignment (zeros before).
       active: [C] bool.
     """
@@ -290,7 +291,7 @@ def rad_splats_from_points(points: ArrayLike, densities: ArrayLike | float = 0.0
       densities: [N] or scalar peak densities ρ > 0 (1/mm).
       capacity: C ≥ N slots.
       log_scales: [N, 3] (default: :func:`knn_log_scales`).
-      opacity: initial opacity of the parity mode.
+      opacity: initial opacity (``opacity_logits``).
       num_features: F, length of the X-Gaussian feature vector (initialised to ρ).
 
     Returns:

@@ -26,8 +26,21 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 NO_GPU = "no GPU: run `pytest -m gpu` on a GPU machine (see README, GPU)"
 
 
+# The suite runs on every core (pytest-xdist, ``-n auto`` in pyproject.toml): on a GPU machine,
+# worker processes must not each reserve most of the GPU's memory.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+_SHARED_RUNS = ("tiny_object", "tiny_run")
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Skip the tests marked ``gpu`` unless JAX's default back end is a GPU."""
+    """Keep the tests that use the session's tiny run on one worker (``--dist loadgroup``: the
+    fixture is made once, not once per worker), and skip the tests marked ``gpu`` unless JAX's
+    default back end is a GPU."""
+    for item in items:
+        if any(f in getattr(item, "fixturenames", ()) for f in _SHARED_RUNS):
+            item.add_marker(pytest.mark.xdist_group("tiny_run"))
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if not gpu_items:
         return

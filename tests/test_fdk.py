@@ -56,3 +56,26 @@ def test_fdk_rejects_wrong_projection_shape():
                                 angles=np.linspace(0, np.pi, 4))
     with pytest.raises(ValueError, match=r"projections must have shape \[V=4, 8, 8\]"):
         fdk(np.zeros((3, 8, 8)), geom, (4, 4, 4), (1, 1, 1), (0, 0, 0))
+
+
+def test_fdk_initialisation_puts_the_ball_mass_inside_the_ball():
+    """R²-Gaussian-style initialisation: centres where the FDK is dense, and the splats' masses
+    ρ·(2π)^{3/2}·σ³ add up to the ball's mass (4/3)πr³ρ (closed form)."""
+    import jax
+
+    from insideout_jax.train.xray import fdk_init, scan_cuboid
+
+    geom = C.make_xray_geometry(mode="cone", n_detector=(64, 64), d_detector=(1.5, 1.5),
+                                angles=np.linspace(0, 2 * np.pi, 90, endpoint=False), dso=500.0, dsd=750.0)
+    centre, radius, rho = np.array([4.0, -6.0, 2.0]), 18.0, 0.02
+    lo, hi = scan_cuboid(geom)
+    pts, log_scales, dens = fdk_init(_ball_projections(geom, centre, radius, rho), geom,
+                                     jax.random.key(0), lo, hi, 3000, threshold=0.5, grid=48)
+    chex.assert_shape((pts, log_scales, dens), ((3000, 3), (3000, 3), (3000,)))
+    voxel = float(np.max((hi - lo) / 48))
+    assert np.linalg.norm(pts - centre, axis=1).max() < radius + voxel
+    mass = dens * (2 * np.pi) ** 1.5 * np.exp(3 * log_scales[:, 0].astype(np.float64))
+    assert mass.sum() == pytest.approx(4 / 3 * np.pi * radius**3 * rho, rel=0.05)
+    with pytest.raises(ValueError, match="no voxel above"):
+        fdk_init(np.zeros((90, 64, 64), np.float32), geom, jax.random.key(0), lo, hi, 10,
+                 threshold=0.5, grid=16)

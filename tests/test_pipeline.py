@@ -204,7 +204,7 @@ def test_the_piqe_note_reads_the_scores_it_cites():
     rng = np.random.default_rng(0)
     refs = np.stack([np.kron(rng.random((8, 8)), np.ones((16, 16))) for _ in range(2)]).astype(np.float32)
     ref = float(np.mean([piqe_slice(r) for r in refs]))
-    cross = lambda a, b: {"xgaussian": {"heldout": {"piqe": a}}, "insideout": {"heldout": {"piqe": b}}}  # noqa: E731
+    cross = lambda a, b: {"radiative": {"heldout": {"piqe": a}}, "insideout": {"heldout": {"piqe": b}}}  # noqa: E731
     assert "worse than both" in _reference_piqe_note(refs, cross(ref - 5, ref - 1))
     assert "better than both" in _reference_piqe_note(refs, cross(ref + 5, ref + 1))
     assert "between" in _reference_piqe_note(refs, cross(ref - 5, ref + 1))

@@ -20,9 +20,12 @@ def _skeleton():
     return m
 
 
-def _filled(psnr=(15.0, 19.0, 20.5), chamfer=(700.0, 9.0, 7.0)):
+METHODS = ("3dgs", "xgaussian", "radiative", "insideout")  # the expected order, worst first
+
+
+def _filled(psnr=(15.0, 17.0, 19.0, 20.5), chamfer=(700.0, 9.0, 7.0)):
     m = _skeleton()
-    for i, meth in enumerate(("3dgs", "xgaussian", "insideout")):
+    for i, meth in enumerate(METHODS):
         for split, off in (("train", 0.5), ("heldout", 0.0)):
             m["cross_sections"][meth][split] = {
                 "psnr": psnr[i] + off, "ssim": 0.6 + 0.01 * i, "piqe": 40.0 - 5 * i,
@@ -58,8 +61,11 @@ def test_report_with_all_nulls_renders_every_table(tmp_path):
 
 def test_report_trends_hold(tmp_path):
     text = rp.write_report(_filled(), {}, tmp_path).read_text()
-    assert "holds on held-out slices (20.50 ≥ 19.00 ≥ 15.00 dB)" in text
-    assert "holds on training slices (21.00 ≥ 19.50 ≥ 15.50 dB)" in text
+    chain = "InsideOut ≥ radiative (stage 1) ≥ X-Gaussian ≥ 3DGS holds"
+    assert f"PSNR on held-out slices vs the CT: {chain} (20.50 ≥ 19.00 ≥ 17.00 ≥ 15.00)." in text
+    assert f"PSNR on training slices vs the CT: {chain} (21.00 ≥ 19.50 ≥ 17.50 ≥ 15.50)." in text
+    assert f"SSIM on held-out slices vs the CT: {chain} (0.630 ≥ 0.620 ≥ 0.610 ≥ 0.600)." in text
+    assert "On held-out slices, InsideOut − X-Gaussian = +3.50 dB PSNR vs the CT" in text
     assert "Chamfer trend (falling across the ablation) holds: 700.000 → 9.000 → 7.000 mm" in text
     assert "does **not**" not in text
     assert "drops by 75.0%" in text and "within 1 dB" in text
@@ -70,24 +76,29 @@ def test_report_trends_hold(tmp_path):
 
 def test_report_shows_the_truth_referenced_cross_sections(tmp_path):
     m = _filled()
-    for i, meth in enumerate(("3dgs", "xgaussian", "insideout")):
+    for i, meth in enumerate(METHODS):
         for split in ("train", "heldout"):
             m["cross_sections"][meth][split]["vs_truth"] = {"psnr": 16.0 + i + (split == "train"),
                                                             "ssim": 0.5 + 0.1 * i}
     m["densify_skipped"] = {"rgb": 0, "xray": 3, "internal_rad": 0, "internal_rgb": 0}
     text = rp.write_report(m, {}, tmp_path).read_text()
     assert "Reference: the CT" in text
-    assert "| InsideOut | 19.00 | 0.700 | 18.00 | 0.700 |" in text
+    assert "| InsideOut | 20.00 | 0.800 | 19.00 | 0.800 |" in text
+    assert "PSNR on held-out slices vs the truth: InsideOut ≥ radiative (stage 1) ≥ X-Gaussian ≥ 3DGS holds" in text
     assert "| 3DGS | 17.00 | 0.500 | 16.00 | 0.500 |" in text
     assert "left out at the capacity cap: rgb 0, xray 3" in text and "raise the cap" in text
 
 
 def test_report_trends_broken_are_said_in_words(tmp_path):
-    m = _filled(psnr=(15.0, 19.0, 18.0), chamfer=(700.0, 9.0, 9.5))
+    m = _filled(psnr=(15.0, 19.0, 18.5, 18.0), chamfer=(700.0, 9.0, 9.5))
     m["internal_noise"] = {"before": 0.2, "after": 0.15}
+    m["cross_sections"]["xgaussian"]["train"]["psnr"] = None  # a missing row is named, not guessed
     text = rp.write_report(m, {}, tmp_path).read_text()
-    assert ("trend InsideOut ≥ X-Gaussian ≥ 3DGS does **not** hold on held-out slices: "
-            "InsideOut 18.00 dB < X-Gaussian 19.00 dB") in text
+    assert ("PSNR on held-out slices vs the CT: InsideOut ≥ radiative (stage 1) ≥ X-Gaussian ≥ 3DGS"
+            " does **not** hold: InsideOut 18.00 < radiative (stage 1) 18.50; radiative (stage 1)"
+            " 18.50 < X-Gaussian 19.00. See the notes") in text
+    assert ("PSNR on training slices vs the CT: InsideOut ≥ radiative (stage 1) ≥ 3DGS does **not**"
+            " hold: InsideOut 18.50 < radiative (stage 1) 19.00 (X-Gaussian: no value).") in text
     assert "InsideOut − X-Gaussian = -1.00 dB" in text
     assert ("does **not** hold: internal rendering 9.500 mm ≥ hierarchical alignment 9.000 mm"
             in text)

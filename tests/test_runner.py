@@ -75,11 +75,13 @@ def test_whole_pipeline_fills_the_metrics(tiny_object, tiny_run):
         assert secs is not None and secs >= 0, stage
     assert m["heldout_views"]["rgb"]["psnr"] is not None
     assert m["heldout_views"]["xray"]["psnr"] is not None
+    assert m["heldout_views"]["xgaussian"]["psnr"] is not None
     assert m["heldout_views"]["unified_rgb"]["psnr"] is not None
     assert m["alignment"]["global"]["rot_deg"] is not None
     assert all(isinstance(v, int) and v >= 0 for v in m["densify_skipped"].values()), m["densify_skipped"]
-    for meth in ("3dgs", "xgaussian", "insideout"):  # scored against the CT and against the truth
+    for meth in ("3dgs", "xgaussian", "radiative", "insideout"):  # vs the CT and vs the truth
         assert m["cross_sections"][meth]["heldout"]["psnr"] is not None
+        assert m["cross_sections"][meth]["heldout"]["vs_ct"]["psnr"] == m["cross_sections"][meth]["heldout"]["psnr"]
         assert m["cross_sections"][meth]["heldout"]["vs_truth"]["psnr"] is not None
     for name in ("report.md", "unified.ply", "unified.glb", "volume.tif", "volume.nii.gz", "volume.nrrd",
                  "mesh.ply", "mesh.obj", "stages/rgb_splats.ply", "figures/cutaways.png",

@@ -20,6 +20,7 @@ from insideout_jax.pipeline.results import (
     RGBResult,
     Truth,
     VisualResult,
+    XGaussianModel,
     XrayResult,
     empty_metrics,
     finite_metrics,
@@ -36,7 +37,7 @@ from insideout_jax.pipeline.stages import (
 )
 
 __all__ = ["STAGE_ORDER", "EvaluationResult", "FitResult", "FusedResult", "InternalResult",
-           "PipelineInputError", "RGBResult", "Truth", "VisualResult", "XrayResult",
+           "PipelineInputError", "RGBResult", "Truth", "VisualResult", "XGaussianModel", "XrayResult",
            "empty_metrics", "evaluate", "finite_metrics", "fit_stage", "fuse", "internal_stage",
            "merge_metrics", "non_finite_note", "reconstruct_ct", "seeded_config", "train_rgb_stage",
            "train_xray_stage", "visual_stage"]

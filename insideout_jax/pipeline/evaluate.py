@@ -2,7 +2,7 @@
 noise, the unified volume against the truth, and the notes that tell how to read them.
 
 References (EVALUATION.md): cross-sections are scored against the CT the method was trained
-on (its training and held-out positions; the top-level fields, "vs CT" as in the paper) and, for
+on (its training and held-out positions; ``vs_ct``, also the top-level fields, as in the paper) and, for
 generated objects, against the exact volume at the same positions (``vs_truth``); the volumes,
 the alignment and the internal noise against the object's ``truth/`` (absent for real data:
 those fields stay null and a note says so).
@@ -14,7 +14,7 @@ import numpy as np
 
 from insideout_jax import evaluation as ev
 from insideout_jax.pipeline import geometry as pg
-from insideout_jax.pipeline.results import EvaluationResult, Truth
+from insideout_jax.pipeline.results import EvaluationResult, Truth, XGaussianModel
 
 __all__ = ["CHAMFER_NOTE", "PIQE_NOTE", "alignment_scores", "evaluate"]
 
@@ -76,7 +76,7 @@ def _reference_piqe_note(refs, cross: dict) -> str | None:
     if not scores:
         return None
     ref = float(np.mean(scores))
-    xg, io = (float(cross[m]["heldout"]["piqe"]) for m in ("xgaussian", "insideout"))
+    xg, io = (float(cross[m]["heldout"]["piqe"]) for m in ("radiative", "insideout"))
     if ref >= max(xg, io):
         reading = ("the reference scores worse than both renderings, so here a lower PIQE does not "
                    "mean closer to the CT: read PSNR and SSIM")
@@ -104,7 +104,7 @@ def alignment_scores(levels, truth_transform, centre) -> dict:
 
 def evaluate(*, rgb0, rgb_aligned, rgb_internal, rad0, rad_internal, unified_density, grid,
              ct_volume, cfg, truth: Truth | None = None, fit_levels=None, projections=None,
-             geometry=None) -> EvaluationResult:
+             geometry=None, xgaussian: XGaussianModel | None = None) -> EvaluationResult:
     """Score the methods and collect what the figures show. The only stage that sees ``truth``.
 
     Args:
@@ -119,16 +119,23 @@ def evaluate(*, rgb0, rgb_aligned, rgb_internal, rad0, rad_internal, unified_den
         the alignment errors against ``truth.transform``.
       projections, geometry: the *training* projections, for FDK in the volume comparison
         (``volume.fdk`` / ``volume.radiative``, against the truth, else against the CT).
+      xgaussian: the X-Gaussian baseline (stage 1b); its cross-sections are cut from its density
+        view (:func:`insideout_jax.render.xgaussian.density_view`). None: no X-Gaussian row.
     """
     from insideout_jax.render.slices import voxelize
+    from insideout_jax.render.xgaussian import density_view
     from insideout_jax.visual import as_radiative, unify
 
     truth = truth or Truth()
     unified = as_radiative(unify(rad_internal, rgb_internal, percentile=cfg.visual.clone_percentile))
-    methods = {"3dgs": rgb_aligned, "xgaussian": rad0, "insideout": unified}
+    methods = {"3dgs": rgb_aligned, "radiative": rad0, "insideout": unified}
+    notes, rows = [], {}
+    if xgaussian is not None:
+        methods["xgaussian"] = density_view(xgaussian.splats, xgaussian.scale)
+    else:
+        notes.append("no X-Gaussian baseline was trained (config or a parallel beam): its rows are null")
     ref_range = (float(np.min(ct_volume.data)), float(np.max(ct_volume.data)))
     cross = {name: {} for name in methods}
-    notes, rows = [], {}
     for split, heldout in (("train", False), ("heldout", True)):
         slices, _, refs = pg.slice_set(ct_volume, cfg.internal, heldout=heldout,
                                        resolution=cfg.internal.eval_resolution)
@@ -140,6 +147,7 @@ def evaluate(*, rgb0, rgb_aligned, rgb_internal, rad0, rad_internal, unified_den
             cross[name][split] = ev.to_json_ready(
                 {k: m[k] for k in ("psnr", "ssim", "piqe", "psnr_affine", "ssim_padded", "axial",
                                    "coronal")})
+            cross[name][split]["vs_ct"] = {k: cross[name][split][k] for k in ("psnr", "ssim", "piqe")}
             if refs_true is not None:  # the same renders against the exact volume
                 t = ev.slice_metrics(preds, refs_true, kinds, ref_range=(
                     float(np.min(truth.volume.data)), float(np.max(truth.volume.data))))
@@ -179,9 +187,12 @@ def evaluate(*, rgb0, rgb_aligned, rgb_internal, rad0, rad_internal, unified_den
         verts, faces, _ = ev.density_mesh(v, (sp_v,) * 3, org)
         meshes[name] = (verts, faces)
     metrics["volume"] = {}
+    ct_ref = pg.resample_to(np.asarray(ct_volume.data), ct_volume, grid)
+    vs_ct = ev.to_json_ready(ev.volume_metrics(vols["insideout"], ct_ref))
     if truth.volume is not None:
         ref = pg.resample_to(np.asarray(truth.volume.data), truth.volume, grid)
         metrics["volume"]["insideout"] = ev.to_json_ready(ev.volume_metrics(vols["insideout"], ref))
+        metrics["volume"]["insideout"]["vs_ct"] = vs_ct
 
     act = lambda sp: np.asarray(sp.means)[np.asarray(sp.active)]  # noqa: E731
     if truth.transform is not None and fit_levels:
@@ -194,11 +205,13 @@ def evaluate(*, rgb0, rgb_aligned, rgb_internal, rad0, rad_internal, unified_den
     if projections is not None and geometry is not None:
         from insideout_jax.pipeline.stages import volume_scores
 
-        volumes, scores = volume_scores(projections, geometry, rad0, reference, cfg.xray.fdk_size)
+        volumes, scores = volume_scores(projections, geometry, rad0, reference, cfg.xray.fdk_size,
+                                        ct_volume=ct_volume)
         metrics["volume"].update(scores)
     figure_data = {
         "cross_sections": ({"CT reference": rows["_ref"], "3DGS": rows["3dgs"],
-                            "X-Gaussian": rows["xgaussian"], "InsideOut": rows["insideout"]},
+                            **({"X-Gaussian": rows["xgaussian"]} if "xgaussian" in rows else {}),
+                            "radiative (stage 1)": rows["radiative"], "InsideOut": rows["insideout"]},
                            rows["_labels"]),
         "alignment": (act(rgb0), act(rgb_aligned), act(rad0)),
         "normals": {"radiative": meshes["radiative"], "InsideOut": meshes["insideout"]},

@@ -37,9 +37,11 @@ def seeded_config(cfg: PipelineConfig, key) -> PipelineConfig:
 
     seeds = [int(s) for s in np.asarray(jax.random.randint(key, (5,), 0, 2**31 - 1))]
     r = dataclasses.replace
+    xg = cfg.xray.xgaussian  # the radiative seed: both draw the same ACUI centres
+    xg = xg if xg is None else r(xg, train=r(xg.train, seed=seeds[1]))
     return r(cfg,
              rgb=r(cfg.rgb, train=r(cfg.rgb.train, seed=seeds[0])),
-             xray=r(cfg.xray, train=r(cfg.xray.train, seed=seeds[1])),
+             xray=r(cfg.xray, train=r(cfg.xray.train, seed=seeds[1]), xgaussian=xg),
              fitting=r(cfg.fitting, seed=seeds[2]),
              internal=r(cfg.internal, rad=r(cfg.internal.rad, seed=seeds[3]),
                         rgb=r(cfg.internal.rgb, seed=seeds[4])))
@@ -96,7 +98,7 @@ def fuse(photos: np.ndarray, cameras, projections: np.ndarray, geometry, *, poin
                           heldout_cameras=[cams_ct[i] for i in ho], background=bg,
                           progress=progress)
     evaluation = evaluate(rgb0=rgb.splats, rgb_aligned=fit.splats, rgb_internal=internal.rgb,
-                          rad0=xray.splats, rad_internal=internal.rad,
+                          rad0=xray.splats, rad_internal=internal.rad, xgaussian=xray.xgaussian,
                           unified_density=visual.density, grid=visual.grid, ct_volume=ct_volume,
                           cfg=cfg, truth=truth, fit_levels=[(st.name, st.transform) for st in fit.stages],
                           projections=p_tr, geometry=g_tr)

@@ -15,11 +15,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["STAGE_ORDER", "EvaluationResult", "FitResult", "FusedResult", "InternalResult",
-           "RGBResult", "Truth", "VisualResult", "XrayResult", "empty_metrics", "json_number",
+__all__ = ["CROSS_SECTION_METHODS", "STAGE_ORDER", "EvaluationResult", "FitResult", "FusedResult",
+           "InternalResult", "RGBResult", "Truth", "VisualResult", "XGaussianModel", "XrayResult",
+           "empty_metrics", "json_number",
            "finite_metrics", "merge_metrics", "non_finite_note"]
 
 STAGE_ORDER = ("data", "sfm", "rgb", "xray", "fitting", "internal", "visual", "evaluation")
+CROSS_SECTION_METHODS = ("3dgs", "xgaussian", "radiative", "insideout")
+"""Table 2's rows: stage-1 RGB splats (3DGS), the X-Gaussian baseline, the stage-1 radiative
+splats and the unified model."""
 
 
 def empty_metrics(obj: str, cfg: str) -> dict:
@@ -30,9 +34,10 @@ def empty_metrics(obj: str, cfg: str) -> dict:
     return {
         "object": obj, "config": cfg, "notes": [],
         "stage_seconds": {s: None for s in STAGE_ORDER},
-        "heldout_views": {"rgb": dict(view), "xray": dict(view), "unified_rgb": dict(view)},
+        "heldout_views": {"rgb": dict(view), "xray": dict(view), "xgaussian": dict(view),
+                          "unified_rgb": dict(view)},
         "cross_sections": {m: {"train": dict(section), "heldout": dict(section)}
-                           for m in ("3dgs", "xgaussian", "insideout")},
+                           for m in CROSS_SECTION_METHODS},
         "chamfer_mm": {"none": None, "hierarchical": None, "internal": None},
         "alignment": {s: {"rot_deg": None, "scale_rel": None, "trans_mm": None}
                       for s in ("global", "local", "fine")},
@@ -110,13 +115,25 @@ class RGBResult:
 
 
 @dataclasses.dataclass(frozen=True)
+class XGaussianModel:
+    """The X-Gaussian baseline: its splats (RGBSplats, SH degree 0) and the intensity scale its
+    renders are multiplied by (:mod:`insideout_jax.render.xgaussian`)."""
+
+    splats: Any
+    scale: float
+    history: dict | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class XrayResult:
-    """Stage 1b: radiative splats from the training projections and their held-out scores."""
+    """Stage 1b: radiative splats from the training projections and their held-out scores, and
+    the X-Gaussian baseline trained on the same projections (None when not trained)."""
 
     splats: Any
     history: dict
     metrics: dict
     notes: tuple = ()
+    xgaussian: XGaussianModel | None = None
 
 
 @dataclasses.dataclass(frozen=True)

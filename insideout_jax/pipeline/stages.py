@@ -20,7 +20,14 @@ from insideout_jax.config import (
     XrayStageConfig,
 )
 from insideout_jax.pipeline import geometry as pg
-from insideout_jax.pipeline.results import FitResult, InternalResult, RGBResult, VisualResult, XrayResult
+from insideout_jax.pipeline.results import (
+    FitResult,
+    InternalResult,
+    RGBResult,
+    VisualResult,
+    XGaussianModel,
+    XrayResult,
+)
 from insideout_jax.train.rgb import holdout_split
 
 __all__ = ["fit_stage", "internal_stage", "reconstruct_ct", "sparse_view_comparison", "train_rgb_stage",
@@ -63,9 +70,11 @@ def train_rgb_stage(images: np.ndarray, cameras, points_xyz: np.ndarray, points_
 
 
 def train_xray_stage(projections: np.ndarray, geometry, cfg: XrayStageConfig, *,
-                     checkpoint_path=None, progress: Progress = None) -> XrayResult:
+                     checkpoint_path=None, xgaussian_checkpoint_path=None,
+                     progress: Progress = None) -> XrayResult:
     """Stage 1b: radiative splats on the training projections (every ``holdout_every``-th is held
-    out) and their held-out projection scores. (The volumes are scored by the evaluation.)"""
+    out) and their held-out projection scores; then, when ``cfg.xgaussian`` is set and the beam is
+    a cone, the X-Gaussian baseline on the same views. (The volumes are scored by the evaluation.)"""
     from insideout_jax.render.xray import xray_tile_stats
     from insideout_jax.train.xray import evaluate_xray, train_xray
 
@@ -74,29 +83,49 @@ def train_xray_stage(projections: np.ndarray, geometry, cfg: XrayStageConfig, *,
     splats, hist = train_xray(p_tr, g_tr, tcfg, checkpoint_path=checkpoint_path, progress=_bar(progress))
     ev = evaluate_xray(splats, p_ho, g_ho, backend=tcfg.backend)
     culled = xray_tile_stats(splats, g_tr)["n_culled_at_source"]
-    notes = (f"{culled} radiative splats reach the X-ray source plane in some training view; the"
-             " cone-beam renderer leaves them out of those views",) if culled else ()
-    return XrayResult(splats, hist, {"heldout_views": {"xray": {"psnr": ev["psnr"], "ssim": ev["ssim"]}},
-                                     **_skipped({"xray": hist}),
-                                     "coarsened": {"xray_culled_at_source": culled}}, notes)
+    notes = [f"{culled} radiative splats reach the X-ray source plane in some training view; the"
+             " cone-beam renderer leaves them out of those views"] if culled else []
+    metrics = {"heldout_views": {"xray": {"psnr": ev["psnr"], "ssim": ev["ssim"]}},
+               **_skipped({"xray": hist}), "coarsened": {"xray_culled_at_source": culled}}
+    xg = None
+    if cfg.xgaussian is not None and geometry.mode == "cone":
+        from insideout_jax.train.xgaussian import evaluate_xgaussian, train_xgaussian
+
+        xs, xhist, scale = train_xgaussian(p_tr, g_tr, cfg.xgaussian,
+                                           checkpoint_path=xgaussian_checkpoint_path,
+                                           progress=_bar(progress))
+        xg = XGaussianModel(xs, scale, xhist)
+        xev = evaluate_xgaussian(xs, scale, p_ho, g_ho)
+        metrics["heldout_views"]["xgaussian"] = {"psnr": xev["psnr"], "ssim": xev["ssim"]}
+    elif cfg.xgaussian is not None:
+        notes.append("X-Gaussian renders cone-beam views as pinhole cameras; this scan is a parallel"
+                     " beam, so the X-Gaussian baseline is not trained (no row in the tables)")
+    return XrayResult(splats, hist, metrics, tuple(notes), xg)
 
 
-def volume_scores(projections, geometry, splats, reference_volume, n: int):
+def volume_scores(projections, geometry, splats, reference_volume, n: int, *, ct_volume=None):
     """FDK of ``projections`` and the voxelized ``splats`` on the comparison grid (the reference's
     extent at n³), each scored against the reference resampled there: 3D PSNR over the
-    reference's maximum and 3D SSIM. Returns ({"fdk", "radiative"}: volumes, their scores)."""
+    reference's maximum and 3D SSIM; with ``ct_volume``, also against the CT sampled on the same
+    grid (``vs_ct``, over the CT's maximum). Returns ({"fdk", "radiative"}: volumes, their scores)."""
+    from insideout_jax.evaluation import volume_metrics
     from insideout_jax.fdk import fdk
-    from insideout_jax.metrics.image import psnr3d, ssim3d
     from insideout_jax.render.slices import make_voxel_grid, voxelize
 
     sp, org = pg.comparison_grid(reference_volume, n)
-    ref = pg.resample_block(np.asarray(reference_volume.data), n)
+    grid = make_voxel_grid((n, n, n), sp, org)
     volumes = {"fdk": np.asarray(fdk(projections, geometry, (n, n, n), sp, org)),
-               "radiative": np.asarray(voxelize(splats, make_voxel_grid((n, n, n), sp, org)))}
-    rng = float(ref.max())
-    return volumes, {name: {"psnr3d": float(psnr3d(v, ref, data_range=rng)),
-                            "ssim3d": float(ssim3d(v / rng, ref / rng))}
-                     for name, v in volumes.items()}
+               "radiative": np.asarray(voxelize(splats, grid))}
+    def score(v, ref):
+        return {k: float(x) for k, x in volume_metrics(v, ref).items()}
+
+    ref = pg.resample_block(np.asarray(reference_volume.data), n)
+    scores = {name: score(v, ref) for name, v in volumes.items()}
+    if ct_volume is not None:
+        ct = pg.resample_to(ct_volume.data, ct_volume, grid)
+        for name, v in volumes.items():
+            scores[name]["vs_ct"] = score(v, ct)
+    return volumes, scores
 
 
 def sparse_view_comparison(projections, geometry, n_views: int, cfg: XrayStageConfig,

@@ -29,14 +29,15 @@ from insideout_jax.pipeline.results import (
     InternalResult,
     RGBResult,
     VisualResult,
+    XGaussianModel,
     XrayResult,
     json_number,
 )
 from insideout_jax.render.slices import make_voxel_grid
 from insideout_jax.splats import RadSplats, RGBSplats
 
-__all__ = ["MissingStageOutput", "load_grid", "load_splats", "load_fit_levels", "load_transform", "save_npy",
-           "save_result", "save_splats"]
+__all__ = ["MissingStageOutput", "load_grid", "load_splats", "load_fit_levels", "load_transform",
+           "load_xgaussian", "save_npy", "save_result", "save_splats"]
 
 
 class MissingStageOutput(FileNotFoundError):
@@ -86,6 +87,11 @@ def save_result(stage_dir: Path, out_dir: Path, result) -> list[Path]:
     elif isinstance(result, XrayResult):
         written.append(save_splats(stage_dir, "xray_splats", result.splats))
         _history(stage_dir, "xray", result.history)
+        if result.xgaussian is not None:
+            written.append(save_splats(stage_dir, "xgaussian_splats", result.xgaussian.splats))
+            written.append(iio.write_json_atomic(stage_dir / "xgaussian.json",
+                                                 {"scale": float(result.xgaussian.scale)}))
+            _history(stage_dir, "xgaussian", result.xgaussian.history)
     elif isinstance(result, FitResult):
         written.append(save_splats(stage_dir, "rgb_aligned", result.splats))
         written.append(iio.write_json_atomic(stage_dir / "fitting.json", {
@@ -140,7 +146,7 @@ def _need(path: Path, stage: str) -> Path:
     return path
 
 
-_MADE_BY = {"rgb_splats": "rgb", "xray_splats": "xray", "rgb_aligned": "fitting",
+_MADE_BY = {"rgb_splats": "rgb", "xray_splats": "xray", "xgaussian_splats": "xray", "rgb_aligned": "fitting",
             "xray_internal": "internal", "rgb_internal": "internal", "unified_splats": "visual"}
 
 
@@ -152,6 +158,15 @@ def load_splats(stage_dir: Path, name: str):
     like = cls(**{k: np.zeros(shape, np.dtype(dt)) for k, (shape, dt) in meta["fields"].items()})
     tree, _ = load_checkpoint(path, like)
     return jax.tree_util.tree_map(jnp.asarray, tree)
+
+
+def load_xgaussian(stage_dir: Path) -> XGaussianModel | None:
+    """The X-Gaussian baseline the X-ray stage saved, or None where it trained none."""
+    d = Path(stage_dir)
+    if not (d / "xgaussian.json").is_file():
+        return None
+    return XGaussianModel(load_splats(d, "xgaussian_splats"),
+                          float(iio.read_json(d / "xgaussian.json")["scale"]))
 
 
 def load_transform(stage_dir: Path) -> Similarity:

@@ -1,111 +1,118 @@
-"""X-Gaussian parity mode: alpha-composited radiative splats (Cai et al., ECCV 2024).
+"""X-Gaussian (Cai et al., ECCV 2024): X-ray projections as alpha-composited splats.
 
-The paper's radiative renderer (used by InsideOut for stage 1b) is 3DGS compositing with the colour
-replaced by an isotropic (view-independent) radiance per Gaussian. It is *not* a line integral, so
-its values are not comparable with :func:`insideout_jax.render.xray.render_xray`; it exists for
-baseline and parity runs only.
+X-Gaussian is 3DGS with the view-dependent colour replaced by one view-independent intensity per
+Gaussian, trained on the projections. A flat-panel cone-beam view *is* a pinhole camera (the
+source is the centre of projection, the detector the image plane), so the model is rendered here
+by the project's tile-sorted RGB rasterizer (:func:`insideout_jax.render.rgb.render_rgb`, SH
+degree 0, black background) from the cameras of :func:`xray_pinhole`, and its first channel is
+the projection. It is not a line integral: what it learns is an image model of the projections,
+which is why it is a baseline and not the pipeline's radiative model
+(:mod:`insideout_jax.render.xray`).
 
-Per view: each Gaussian is projected with the detector projection of
-:func:`insideout_jax.cameras.xray_project` and the EWA covariance Σ₂ = JΣJᵀ + 0.3·I (J from
-:func:`insideout_jax.cameras.xray_project_jacobian`, the 3DGS low-pass in px²); Gaussians are
-sorted by depth from the source; per pixel, front to back, α = min(0.99, o·exp(−½ΔᵀΣ₂⁻¹Δ)), α < 1/255
-is skipped, compositing stops before the transmittance would fall below 1e-4 (3DGS rules), and
-I = Σᵢ Tᵢ αᵢ cᵢ with background 0. Decision: the isotropic radiance is cᵢ = Σ_f features[i, f]
-(with F = 1, the feature itself). Opacity o = sigmoid(opacity_logits).
+**Cone beam → pinhole** (exact; conventions of :func:`insideout_jax.cameras.xray_project`). For
+view θ with frame (e_r, e_u, e_v) and object offset o, the camera axes are x = e_u, y = −e_v,
+z = −e_r (right-handed: e_u × (−e_v) = −e_r), so camera depth is DSO − (p + o)·e_r, the distance
+from the source along the central ray. Then u = f_u·x/z + c_u reproduces the detector column j + ½
+(pixel centres at half-integers in the pinhole convention) with f_u = DSD/du and
+c_u = nu/2 − ou/du, and v = f_v·y/z + c_v reproduces the *flipped* row nv − 1 − i + ½ with
+f_v = DSD/dv and c_v = nv/2 + ov/dv: a pinhole image is a projection upside down
+(:func:`to_pinhole_images` / :func:`from_pinhole_images`). Parallel beams have no pinhole.
 
-Cost (decision: dense implementation): every Gaussian is evaluated on every pixel, O(V·N·nv·nu)
-time, in chunks of ``chunk`` Gaussians (memory O(chunk·nv·nu)); e.g. about 3·10⁹ evaluations per
-256² view at N = 50 000. Autodiff through the chunk scan (rematerialised per chunk) gives the
-gradients. Use it for parity runs at modest N, or replace it by the tile-sorted RGB compositor.
+**Intensity scale.** Projections are divided by one scale s (the training projections' maximum)
+so the targets lie in [0, 1] as X-Gaussian's do; renders are multiplied back.
+
+**Density view** (decision, for cross-sections and volumes, which X-Gaussian does not define):
+a Gaussian of peak density ρ and scale σ adds ρ·√(2π)·σ to the line integral through its centre,
+while an unoccluded composited Gaussian adds o·c·s there; equating the two with σ the geometric
+mean of the Gaussian's three scales gives ρ = o·c·s / (√(2π)·σ̄), in the CT's units (1/mm).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from insideout_jax.cameras import XrayGeometry, xray_project, xray_project_jacobian
+from insideout_jax.cameras import PinholeCamera, XrayGeometry
+from insideout_jax.render.rgb import RasterConfig, render_rgb
 from insideout_jax.render.xray import resolve_view_angles
-from insideout_jax.splats import RadSplats, covariance
+from insideout_jax.sh import SH_C0
+from insideout_jax.splats import RadSplats, RGBSplats
 
-__all__ = ["render_xgaussian", "radiance"]
-
-LOW_PASS_PX2 = 0.3  # 3DGS screen-space dilation
-ALPHA_MAX = 0.99
-ALPHA_MIN = 1.0 / 255.0
-T_MIN = 1e-4
+__all__ = ["xray_pinhole", "xray_pinholes", "to_pinhole_images", "from_pinhole_images",
+           "render_xgaussian", "intensity", "density_view"]
 
 
-def radiance(splats: RadSplats) -> jax.Array:
-    """[C] isotropic radiance cᵢ = Σ_f features[i, f]."""
-    return jnp.sum(splats.features, axis=-1)
+def xray_pinhole(geometry: XrayGeometry, angle) -> PinholeCamera:
+    """The pinhole camera of cone-beam view ``angle`` (radians); see the module docstring.
 
-
-def _project(splats, geometry, angle):
-    uv, depth = xray_project(geometry, angle, splats.means)
-    jac = xray_project_jacobian(geometry, angle, splats.means)  # [C, 2, 3]
-    cov3 = covariance(splats.log_scales, splats.quats)
-    cov2 = jac @ cov3 @ jnp.swapaxes(jac, -1, -2) + LOW_PASS_PX2 * jnp.eye(2)
-    det = cov2[:, 0, 0] * cov2[:, 1, 1] - cov2[:, 0, 1] ** 2
-    conic = jnp.stack([cov2[:, 1, 1], -cov2[:, 0, 1], cov2[:, 0, 0]], -1) / det[:, None]
-    return uv, depth, conic
-
-
-def _render_view(splats, geometry, angle, chunk):
+    Raises:
+      ValueError: for a parallel-beam geometry (no centre of projection).
+    """
+    if geometry.mode != "cone":
+        raise ValueError("X-Gaussian renders cone-beam views as pinhole cameras; a parallel-beam"
+                         " geometry has no centre of projection")
     nv, nu = geometry.n_detector
-    uv, depth, conic = _project(splats, geometry, angle)
-    opa = jnp.where(splats.active, jax.nn.sigmoid(splats.opacity_logits), 0.0)
-    col = radiance(splats)
-    order = jnp.argsort(jnp.where(splats.active, depth, jnp.inf))
-    c = splats.capacity
-    n_chunks = -(-c // chunk)
-    pad = n_chunks * chunk - c
-    take = lambda x: jnp.pad(x[order], [(0, pad)] + [(0, 0)] * (x.ndim - 1))  # noqa: E731
-    uv, conic, opa, col = take(uv), take(conic), take(opa), take(col)
-    jj, ii = jnp.meshgrid(jnp.arange(nu, dtype=jnp.float32), jnp.arange(nv, dtype=jnp.float32))
-    pix = jnp.stack([jj.ravel(), ii.ravel()], -1)  # [P, 2]
-
-    @jax.checkpoint
-    def body(carry, xs):
-        t_in, img = carry
-        m, q, o, cc = xs
-        d = pix[None] - m[:, None]  # [B, P, 2]
-        power = -0.5 * (q[:, 0:1] * d[..., 0] ** 2 + q[:, 2:3] * d[..., 1] ** 2) \
-            - q[:, 1:2] * d[..., 0] * d[..., 1]
-        alpha = jnp.minimum(ALPHA_MAX, o[:, None] * jnp.exp(jnp.minimum(power, 0.0)))
-        alpha = jnp.where(alpha < ALPHA_MIN, 0.0, alpha)
-        log1m = jnp.log1p(-alpha)
-        t_before = t_in[None] * jnp.exp(jnp.cumsum(log1m, axis=0) - log1m)  # exclusive product
-        keep = t_before * (1.0 - alpha) >= T_MIN
-        img = img + jnp.sum(jnp.where(keep, t_before * alpha, 0.0) * cc[:, None], axis=0)
-        t_out = t_in * jnp.exp(jnp.sum(log1m, axis=0))
-        return (t_out, img), None
-
-    xs = (uv.reshape(n_chunks, chunk, 2), conic.reshape(n_chunks, chunk, 3),
-          opa.reshape(n_chunks, chunk), col.reshape(n_chunks, chunk))
-    p = nv * nu
-    (_, img), _ = jax.lax.scan(body, (jnp.ones(p), jnp.zeros(p)), xs)
-    return img.reshape(nv, nu)
+    a = jnp.asarray(angle, jnp.float32)
+    c, s = jnp.cos(a), jnp.sin(a)
+    zero = jnp.zeros_like(c)
+    e_r = jnp.stack([c, s, zero])
+    e_u = jnp.stack([-s, c, zero])
+    e_v = jnp.stack([zero, zero, jnp.ones_like(c)])
+    rot = jnp.stack([e_u, -e_v, -e_r])
+    trans = rot @ jnp.asarray(geometry.offset_origin, jnp.float32) + jnp.stack([zero, zero, geometry.dso])
+    dv, du = geometry.d_detector[0], geometry.d_detector[1]
+    ov, ou = geometry.offset_detector[0], geometry.offset_detector[1]
+    return PinholeCamera(rotation=rot, translation=trans, fx=geometry.dsd / du, fy=geometry.dsd / dv,
+                         cx=nu / 2.0 - ou / du, cy=nv / 2.0 + ov / dv, width=int(nu), height=int(nv))
 
 
-def render_xgaussian(splats: RadSplats, geometry: XrayGeometry, views=None, *,
-                     chunk: int = 128) -> jax.Array:
-    """Alpha-composited X-Gaussian projections (parity mode; dense, see the module docstring).
+def xray_pinholes(geometry: XrayGeometry, views=None) -> list[PinholeCamera]:
+    """The pinhole cameras of the selected views (None: all; int indices or float angles)."""
+    return [xray_pinhole(geometry, a) for a in np.asarray(resolve_view_angles(geometry, views))]
+
+
+def to_pinhole_images(projections, scale: float) -> np.ndarray:
+    """[V, nv, nu] projections → [V, nv, nu, 3] float32 training images (rows flipped, / scale)."""
+    p = np.asarray(projections, np.float32)[:, ::-1] / np.float32(scale)
+    return np.ascontiguousarray(np.repeat(p[..., None], 3, axis=-1))
+
+
+def from_pinhole_images(images, scale: float):
+    """[V, nv, nu, C] pinhole renders → [V, nv, nu] projections (first channel, rows flipped, × scale)."""
+    return images[:, ::-1, :, 0] * scale
+
+
+def intensity(splats: RGBSplats) -> jax.Array:
+    """[C] the view-independent intensity of each Gaussian: its SH DC colour, red channel, ≥ 0."""
+    return jnp.maximum(SH_C0 * splats.sh[:, 0, 0] + 0.5, 0.0)
+
+
+def render_xgaussian(splats: RGBSplats, geometry: XrayGeometry, views=None, *, scale: float = 1.0,
+                     raster: RasterConfig = RasterConfig()) -> jax.Array:
+    """X-Gaussian projections [V, nv, nu] (alpha-composited, × ``scale``) of the selected views.
 
     Args:
-      splats: :class:`RadSplats` (uses opacity_logits and features; inactive splats ignored).
-      geometry: :class:`XrayGeometry`.
+      splats: the X-Gaussian model (:class:`RGBSplats`; only the DC colour is used).
+      geometry: a cone-beam :class:`XrayGeometry`.
       views: None (all), [V] int view indices or [V] float angles in radians.
-      chunk: Gaussians composited per scan step (memory ≈ 6 · chunk · nv · nu floats).
-
-    Returns:
-      [V, nv, nu] float32 composited intensity.
+      scale: the intensity scale the model was trained with (:func:`to_pinhole_images`).
     """
-    if not isinstance(splats, RadSplats):
-        raise ValueError(f"splats must be RadSplats, got {type(splats).__name__}")
-    if not isinstance(geometry, XrayGeometry):
-        raise ValueError(f"geometry must be an XrayGeometry, got {type(geometry).__name__}")
-    if int(chunk) < 1:
-        raise ValueError(f"chunk must be positive, got {chunk}")
-    angles = resolve_view_angles(geometry, views)
-    return jax.lax.map(lambda a: _render_view(splats, geometry, a, int(chunk)), angles)
+    if not isinstance(splats, RGBSplats):
+        raise ValueError(f"an X-Gaussian model is RGBSplats, got {type(splats).__name__}")
+    bg = jnp.zeros(3, jnp.float32)
+    imgs = [render_rgb(splats, cam, background=bg, sh_degree=0, config=raster).color
+            for cam in xray_pinholes(geometry, views)]
+    return from_pinhole_images(jnp.stack(imgs), scale)
+
+
+def density_view(splats: RGBSplats, scale: float) -> RadSplats:
+    """The model as a density field (module docstring): ρ = o·c·s / (√(2π)·σ̄), geometry kept."""
+    opacity = jax.nn.sigmoid(splats.opacity_logits)
+    sigma = jnp.exp(jnp.mean(splats.log_scales, axis=-1))
+    rho = opacity * intensity(splats) * scale / (jnp.sqrt(2.0 * jnp.pi) * sigma)
+    c = splats.means.shape[0]
+    return RadSplats(means=splats.means, log_scales=splats.log_scales, quats=splats.quats,
+                     log_densities=jnp.log(jnp.maximum(rho, 1e-30)),
+                     opacity_logits=splats.opacity_logits, features=rho[:, None],
+                     colors=jnp.zeros((c, 3), jnp.float32), active=splats.active & (rho > 0))

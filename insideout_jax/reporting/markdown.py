@@ -15,8 +15,7 @@ from insideout_jax.io.checkpoint import atomic_write_bytes
 
 __all__ = ["METHOD_LABELS", "PAPER", "chamfer_trend", "cross_section_trend", "write_report"]
 
-METHOD_LABELS = {"3dgs": "3DGS", "xgaussian": "X-Gaussian",
-                 "xgaussian_parity": "X-Gaussian (parity)", "insideout": "InsideOut",
+METHOD_LABELS = {"3dgs": "3DGS", "xgaussian": "X-Gaussian", "insideout": "InsideOut",
                  "fdk": "FDK", "radiative": "radiative (stage 1)"}
 
 # EVALUATION.md §8: the paper's numbers (different data: trends, not absolute values)
@@ -81,34 +80,45 @@ def _table(header: Sequence[str], rows: list) -> list:
 
 def _methods(metrics: Mapping) -> list:
     cs = metrics.get("cross_sections") or {}
-    order = [m for m in ("3dgs", "xgaussian", "xgaussian_parity", "insideout") if m in cs]
+    order = [m for m in ("3dgs", "xgaussian", "radiative", "insideout") if m in cs]
     return order + [m for m in cs if m not in order]
 
 
+_CHAIN = ("insideout", "radiative", "xgaussian", "3dgs")  # the expected order, best first
+
+
+def _chain_check(vals: dict, what: str, digits: int) -> str:
+    """One sentence: does ``vals`` (method → value, None where missing) fall along :data:`_CHAIN`?"""
+    present = [m for m in _CHAIN if vals.get(m) is not None]
+    missing = [METHOD_LABELS[m] for m in _CHAIN if vals.get(m) is None]
+    absent = f" ({', '.join(missing)}: no value)" if missing else ""
+    if len(present) < 2:
+        return f"{what}: cannot be checked{absent}."
+    fails = [f"{METHOD_LABELS[a]} {vals[a]:.{digits}f} < {METHOD_LABELS[b]} {vals[b]:.{digits}f}"
+             for a, b in zip(present, present[1:], strict=False) if vals[a] < vals[b]]
+    chain = " ≥ ".join(METHOD_LABELS[m] for m in present)
+    if fails:
+        return f"{what}: {chain} does **not** hold: {'; '.join(fails)}{absent}. See the notes for why."
+    return (f"{what}: {chain} holds ({' ≥ '.join(f'{vals[m]:.{digits}f}' for m in present)})"
+            f"{absent}.")
+
+
 def cross_section_trend(metrics: Mapping) -> list:
-    """Sentences checking the paper's Table 2 trend InsideOut ≥ X-Gaussian ≥ 3DGS in PSNR."""
+    """Sentences checking the expected order InsideOut ≥ radiative (stage 1) ≥ X-Gaussian ≥ 3DGS
+    (the paper's Table 2 trend, with our radiative stage-1 model in it) in PSNR and SSIM, on the
+    training and held-out slices, against the CT and, where scored, against the truth."""
     out = []
     for split, name in (("train", "training slices"), ("heldout", "held-out slices")):
-        vals = {m: _num(_get(metrics, "cross_sections", m, split, "psnr"))
-                for m in ("insideout", "xgaussian", "3dgs")}
-        missing = [METHOD_LABELS[m] for m, v in vals.items() if v is None]
-        if missing:
-            out.append(f"Cross-section PSNR trend on {name}: cannot be checked, no value for "
-                       f"{', '.join(missing)}.")
-            continue
-        ins, xg, gs = vals["insideout"], vals["xgaussian"], vals["3dgs"]
-        fails = []
-        if ins < xg:
-            fails.append(f"InsideOut {ins:.2f} dB < X-Gaussian {xg:.2f} dB")
-        if xg < gs:
-            fails.append(f"X-Gaussian {xg:.2f} dB < 3DGS {gs:.2f} dB")
-        gain = f"InsideOut − X-Gaussian = {ins - xg:+.2f} dB (paper: +1.67 dB mean, +0.91 dB skull)"
-        if fails:
-            out.append(f"Cross-section PSNR trend InsideOut ≥ X-Gaussian ≥ 3DGS does **not** hold "
-                       f"on {name}: {'; '.join(fails)}. {gain}. See the notes for why.")
-        else:
-            out.append(f"Cross-section PSNR trend InsideOut ≥ X-Gaussian ≥ 3DGS holds on {name} "
-                       f"({ins:.2f} ≥ {xg:.2f} ≥ {gs:.2f} dB). {gain}.")
+        for ref, keys in (("CT", ()), ("truth", ("vs_truth",))):
+            for k, digits in (("psnr", 2), ("ssim", 3)):
+                vals = {m: _num(_get(metrics, "cross_sections", m, split, *keys, k)) for m in _CHAIN}
+                if ref == "truth" and all(v is None for v in vals.values()):
+                    continue
+                out.append(_chain_check(vals, f"{k.upper()} on {name} vs the {ref}", digits))
+        ins, xg = (_num(_get(metrics, "cross_sections", m, split, "psnr")) for m in ("insideout", "xgaussian"))
+        if ins is not None and xg is not None:
+            out.append(f"On {name}, InsideOut − X-Gaussian = {ins - xg:+.2f} dB PSNR vs the CT "
+                       "(paper: +1.67 dB mean, +0.91 dB skull).")
     return out
 
 
@@ -216,11 +226,13 @@ def _section_truth(metrics: Mapping) -> list:
         verdict = "within" if b - a <= 1.0 else "**not** within"
         lines += [f"- The unified model's held-out RGB PSNR is {verdict} 1 dB of the RGB-only "
                   f"model ({a:.2f} vs {b:.2f} dB).", ""]
-    lines += ["### Volumes", "", "Voxelized density against the true volume (3D PSNR with the "
-              "reference maximum as range; SSIM averaged over the three axes).", ""]
-    rows = [[METHOD_LABELS.get(m, m), _fmt(e.get("psnr3d")), _fmt(e.get("ssim3d"), 3)]
+    lines += ["### Volumes", "", "Voxelized density against the true volume (the CT where there is "
+              "none), and against the CT (3D PSNR with the reference maximum as range; SSIM averaged"
+              " over the three axes).", ""]
+    rows = [[METHOD_LABELS.get(m, m), _fmt(e.get("psnr3d")), _fmt(e.get("ssim3d"), 3),
+             _fmt(_get(e, "vs_ct", "psnr3d")), _fmt(_get(e, "vs_ct", "ssim3d"), 3)]
             for m, e in (metrics.get("volume") or {}).items()]
-    lines += _table(["method", "PSNR 3D (dB)", "SSIM 3D"], rows)
+    lines += _table(["method", "PSNR 3D (dB)", "SSIM 3D", "PSNR 3D vs CT (dB)", "SSIM 3D vs CT"], rows)
     noise = metrics.get("internal_noise") or {}
     lines += ["### Internal noise", "", "Fraction of RGB splats (opacity ≥ 0.05) more than 3 mm "
               "inside the true outer surface.", ""]

@@ -165,7 +165,7 @@ def _make_block(cfg: RGBTrainConfig, raster: RasterConfig, width: int, height: i
 
 def train_rgb(images: np.ndarray, cameras, points: np.ndarray, colors: np.ndarray | None = None,
               cfg: RGBTrainConfig = RGBTrainConfig(), *, raster: RasterConfig = RasterConfig(),
-              checkpoint_path: str | Path | None = None, progress: bool = True):
+              checkpoint_path: str | Path | None = None, progress: bool = True, desc: str = "rgb 3DGS"):
     """Train RGB splats on the given (training) photos.
 
     Args:
@@ -176,6 +176,7 @@ def train_rgb(images: np.ndarray, cameras, points: np.ndarray, colors: np.ndarra
       cfg: constants.
       raster: rasterizer options (speed only).
       checkpoint_path: ``.npz`` saved after every block; an existing one is resumed.
+      desc: the progress bar's label.
 
     Returns:
       (splats, history): trained :class:`RGBSplats` and the per-block loss / time history.
@@ -222,7 +223,7 @@ def train_rgb(images: np.ndarray, cameras, points: np.ndarray, colors: np.ndarra
 
     state, history = run_training(fresh_state(init), n_iters=cfg.iterations, block=cfg.block,
                                   run_block=run_block, after_block=after_block, template=template,
-                                  checkpoint_path=checkpoint_path, desc="rgb 3DGS",
+                                  checkpoint_path=checkpoint_path, desc=desc,
                                   progress=progress)
     return merge_params(init, state["params"], state["active"]), history
 
