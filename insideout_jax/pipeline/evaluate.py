@@ -76,15 +76,15 @@ def _reference_piqe_note(refs, cross: dict) -> str | None:
     if not scores:
         return None
     ref = float(np.mean(scores))
-    xg, io = (float(cross[m]["heldout"]["piqe"]) for m in ("radiative", "insideout"))
-    if ref >= max(xg, io):
+    rad, io = (float(cross[m]["heldout"]["piqe"]) for m in ("radiative", "insideout"))
+    if ref >= max(rad, io):
         reading = ("the reference scores worse than both renderings, so here a lower PIQE does not "
                    "mean closer to the CT: read PSNR and SSIM")
-    elif ref <= min(xg, io):
+    elif ref <= min(rad, io):
         reading = "the reference scores better than both renderings, as a textured CT should"
     else:
         reading = "the reference scores between the two renderings"
-    return (f"{PIQE_NOTE} (held-out positions): {ref:.1f}, against {xg:.1f} for the radiative"
+    return (f"{PIQE_NOTE} (held-out positions): {ref:.1f}, against {rad:.1f} for the radiative"
             f" stage-1 model and {io:.1f} for InsideOut; {reading}.")
 
 
@@ -187,12 +187,11 @@ def evaluate(*, rgb0, rgb_aligned, rgb_internal, rad0, rad_internal, unified_den
         verts, faces, _ = ev.density_mesh(v, (sp_v,) * 3, org)
         meshes[name] = (verts, faces)
     metrics["volume"] = {}
-    ct_ref = pg.resample_to(np.asarray(ct_volume.data), ct_volume, grid)
-    vs_ct = ev.to_json_ready(ev.volume_metrics(vols["insideout"], ct_ref))
     if truth.volume is not None:
         ref = pg.resample_to(np.asarray(truth.volume.data), truth.volume, grid)
         metrics["volume"]["insideout"] = ev.to_json_ready(ev.volume_metrics(vols["insideout"], ref))
-        metrics["volume"]["insideout"]["vs_ct"] = vs_ct
+        ct_ref = pg.resample_to(np.asarray(ct_volume.data), ct_volume, grid)
+        metrics["volume"]["insideout"]["vs_ct"] = ev.to_json_ready(ev.volume_metrics(vols["insideout"], ct_ref))
 
     act = lambda sp: np.asarray(sp.means)[np.asarray(sp.active)]  # noqa: E731
     if truth.transform is not None and fit_levels:
