@@ -22,7 +22,7 @@ from insideout_jax.cameras import XrayGeometry
 from insideout_jax.render.xgaussian import render_xgaussian, to_pinhole_images, xray_pinholes
 from insideout_jax.splats import RGBSplats
 from insideout_jax.train.rgb import RGBTrainConfig, train_rgb
-from insideout_jax.train.xray import acui_points, scan_cuboid, score_projections
+from insideout_jax.train.xray import acui_points, checked_projections, scan_cuboid, score_projections
 
 __all__ = ["XGaussianConfig", "train_xgaussian", "evaluate_xgaussian"]
 
@@ -63,15 +63,7 @@ def train_xgaussian(projections: np.ndarray, geometry: XrayGeometry,
     if cfg.train.sh_degree != 0:
         raise ValueError(f"X-Gaussian's intensity is view-independent: sh_degree must be 0, got"
                          f" {cfg.train.sh_degree}")
-    proj = np.asarray(projections, np.float32)
-    nv, nu = geometry.n_detector
-    if proj.shape != (geometry.n_views, nv, nu):
-        raise ValueError(f"projections must have shape [{geometry.n_views}, {nv}, {nu}], got {proj.shape}")
-    if not np.all(np.isfinite(proj)):
-        raise ValueError("projections contain non-finite values")
-    scale = float(proj.max())
-    if scale <= 0:
-        raise ValueError("projections are all ≤ 0: nothing to reconstruct")
+    proj, scale = checked_projections(projections, geometry)
     cameras = xray_pinholes(geometry)
     images = to_pinhole_images(proj, scale)
     lo, hi = scan_cuboid(geometry)

@@ -39,8 +39,8 @@ from insideout_jax.train.densify import DensifyConfig, densify_if_due, initial_t
 from insideout_jax.train.loop import run_training
 from insideout_jax.train.optim import make_optimizer, mask_gradients, merge_params
 
-__all__ = ["XrayTrainConfig", "train_xray", "acui_points", "fdk_init", "scan_cuboid", "evaluate_xray",
-           "score_projections"]
+__all__ = ["XrayTrainConfig", "train_xray", "acui_points", "checked_projections", "fdk_init", "scan_cuboid",
+           "evaluate_xray", "score_projections"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +97,25 @@ class XrayTrainConfig:
     holdout_every: int = 8
     seed: int = 0
     backend: str = "auto"
+
+
+def checked_projections(projections, geometry: XrayGeometry) -> tuple[np.ndarray, float]:
+    """(float32 projections, their maximum) after checking them for training.
+
+    Raises:
+      ValueError: for a shape other than [V, nv, nu] of ``geometry``, non-finite values, or
+        projections all ≤ 0 (nothing to reconstruct).
+    """
+    proj = np.asarray(projections, np.float32)
+    nv, nu = geometry.n_detector
+    if proj.shape != (geometry.n_views, nv, nu):
+        raise ValueError(f"projections must have shape [{geometry.n_views}, {nv}, {nu}], got {proj.shape}")
+    if not np.all(np.isfinite(proj)):
+        raise ValueError("projections contain non-finite values")
+    p_max = float(proj.max())
+    if p_max <= 0:
+        raise ValueError("projections are all ≤ 0: nothing to reconstruct")
+    return proj, p_max
 
 
 def scan_cuboid(geometry: XrayGeometry) -> tuple[np.ndarray, np.ndarray]:
@@ -220,15 +239,7 @@ def train_xray(projections: np.ndarray, geometry: XrayGeometry,
     resolve_xray_backend(cfg.backend, runnable=True)  # ValueError for a bad back end, before any work
     if cfg.init not in ("acui", "fdk"):
         raise ValueError(f"init must be 'acui' or 'fdk', got {cfg.init!r}")
-    proj = np.asarray(projections, np.float32)
-    nv, nu = geometry.n_detector
-    if proj.ndim != 3 or proj.shape != (geometry.n_views, nv, nu):
-        raise ValueError(f"projections must have shape [{geometry.n_views}, {nv}, {nu}], got {proj.shape}")
-    if not np.all(np.isfinite(proj)):
-        raise ValueError("projections contain non-finite values")
-    p_max = float(proj.max())
-    if p_max <= 0:
-        raise ValueError("projections are all ≤ 0: nothing to reconstruct")
+    proj, p_max = checked_projections(projections, geometry)
     lo, hi = scan_cuboid(geometry) if bbox is None else (np.asarray(bbox[0]), np.asarray(bbox[1]))
     extent = float(0.5 * np.linalg.norm(hi - lo))
     key = jax.random.key(cfg.seed)
