@@ -217,7 +217,7 @@ _TINY = PipelineConfig(
     rgb=RGBStageConfig(downscale=4, train=RGBTrainConfig(iterations=80, block=10, sh_degree=1, densify_from=20,
                                             densify_until=20, capacity_factor=1.5,
                                             opacity_reset_every=10**6)),
-    xray=XrayStageConfig(train=XrayTrainConfig(iterations=40, block=20, n_init=800, init="fdk", init_grid=32,
+    xray=XrayStageConfig(train=XrayTrainConfig(iterations=40, block=20, n_init=800,
                                                densify_from=20, densify_until=20), fdk_size=24,
                          xgaussian=XGaussianConfig(train=RGBTrainConfig(
                              iterations=40, block=20, sh_degree=0, densify_from=20, densify_until=20,

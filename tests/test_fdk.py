@@ -79,3 +79,17 @@ def test_fdk_initialisation_puts_the_ball_mass_inside_the_ball():
     with pytest.raises(ValueError, match="no voxel above"):
         fdk_init(np.zeros((90, 64, 64), np.float32), geom, jax.random.key(0), lo, hi, 10,
                  threshold=0.5, grid=16)
+
+
+def test_radiative_training_from_the_fdk_start_lowers_the_loss():
+    from insideout_jax.train.xray import XrayTrainConfig, train_xray
+
+    geom = C.make_xray_geometry(mode="cone", n_detector=(24, 24), d_detector=(4.0, 4.0),
+                                angles=np.linspace(0, 2 * np.pi, 16, endpoint=False), dso=500.0, dsd=750.0)
+    proj = _ball_projections(geom, np.array([4.0, -6.0, 2.0]), 18.0, 0.02)
+    cfg = XrayTrainConfig(iterations=40, block=20, n_init=300, init="fdk", init_grid=24, densify_from=10**6)
+    splats, hist = train_xray(proj, geom, cfg, progress=False)
+    assert int(np.asarray(splats.active).sum()) == 300
+    assert hist["loss"][-1] < hist["loss"][0]
+    with pytest.raises(ValueError, match="init must be"):
+        train_xray(proj, geom, XrayTrainConfig(init="grid"), progress=False)
