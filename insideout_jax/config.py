@@ -182,8 +182,8 @@ _CPU_XRAY = XrayTrainConfig(iterations=2000, block=100, n_init=10_000, init="fdk
                             densify=DensifyConfig(grad_threshold=5e-6, percent_dense=0.01,
                                                   min_density=1e-6, min_density_fraction=0.01,
                                                   max_scale_fraction=0.2))
-# X-Gaussian baseline: the radiative model's schedule (iterations, densification window, ACUI
-# count), so the two stage-1b models differ in their renderer only; 3DGS's other constants.
+# X-Gaussian baseline: the radiative model's schedule (iterations, densification window, initial
+# count), ACUI as X-Gaussian has it, and 3DGS's other constants.
 _CPU_XGAUSSIAN = XGaussianConfig(
     train=dataclasses.replace(_CPU_RGB, iterations=_CPU_XRAY.iterations, sh_degree=0,
                               densify_until=_CPU_XRAY.densify_until,

@@ -37,7 +37,7 @@ def seeded_config(cfg: PipelineConfig, key) -> PipelineConfig:
 
     seeds = [int(s) for s in np.asarray(jax.random.randint(key, (5,), 0, 2**31 - 1))]
     r = dataclasses.replace
-    xg = cfg.xray.xgaussian  # the radiative seed: both draw the same ACUI centres
+    xg = cfg.xray.xgaussian  # the radiative model's seed (same ACUI draw when both start from ACUI)
     xg = xg if xg is None else r(xg, train=r(xg.train, seed=seeds[1]))
     return r(cfg,
              rgb=r(cfg.rgb, train=r(cfg.rgb.train, seed=seeds[0])),

@@ -4,9 +4,9 @@ What makes it X-Gaussian and not the pipeline's radiative model (:mod:`insideout
 the splats are alpha-composited front to back from the source (the RGB tile rasterizer, through
 the exact cone-beam pinholes of :mod:`insideout_jax.render.xgaussian`), each with one
 view-independent intensity (SH degree 0) instead of a density integrated along the ray. The rest is
-X-Gaussian's recipe: ACUI initialisation (centres uniform in the scanned cuboid, the same
-:func:`~insideout_jax.train.xray.acui_points` and count as the radiative model, so the two differ in
-the renderer only), 3DGS's per-parameter Adam rates, densification and opacity reset, and the loss
+X-Gaussian's recipe: ACUI initialisation (centres uniform in the scanned cuboid,
+:func:`~insideout_jax.train.xray.acui_points`; with the radiative model's seed and an ACUI start,
+both draw the same centres), 3DGS's per-parameter Adam rates, densification and opacity reset, and the loss
 (1 − λs)·L1 + λs·(1 − SSIM), λs = 0.2, on projections scaled to [0, 1].
 """
 
