@@ -36,7 +36,7 @@ from jax.typing import ArrayLike
 __all__ = [
     "PinholeCamera", "make_pinhole", "pinhole_from_colmap", "look_at", "scale_camera", "ring_cameras", "camera_center",
     "world_to_camera", "project_points", "pinhole_rays", "transform_camera", "intrinsic_matrix",
-    "XrayGeometry", "make_xray_geometry", "xray_source", "xray_rays", "xray_project",
+    "XrayGeometry", "make_xray_geometry", "xray_frame", "xray_source", "xray_rays", "xray_project",
     "xray_project_jacobian", "xray_pixel_centers", "UNDISTORTED_MODELS",
 ]
 
@@ -332,7 +332,8 @@ def make_xray_geometry(*, mode: str, n_detector, d_detector, angles, dso: float 
     return XrayGeometry(f32(dso_v), f32(dsd_v), f32(dd), f32(od), f32(oo), f32(ang), mode, nd)
 
 
-def _frame(angle):
+def xray_frame(angle):
+    """(e_r, e_u, e_v) of view angle θ: axis → source, detector columns, detector rows (+z)."""
     c, s = jnp.cos(angle), jnp.sin(angle)
     z = jnp.zeros_like(c)
     e_r = jnp.stack([c, s, z], -1)  # axis → source
@@ -343,7 +344,7 @@ def _frame(angle):
 
 def xray_source(geom: XrayGeometry, angle: jax.Array) -> jax.Array:
     """[3] source position in the CT frame (cone beam) for view angle θ."""
-    e_r, _, _ = _frame(angle)
+    e_r, _, _ = xray_frame(angle)
     return geom.dso * e_r - geom.offset_origin
 
 
@@ -352,7 +353,7 @@ def xray_pixel_centers(geom: XrayGeometry, angle: jax.Array) -> jax.Array:
     nv, nu = geom.n_detector
     dv, du = geom.d_detector[0], geom.d_detector[1]
     ov, ou = geom.offset_detector[0], geom.offset_detector[1]
-    e_r, e_u, e_v = _frame(angle)
+    e_r, e_u, e_v = xray_frame(angle)
     centre = (geom.dso - geom.dsd) * e_r if geom.mode == "cone" else jnp.zeros(3, e_r.dtype)
     cu = (jnp.arange(nu, dtype=e_r.dtype) - (nu - 1) / 2) * du + ou
     cv = (jnp.arange(nv, dtype=e_r.dtype) - (nv - 1) / 2) * dv + ov
@@ -369,7 +370,7 @@ def xray_rays(geom: XrayGeometry, angle: jax.Array) -> tuple[jax.Array, jax.Arra
       dirs: [nv, nu, 3] unit directions pointing from the source side to the detector.
     """
     pix = xray_pixel_centers(geom, angle)
-    e_r, _, _ = _frame(angle)
+    e_r, _, _ = xray_frame(angle)
     if geom.mode == "cone":
         src = xray_source(geom, angle)
         d = pix - src
@@ -393,7 +394,7 @@ def xray_project(geom: XrayGeometry, angle: jax.Array, points: jax.Array
         from the rotation axis plane (parallel: −(p·e_r)), mm.
     """
     nv, nu = geom.n_detector
-    e_r, e_u, e_v = _frame(angle)
+    e_r, e_u, e_v = xray_frame(angle)
     p = points + geom.offset_origin
     pr = p @ e_r
     pu = p @ e_u
@@ -420,7 +421,7 @@ def xray_project_jacobian(geom: XrayGeometry, angle: jax.Array, points: jax.Arra
     Returns:
       [..., 2, 3] pixels per mm.
     """
-    e_r, e_u, e_v = _frame(angle)
+    e_r, e_u, e_v = xray_frame(angle)
     p = points + geom.offset_origin
     dv, du = geom.d_detector[0], geom.d_detector[1]
     if geom.mode == "cone":

@@ -33,10 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from insideout_jax.cameras import PinholeCamera, XrayGeometry
+from insideout_jax.cameras import PinholeCamera, XrayGeometry, xray_frame
 from insideout_jax.render.rgb import RasterConfig, render_rgb
 from insideout_jax.render.xray import resolve_view_angles
-from insideout_jax.sh import SH_C0
+from insideout_jax.sh import sh0_to_rgb
 from insideout_jax.splats import RadSplats, RGBSplats
 
 __all__ = ["xray_pinhole", "xray_pinholes", "to_pinhole_images", "from_pinhole_images",
@@ -53,14 +53,9 @@ def xray_pinhole(geometry: XrayGeometry, angle) -> PinholeCamera:
         raise ValueError("X-Gaussian renders cone-beam views as pinhole cameras; a parallel-beam"
                          " geometry has no centre of projection")
     nv, nu = geometry.n_detector
-    a = jnp.asarray(angle, jnp.float32)
-    c, s = jnp.cos(a), jnp.sin(a)
-    zero = jnp.zeros_like(c)
-    e_r = jnp.stack([c, s, zero])
-    e_u = jnp.stack([-s, c, zero])
-    e_v = jnp.stack([zero, zero, jnp.ones_like(c)])
+    e_r, e_u, e_v = xray_frame(jnp.asarray(angle, jnp.float32))
     rot = jnp.stack([e_u, -e_v, -e_r])
-    trans = rot @ jnp.asarray(geometry.offset_origin, jnp.float32) + jnp.stack([zero, zero, geometry.dso])
+    trans = rot @ jnp.asarray(geometry.offset_origin, jnp.float32) + jnp.array([0.0, 0.0, 1.0]) * geometry.dso
     dv, du = geometry.d_detector[0], geometry.d_detector[1]
     ov, ou = geometry.offset_detector[0], geometry.offset_detector[1]
     return PinholeCamera(rotation=rot, translation=trans, fx=geometry.dsd / du, fy=geometry.dsd / dv,
@@ -85,7 +80,7 @@ def from_pinhole_images(images, scale: float):
 
 def intensity(splats: RGBSplats) -> jax.Array:
     """[C] the view-independent intensity of each Gaussian: its SH DC colour, red channel, ≥ 0."""
-    return jnp.maximum(SH_C0 * splats.sh[:, 0, 0] + 0.5, 0.0)
+    return jnp.maximum(sh0_to_rgb(splats.sh[:, 0, 0]), 0.0)
 
 
 def render_xgaussian(splats: RGBSplats, geometry: XrayGeometry, views=None, *, scale: float = 1.0,

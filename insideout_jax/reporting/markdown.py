@@ -85,6 +85,7 @@ def _methods(metrics: Mapping) -> list:
 
 
 _CHAIN = ("insideout", "radiative", "xgaussian", "3dgs")  # the expected order, best first
+_REFERENCES = (("CT", ()), ("truth", ("vs_truth",)))  # (name, key path under a split's scores)
 
 
 def _chain_check(vals: dict, what: str, digits: int) -> str:
@@ -109,7 +110,7 @@ def cross_section_trend(metrics: Mapping) -> list:
     training and held-out slices, against the CT and, where scored, against the truth."""
     out = []
     for split, name in (("train", "training slices"), ("heldout", "held-out slices")):
-        for ref, keys in (("CT", ()), ("truth", ("vs_truth",))):
+        for ref, keys in _REFERENCES:
             for k, digits in (("psnr", 2), ("ssim", 3)):
                 vals = {m: _num(_get(metrics, "cross_sections", m, split, *keys, k)) for m in _CHAIN}
                 if ref == "truth" and all(v is None for v in vals.values()):
@@ -119,7 +120,7 @@ def cross_section_trend(metrics: Mapping) -> list:
         if ins is not None and xg is not None:
             out.append(f"On {name}, InsideOut − X-Gaussian = {ins - xg:+.2f} dB PSNR vs the CT "
                        "(paper: +1.67 dB mean, +0.91 dB skull).")
-    for ref, keys in (("CT", ()), ("truth", ("vs_truth",))):
+    for ref, keys in _REFERENCES:
         gain = {split: [_num(_get(metrics, "cross_sections", m, split, *keys, "psnr"))
                         for m in ("insideout", "radiative")] for split in ("train", "heldout")}
         if any(v is None for g in gain.values() for v in g):
