@@ -44,7 +44,7 @@ def empty_metrics(obj: str, cfg: str) -> dict:
         "volume": {m: {"psnr3d": None, "ssim3d": None} for m in ("fdk", "radiative", "insideout")},
         "occupancy": {m: copy.deepcopy(occ) for m in ("radiative", "insideout")},
         "internal_noise": {"before": None, "after": None},
-        "densify_skipped": {s: None for s in ("rgb", "xray", "internal_rad", "internal_rgb")},
+        "densify_skipped": {s: None for s in ("rgb", "xray", "xgaussian", "internal_rad", "internal_rgb")},
         "coarsened": {"xray_culled_at_source": None, "fitting_targets_dropped": None,
                       "fitting_grid_coarsening": None},
     }

@@ -97,6 +97,7 @@ def train_xray_stage(projections: np.ndarray, geometry, cfg: XrayStageConfig, *,
         xg = XGaussianModel(xs, scale, xhist)
         xev = evaluate_xgaussian(xs, scale, p_ho, g_ho)
         metrics["heldout_views"]["xgaussian"] = {"psnr": xev["psnr"], "ssim": xev["ssim"]}
+        metrics["densify_skipped"].update(_skipped({"xgaussian": xhist})["densify_skipped"])
     elif cfg.xgaussian is not None:
         notes.append("X-Gaussian renders cone-beam views as pinhole cameras; this scan is a parallel"
                      " beam, so the X-Gaussian baseline is not trained (no row in the tables)")
