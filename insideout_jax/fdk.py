@@ -12,6 +12,10 @@ detector, pixel sizes du·DSO/DSD, dv·DSO/DSD):
    for a full 360° scan (every ray is seen twice). Angular weights are the trapezoid widths of the
    (possibly non-uniform) angles; short scans get no Parker weighting (a documented limitation).
 
+General per-view poses (e.g. C-arm views, ``geometry.poses``) use the same steps in each view's
+own frame (x·e_r, x·e_u, x·e_v about its isocentre), weighted by the azimuths' Δθ: exact for the
+circular scan, the usual approximation for other orbits.
+
 Parallel beam uses the same filter with τ = du and f(x) = ½ Σ Δθ · p̃(x·e_u, z) over 360°
 (or Σ over 180°).
 """
@@ -22,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from insideout_jax.cameras import XrayGeometry
+from insideout_jax.cameras import XrayGeometry, circular_poses
 
 __all__ = ["fdk", "ramp_kernel", "filter_projections", "angular_weights"]
 
@@ -117,52 +121,43 @@ def fdk(projections: jax.Array, geometry: XrayGeometry, shape_zyx: tuple, spacin
     span = float(np.sum(wts))
     redundancy = 0.5 if span > 1.5 * np.pi else 1.0  # 360° scans see every line twice
     dv, du = (float(v) for v in np.asarray(geometry.d_detector))
-    ov, ou = (float(v) for v in np.asarray(geometry.offset_detector))
     cone = geometry.mode == "cone"
     dso = float(geometry.dso)
     mag = float(geometry.dsd) / dso if cone else 1.0
-    du_i, dv_i = du / mag, dv / mag  # at the rotation axis
-    u = (np.arange(nu) - (nu - 1) / 2) * du_i + ou / mag
-    v = (np.arange(nv) - (nv - 1) / 2) * dv_i + ov / mag
+    du_i, dv_i = du / mag, dv / mag  # at the isocentre
+    poses = jnp.asarray(circular_poses(geometry), jnp.float32)  # per-view frame, iso, offsets
     if cone:
-        cosw = dso / np.sqrt(dso**2 + u[None, :] ** 2 + v[:, None] ** 2)
-        proj = proj * jnp.asarray(cosw, jnp.float32)
+        def cosine(pose):
+            u = (jnp.arange(nu) - (nu - 1) / 2) * du_i + pose[4, 1] / mag
+            v = (jnp.arange(nv) - (nv - 1) / 2) * dv_i + pose[4, 0] / mag
+            return dso / jnp.sqrt(dso**2 + u[None, :] ** 2 + v[:, None] ** 2)
+        proj = proj * jax.vmap(cosine)(poses)
     filt = filter_projections(proj, du_i)
 
     nz, ny, nx = (int(s) for s in shape_zyx)
     sz, sy, sx = (float(s) for s in np.asarray(spacing_zyx))
     ox, oy, oz = (float(s) for s in np.asarray(origin_xyz))
-    off = np.asarray(geometry.offset_origin, np.float64)
-    xs = jnp.asarray(ox + np.arange(nx) * sx + off[0], jnp.float32)
-    ys = jnp.asarray(oy + np.arange(ny) * sy + off[1], jnp.float32)
-    zs = jnp.asarray(oz + np.arange(nz) * sz + off[2], jnp.float32)
+    xs = jnp.asarray(ox + np.arange(nx) * sx, jnp.float32)[None, None, :]
+    ys = jnp.asarray(oy + np.arange(ny) * sy, jnp.float32)[None, :, None]
+    zs = jnp.asarray(oz + np.arange(nz) * sz, jnp.float32)[:, None, None]
 
     def one_view(vol, args):
-        img, theta, w = args
-        c, s = jnp.cos(theta), jnp.sin(theta)
-        pr = xs[None, :] * c + ys[:, None] * s  # [ny, nx]
-        pu = -xs[None, :] * s + ys[:, None] * c
-        if cone:
-            big_u = dso - pr
-            scale = dso / big_u
-            uu = pu * scale
-            vv = zs[:, None, None] * scale[None]
-            weight = scale**2
-        else:
-            uu = pu
-            vv = jnp.broadcast_to(zs[:, None, None], (nz, ny, nx))
-            weight = jnp.ones_like(pu)
-        col = (uu - ou / mag) / du_i + (nu - 1) / 2
-        row = (vv - ov / mag) / dv_i + (nv - 1) / 2
-        colb = jnp.broadcast_to(col, (nz, ny, nx))
-        val = _bilinear(img, colb, row)
-        return vol + w * weight[None] * val, None
+        img, pose, w = args
+        e_r, e_u, e_v, iso = pose[0], pose[1], pose[2], pose[3]
+        x, y, z = xs - iso[0], ys - iso[1], zs - iso[2]
+        dot = lambda e: x * e[0] + y * e[1] + z * e[2]  # noqa: E731  [nz, ny, nx] by broadcasting
+        pr, pu, pv = dot(e_r), dot(e_u), dot(e_v)
+        scale = dso / (dso - pr) if cone else jnp.ones_like(pr)
+        col = (pu * scale - pose[4, 1] / mag) / du_i + (nu - 1) / 2
+        row = (pv * scale - pose[4, 0] / mag) / dv_i + (nv - 1) / 2
+        val = _bilinear(img, jnp.broadcast_to(col, (nz, ny, nx)), jnp.broadcast_to(row, (nz, ny, nx)))
+        return vol + w * jnp.square(scale) * val, None
 
     @jax.jit
-    def backproject(filt, angles, wts):
+    def backproject(filt, poses, wts):
         vol0 = jnp.zeros((nz, ny, nx), jnp.float32)
-        vol, _ = jax.lax.scan(one_view, vol0, (filt, angles, wts))
+        vol, _ = jax.lax.scan(one_view, vol0, (filt, poses, wts))
         return vol
 
-    vol = backproject(filt, jnp.asarray(angles, jnp.float32), jnp.asarray(wts, jnp.float32))
+    vol = backproject(filt, poses, jnp.asarray(wts, jnp.float32))
     return vol * redundancy

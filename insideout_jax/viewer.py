@@ -86,19 +86,20 @@ def load_run(run_dir, object_dir=None) -> ViewerData:
 def _xray_cameras(geometry, n: int = 8) -> dict:
     """Pinhole cameras at n X-ray source positions (cone beam; parallel beam: at DSO or 1 m)
     looking at the rotation axis, with the detector's field of view."""
-    from insideout_jax.cameras import look_at, make_pinhole, xray_source
+    from insideout_jax.cameras import look_at, make_pinhole, view_frame, xray_source
 
     out = {}
     dso, dsd = float(geometry.dso), float(geometry.dsd)
     dist = dso if geometry.mode == "cone" and dso > 0 else 1000.0
     nv, nu = geometry.n_detector
     dv, du = (float(x) for x in np.asarray(geometry.d_detector))
-    angles = np.asarray(geometry.angles, np.float64)
+    angles, views = np.asarray(geometry.angles, np.float64), np.asarray(geometry.views, np.float32)
     for k in np.linspace(0, len(angles), n, endpoint=False).astype(int):
         a = angles[k]
-        eye = (np.asarray(xray_source(geometry, a), np.float64) if geometry.mode == "cone"
-               else dist * np.array([np.cos(a), np.sin(a), 0.0]))
-        rot, t = look_at(eye, np.zeros(3))
+        e_r, _, _, iso, _, _ = (np.asarray(x, np.float64) for x in view_frame(geometry, views[k]))
+        eye = (np.asarray(xray_source(geometry, views[k]), np.float64) if geometry.mode == "cone"
+               else iso + dist * e_r)
+        rot, t = look_at(eye, iso)
         scale = (dsd if geometry.mode == "cone" else dist) / np.array([du, dv])
         out[f"X-ray view {k} ({np.rad2deg(a):.0f}°)"] = make_pinhole(rot, t, scale[0], scale[1], nu / 2, nv / 2,
                                                                      nu, nv)

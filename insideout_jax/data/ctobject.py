@@ -125,7 +125,7 @@ def _view_chord(geom, angle, lo, hi):
 def _max_chord(geom, lo, hi) -> float:
     """Longest path of any ray of the geometry through the box, mm (sets the static step count)."""
     lo, hi = jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)
-    return max(float(_view_chord(geom, jnp.float32(a), lo, hi)) for a in np.asarray(geom.angles))
+    return max(float(_view_chord(geom, jnp.asarray(a, jnp.float32), lo, hi)) for a in np.asarray(geom.views))
 
 
 def ct_volume_projections(volume: ArrayLike, spacing_zyx, origin_xyz, geometry: XrayGeometry, *,
@@ -152,9 +152,9 @@ def ct_volume_projections(volume: ArrayLike, spacing_zyx, origin_xyz, geometry: 
     lo, hi = _box(vol.shape, sp, org)
     n_steps = int(np.ceil(_max_chord(geometry, lo, hi) / step)) + 1
     args = [jnp.asarray(a, jnp.float32) for a in (vol, org, sp[::-1], lo, hi)]
-    return np.stack([np.asarray(_march_view_jit(*args, geometry, jnp.float32(a), jnp.float32(step),
-                                                n_steps))
-                     for a in np.asarray(geometry.angles)])
+    return np.stack([np.asarray(_march_view_jit(*args, geometry, jnp.asarray(a, jnp.float32),
+                                                jnp.float32(step), n_steps))
+                     for a in np.asarray(geometry.views)])
 
 
 def default_ct_geometry(shape_zyx, spacing_zyx, origin_xyz, *, n_views: int = 180,

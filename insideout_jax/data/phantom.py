@@ -301,8 +301,8 @@ def project_phantom(phantom: Phantom, geometry: XrayGeometry) -> np.ndarray:
     """
     if not isinstance(geometry, XrayGeometry):
         raise ValueError(f"geometry must be an XrayGeometry, got {type(geometry).__name__}")
-    angles = np.asarray(geometry.angles)
-    return np.stack([np.asarray(_project_view(phantom, geometry, jnp.float32(a))) for a in angles])
+    return np.stack([np.asarray(_project_view(phantom, geometry, jnp.asarray(a, jnp.float32)))
+                     for a in np.asarray(geometry.views)])
 
 
 def phantom_density(phantom: Phantom, points: jax.Array) -> jax.Array:

@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import tifffile
 
-from insideout_jax.cameras import XrayGeometry, make_xray_geometry
+from insideout_jax.cameras import XrayGeometry, geometry_from_projection_matrices, make_xray_geometry
 from insideout_jax.io.errors import ObjectFolderError
 from insideout_jax.io.jsonfile import (
     PathLike,
@@ -26,7 +26,10 @@ MAX_LINE_INTEGRAL = 30.0  # e^-30 ≈ 1e-13 transmission: beyond any detector's 
 def read_geometry(path: PathLike) -> XrayGeometry:
     """``xray/geometry.json`` → :class:`XrayGeometry` (schema in OUTPUTS.md; ``units`` must be "mm").
 
-    Every key of the schema is required; ``DSO``/``DSD`` may be ``null`` in parallel mode.
+    Every key of the schema is required; ``DSO``/``DSD`` may be ``null`` in parallel mode. General
+    views: an optional ``poses`` ([V][5][3]: e_r, e_u, e_v, iso, (ov, ou, 0) per view) or, for cone
+    beam, ``projection_matrices`` ([V][3][4]); then ``angles`` is informational (one per view) and
+    ``offset_detector``/``offset_origin`` must be zero (they are per view).
     """
     d = read_json(path)
     mode = _key(d, "mode", path)
@@ -56,12 +59,44 @@ def read_geometry(path: PathLike) -> XrayGeometry:
     if mode == "cone" and dist["DSD"] <= dist["DSO"]:
         raise ObjectFolderError(path, "DSD", f"must exceed DSO (detector beyond the axis), got "
                                 f"DSD={dist['DSD']}, DSO={dist['DSO']}")
+    if "poses" in d or "projection_matrices" in d:
+        return _posed_geometry(d, path, mode, nd, dd, od, oo, len(angles), dist)
     try:
         return make_xray_geometry(mode=mode, n_detector=nd, d_detector=dd, angles=angles,
                                   dso=dist["DSO"], dsd=dist["DSD"], offset_detector=od,
                                   offset_origin=oo)
     except ValueError as e:  # anything the checks above did not name
         raise ObjectFolderError(path, "<file>", str(e)) from None
+
+
+def _posed_geometry(d, path, mode, nd, dd, od, oo, n_angles, dist) -> XrayGeometry:
+    key = "poses" if "poses" in d else "projection_matrices"
+    shape = (5, 3) if key == "poses" else (3, 4)
+    try:
+        arr = np.asarray(d[key], np.float64)
+    except (TypeError, ValueError):
+        raise ObjectFolderError(path, key, f"must be a list of {shape[0]}×{shape[1]} number arrays") from None
+    if arr.ndim != 3 or arr.shape[1:] != shape or not np.all(np.isfinite(arr)):
+        raise ObjectFolderError(path, key, f"must have shape [V, {shape[0]}, {shape[1]}] of finite numbers,"
+                                f" got {list(arr.shape)}")
+    if arr.shape[0] != n_angles:
+        raise ObjectFolderError(path, key, f"has {arr.shape[0]} views but 'angles' has {n_angles}")
+    if any(v != 0 for v in (*od, *oo)):
+        raise ObjectFolderError(path, "offset_detector", "must be zero with per-view poses (offsets go in"
+                                " the poses)")
+    try:
+        if key == "poses":
+            return make_xray_geometry(mode=mode, n_detector=nd, d_detector=dd, dso=dist["DSO"],
+                                      dsd=dist["DSD"], poses=arr)
+        if mode != "cone":
+            raise ValueError("projection_matrices describe cone-beam views: mode must be 'cone'")
+        g = geometry_from_projection_matrices(arr, n_detector=nd, d_detector=dd, dso=dist["DSO"])
+    except ValueError as e:
+        raise ObjectFolderError(path, key, str(e)) from None
+    if abs(float(g.dsd) - dist["DSD"]) > 1e-3 * dist["DSD"]:
+        raise ObjectFolderError(path, "DSD", f"{dist['DSD']} mm disagrees with the projection matrices'"
+                                f" {float(g.dsd):.6g} mm (focal length × pixel size)")
+    return g
 
 
 def _geometry_dict(geom: XrayGeometry) -> dict:
@@ -76,7 +111,7 @@ def _geometry_dict(geom: XrayGeometry) -> dict:
         "offset_detector": np.asarray(geom.offset_detector).tolist(),
         "offset_origin": np.asarray(geom.offset_origin).tolist(),
         "angles": np.asarray(geom.angles).ravel().tolist(), "units": "mm",
-    }
+    } | ({} if geom.poses is None else {"poses": np.asarray(geom.poses).tolist()})
 
 
 def write_geometry(path: PathLike, geometry: XrayGeometry) -> pathlib.Path:

@@ -41,7 +41,7 @@ def split_views(projections, geometry, every: int):
     from insideout_jax.train.rgb import holdout_split
 
     tr, ho = holdout_split(geometry.n_views, every)
-    return tuple((np.asarray(projections)[i], geometry.replace(angles=geometry.angles[i])) for i in (tr, ho))
+    return tuple((np.asarray(projections)[i], geometry.select(i)) for i in (tr, ho))
 
 
 def cameras_in_ct_frame(cameras, transform) -> list:

@@ -144,7 +144,7 @@ def sparse_view_comparison(projections, geometry, n_views: int, cfg: XrayStageCo
     if not 2 <= n_views <= geometry.n_views:
         raise pg.PipelineInputError(f"--views must be in [2, {geometry.n_views}], got {n_views}")
     idx = np.unique(np.round(np.linspace(0, geometry.n_views, n_views, endpoint=False)).astype(int))
-    g, p = geometry.replace(angles=geometry.angles[idx]), projections[idx]
+    g, p = geometry.select(idx), projections[idx]
     t0 = time.perf_counter()
     splats, _ = train_xray(p, g, cfg.train, progress=_bar(progress))
     t_train = time.perf_counter() - t0

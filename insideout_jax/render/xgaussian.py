@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from insideout_jax.cameras import PinholeCamera, XrayGeometry, xray_frame
+from insideout_jax.cameras import PinholeCamera, XrayGeometry, view_frame
 from insideout_jax.render.rgb import RasterConfig, render_rgb
 from insideout_jax.render.xray import resolve_view_angles
 from insideout_jax.sh import sh0_to_rgb
@@ -44,7 +44,8 @@ __all__ = ["xray_pinhole", "xray_pinholes", "to_pinhole_images", "from_pinhole_i
 
 
 def xray_pinhole(geometry: XrayGeometry, angle) -> PinholeCamera:
-    """The pinhole camera of cone-beam view ``angle`` (radians); see the module docstring.
+    """The pinhole camera of one cone-beam view (an angle in radians or a [5, 3] pose); see the
+    module docstring.
 
     Raises:
       ValueError: for a parallel-beam geometry (no centre of projection).
@@ -53,17 +54,16 @@ def xray_pinhole(geometry: XrayGeometry, angle) -> PinholeCamera:
         raise ValueError("X-Gaussian renders cone-beam views as pinhole cameras; a parallel-beam"
                          " geometry has no centre of projection")
     nv, nu = geometry.n_detector
-    e_r, e_u, e_v = xray_frame(jnp.asarray(angle, jnp.float32))
+    e_r, e_u, e_v, iso, ov, ou = view_frame(geometry, jnp.asarray(angle, jnp.float32))
     rot = jnp.stack([e_u, -e_v, -e_r])
-    trans = rot @ jnp.asarray(geometry.offset_origin, jnp.float32) + jnp.array([0.0, 0.0, 1.0]) * geometry.dso
+    trans = -rot @ iso + jnp.array([0.0, 0.0, 1.0]) * geometry.dso
     dv, du = geometry.d_detector[0], geometry.d_detector[1]
-    ov, ou = geometry.offset_detector[0], geometry.offset_detector[1]
     return PinholeCamera(rotation=rot, translation=trans, fx=geometry.dsd / du, fy=geometry.dsd / dv,
                          cx=nu / 2.0 - ou / du, cy=nv / 2.0 + ov / dv, width=int(nu), height=int(nv))
 
 
 def xray_pinholes(geometry: XrayGeometry, views=None) -> list[PinholeCamera]:
-    """The pinhole cameras of the selected views (None: all; int indices or float angles)."""
+    """The pinhole cameras of the selected views (None: all; int indices, float angles or poses)."""
     return [xray_pinhole(geometry, a) for a in np.asarray(resolve_view_angles(geometry, views))]
 
 

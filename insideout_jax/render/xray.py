@@ -63,7 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from insideout_jax import xla
-from insideout_jax.cameras import XrayGeometry
+from insideout_jax.cameras import XrayGeometry, view_frame, view_params
 from insideout_jax.render.additive import (
     TileLayout,
     box_counts,
@@ -90,32 +90,22 @@ __all__ = ["render_xray", "xray_records", "xray_tile_stats", "ray_length_image",
 
 
 
-def ray_length_image(geometry: XrayGeometry) -> jax.Array:
-    """[nv, nu] ‖pixel centre − source‖ in mm (cone beam); ones for parallel beam."""
+def ray_length_image(geometry: XrayGeometry, view=0.0) -> jax.Array:
+    """[nv, nu] ‖pixel centre − source‖ in mm of one view (cone beam); ones for parallel beam."""
     nv, nu = geometry.n_detector
     if geometry.mode != "cone":
         return jnp.ones((nv, nu), jnp.float32)
     dv, du = geometry.d_detector[0], geometry.d_detector[1]
-    ov, ou = geometry.offset_detector[0], geometry.offset_detector[1]
+    _, _, _, _, ov, ou = view_frame(geometry, view)
     u = (jnp.arange(nu, dtype=jnp.float32) - (nu - 1) / 2.0) * du + ou
     v = (jnp.arange(nv, dtype=jnp.float32) - (nv - 1) / 2.0) * dv + ov
     return jnp.sqrt(geometry.dsd ** 2 + u[None, :] ** 2 + v[:, None] ** 2)
 
 
 def resolve_view_angles(geometry: XrayGeometry, views) -> jax.Array:
-    """[V] float32 view angles (rad) from None (all views), int indices or float angles."""
-    if views is None:
-        return geometry.angles
-    v = views if isinstance(views, jax.Array) else np.asarray(views)
-    if v.ndim == 0:
-        v = v[None]
-    if v.ndim != 1:
-        raise ValueError(f"views must be a 1-D list of view indices or angles, got shape {v.shape}")
-    if jnp.issubdtype(v.dtype, jnp.integer):
-        return geometry.angles[jnp.asarray(v)]
-    if jnp.issubdtype(v.dtype, jnp.floating):
-        return jnp.asarray(v, jnp.float32)
-    raise ValueError(f"views must be integer indices or float angles (rad), got dtype {v.dtype}")
+    """[V] float32 view angles (rad), or [V, 5, 3] poses for a posed geometry, from None (all
+    views), int indices, float angles or poses (:func:`insideout_jax.cameras.view_params`)."""
+    return view_params(geometry, views)
 
 
 def _check_inputs(splats, geometry, cutoff_sigma, tile_size, chunk):
@@ -187,8 +177,8 @@ def render_xray(splats: RadSplats, geometry: XrayGeometry, views=None, *,
     Args:
       splats: :class:`RadSplats`; density ρ = exp(log_densities) in 1/mm, lengths in mm.
       geometry: :class:`XrayGeometry`.
-      views: None (all views), [V] int view indices into ``geometry.angles``, or [V] float angles
-        in radians.
+      views: None (all views), [V] int view indices, [V] float angles in radians (circular
+        scans) or [V, 5, 3] poses (``geometry.views``).
       cutoff_sigma: k; contributions with Mahalanobis ray distance m > k are dropped (relative
         error ≤ e^(−k²/2) of each Gaussian's central integral: 3.7e-6 at the default 5).
       tile_size: square tile side in pixels (a power of two for the Pallas back ends).
@@ -265,6 +255,8 @@ def _render_xray_jit(splats, geometry, angles, cutoff_sigma, *, tile_size, chunk
                                           capacity=capacity)
     nv, nu = geometry.n_detector
     img = layout.untile(buf, nv, nu)
+    if geometry.mode == "cone" and angles.ndim == 3:  # posed views: per-view detector offsets
+        return img * jax.vmap(lambda v: ray_length_image(geometry, v))(angles), overflow
     return img * ray_length_image(geometry)[None], overflow
 
 

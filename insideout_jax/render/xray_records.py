@@ -16,7 +16,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from insideout_jax.cameras import XrayGeometry
+from insideout_jax.cameras import XrayGeometry, view_frame
 from insideout_jax.render.additive import (
     MONO_SHIFT,
     SplatKernel,
@@ -40,12 +40,6 @@ _SQRT_2PI = math.sqrt(2.0 * math.pi)
 # ----------------------------------------------------------------------------------------------
 
 
-def _frame(angle):
-    c, s = jnp.cos(angle), jnp.sin(angle)
-    z, o = jnp.zeros_like(c), jnp.ones_like(c)
-    return jnp.stack([c, s, z]), jnp.stack([-s, c, z]), jnp.stack([z, z, o])
-
-
 def _silhouette_range(mu_u, depth, g_u, g_r, k2):
     """Exact range of tan-coordinates σ = u/DSD of the k-σ ellipsoid's cone-beam silhouette.
 
@@ -66,14 +60,13 @@ def _silhouette_range(mu_u, depth, g_u, g_r, k2):
     return (beta - root) / alpha, (beta + root) / alpha
 
 
-def _view_records(means, rot, scales, rho, geom: XrayGeometry, angle, k2):
-    """Records [C, 14] and pixel bounds [C, 4] (jlo, jhi, ilo, ihi) for one view angle."""
-    e_r, e_u, e_v = _frame(angle)
+def _view_records(means, rot, scales, rho, geom: XrayGeometry, view, k2):
+    """Records [C, 14] and pixel bounds [C, 4] (jlo, jhi, ilo, ihi) for one view (angle or pose)."""
+    e_r, e_u, e_v, iso, ov, ou = view_frame(geom, view)
     nv, nu = geom.n_detector
     dv, du = geom.d_detector[0], geom.d_detector[1]
-    ov, ou = geom.offset_detector[0], geom.offset_detector[1]
     cj, ci = (nu - 1) / 2.0, (nv - 1) / 2.0
-    p = means + geom.offset_origin
+    p = means - iso
     pr, pu, pv = p @ e_r, p @ e_u, p @ e_v
 
     def whiten(x):  # [C, 3] → W x = (Rᵀ x) / s
@@ -135,14 +128,14 @@ def safe_quats(splats) -> jax.Array:
     return jnp.where(splats.active[:, None], splats.quats, ident)
 
 
-def xray_records(splats: RadSplats, geometry: XrayGeometry, angles: jax.Array, *,
+def xray_records(splats: RadSplats, geometry: XrayGeometry, views: jax.Array, *,
                  cutoff_sigma: float = 5.0) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Projection stage: per (view, Gaussian) line-integral coefficients and footprint bounds.
 
     Args:
       splats: radiative splats (capacity C).
       geometry: scanner geometry (cone or parallel beam).
-      angles: [V] float32 view angles, radians.
+      views: [V] float32 view angles (radians) or [V, 5, 3] poses (``geometry.views``).
       cutoff_sigma: k (float or [] float32 array); a Gaussian contributes where the ray's
         Mahalanobis distance m ≤ k.
 
@@ -157,7 +150,7 @@ def xray_records(splats: RadSplats, geometry: XrayGeometry, angles: jax.Array, *
     scales = jnp.exp(splats.log_scales)
     rho = jnp.exp(splats.log_densities)
     fn = lambda a: _view_records(splats.means, rot, scales, rho, geometry, a, k2)  # noqa: E731
-    rec, bounds, ok = jax.vmap(fn)(angles)
+    rec, bounds, ok = jax.vmap(fn)(views)
     ok = ok & splats.active[None, :]
     return rec, bounds, ok
 

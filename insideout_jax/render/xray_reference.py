@@ -19,7 +19,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from insideout_jax.cameras import XrayGeometry
+from insideout_jax.cameras import XrayGeometry, view_frame
 from insideout_jax.splats import RadSplats, RGBSplats, quat_to_rotmat
 
 __all__ = ["reference_rays", "render_xray_reference", "density_field_reference",
@@ -35,27 +35,24 @@ def precision_matrices(log_scales: jax.Array, quats: jax.Array) -> jax.Array:
 
 def reference_rays(geometry: XrayGeometry, angle, *, dtype=jnp.float64
                    ) -> tuple[jax.Array, jax.Array]:
-    """Rays of all detector pixels for one view, in ``dtype``.
+    """Rays of all detector pixels for one view (an angle or a [5, 3] pose), in ``dtype``.
 
     Returns:
       origins: [nv, nu, 3] source (cone) or pixel centre on the plane through the axis (parallel).
       dirs: [nv, nu, 3] pixel − source (cone, not normalised) or the unit beam direction.
     """
     g = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype), geometry)
-    a = jnp.asarray(angle, dtype)
-    e_r = jnp.stack([jnp.cos(a), jnp.sin(a), jnp.zeros_like(a)])
-    e_u = jnp.stack([-jnp.sin(a), jnp.cos(a), jnp.zeros_like(a)])
-    e_v = jnp.asarray([0.0, 0.0, 1.0], dtype)
+    e_r, e_u, e_v, iso, ov, ou = view_frame(g, jnp.asarray(angle, dtype))
     nv, nu = geometry.n_detector
-    cu = (jnp.arange(nu, dtype=dtype) - (nu - 1) / 2) * g.d_detector[1] + g.offset_detector[1]
-    cv = (jnp.arange(nv, dtype=dtype) - (nv - 1) / 2) * g.d_detector[0] + g.offset_detector[0]
+    cu = (jnp.arange(nu, dtype=dtype) - (nu - 1) / 2) * g.d_detector[1] + ou
+    cv = (jnp.arange(nv, dtype=dtype) - (nv - 1) / 2) * g.d_detector[0] + ov
     plane = cu[None, :, None] * e_u + cv[:, None, None] * e_v
     if geometry.mode == "cone":
         src = g.dso * e_r
         pix = (g.dso - g.dsd) * e_r + plane
-        o = jnp.broadcast_to(src, pix.shape) - g.offset_origin
+        o = jnp.broadcast_to(src, pix.shape) + iso
         return o, pix - src
-    o = plane - g.offset_origin
+    o = plane + iso
     return o, jnp.broadcast_to(-e_r, o.shape)
 
 
@@ -74,7 +71,7 @@ def render_xray_reference(splats: RadSplats, geometry: XrayGeometry, angles, *,
     Args:
       splats: radiative splats (inactive ones contribute nothing).
       geometry: scanner geometry.
-      angles: [V] view angles, radians.
+      angles: [V] view angles (radians) or [V, 5, 3] poses.
       dtype: computation dtype.
       cutoff_sigma: None (no culling) or k: drop a Gaussian from a ray whose Mahalanobis
         distance to it exceeds k (the fast renderer's truncation, for exact comparisons).
