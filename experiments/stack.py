@@ -27,12 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
 
 from insideout_jax.io.checkpoint import atomic_write_bytes  # noqa: E402
-from insideout_jax.io.importers import load_volume  # noqa: E402
 from insideout_jax.io.ply import write_mesh_ply  # noqa: E402
 from insideout_jax.reporting.stack import stack_figures, write_stack_report  # noqa: E402
+from insideout_jax.stacks.inputs import config_overrides, load_input  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -71,72 +70,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     p.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     return p.parse_args(argv)
-
-
-def config_overrides(items) -> dict:
-    """{field: value} from FIELD=VALUE strings, typed like StackConfig's defaults."""
-    import dataclasses
-
-    from insideout_jax.stacks import StackConfig
-
-    fields = {f.name: f for f in dataclasses.fields(StackConfig)}
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or name not in fields or name in ("n_splats", "iterations", "seed"):
-            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
-                             f"{sorted(set(fields) - {'n_splats', 'iterations', 'seed'})} "
-                             "(--splats, --iterations and --seed set the others)")
-        kind = type(getattr(StackConfig(), name))
-        try:
-            out[name] = kind(value)
-        except ValueError:
-            raise ValueError(f"--set {item!r}: {name} takes a {kind.__name__}") from None
-    return out
-
-
-def load_input(args):
-    """(raw [Z, Y, X] float32, spacing_zyx, name, labels [L, Z, Y, X] or None, label names)."""
-    from insideout_jax.stacks import head_labels, read_frame_folder, read_label_folder
-    from insideout_jax.stacks.frames import downsample_inplane
-
-    if args.frames:
-        if args.spacing is None:
-            raise ValueError("--frames needs --spacing DZ DY DX (image files carry no spacing)")
-        st = read_frame_folder(args.frames, spacing_zyx=args.spacing)
-        lo, hi = st.value_range
-        raw, spacing, name = st.frames * (hi - lo) + lo, tuple(args.spacing), Path(args.frames).name
-    else:
-        path = args.volume or args.dicom
-        recorded = args.dicom or Path(path).with_suffix(".json").is_file()  # the file says what it holds
-        vol = load_volume(path, spacing_zyx=args.spacing, axes=args.axes, quantity=None if recorded else "density")
-        raw, spacing, name = vol.data, vol.spacing_zyx, Path(path).stem
-    for ax in args.axis_flip:
-        if ax not in "zyx":
-            raise ValueError(f"--axis-flip takes letters of zyx, got {args.axis_flip!r}")
-        raw = np.flip(raw, "zyx".index(ax))
-    labels, names = None, ()
-    if args.labels:
-        lp = Path(args.labels)
-        if lp.is_dir():
-            labels = read_label_folder(lp, raw.shape[0])[None]
-        else:
-            lv = load_volume(lp, spacing_zyx=spacing, axes=args.axes, quantity="density").data
-            for ax in args.axis_flip:
-                lv = np.flip(lv, "zyx".index(ax))
-            labels = (lv != 0)[None]
-        names = (lp.stem,)
-        if labels.shape[1:] != raw.shape:
-            raise ValueError(f"--labels {lp}: shape {labels.shape[1:]} differs from the stack's {raw.shape}")
-    f = int(args.downsample)
-    if f < 1:
-        raise ValueError(f"--downsample must be >= 1, got {f}")
-    if f > 1:
-        raw, labels, spacing = downsample_inplane(raw, labels, spacing, f)
-        name = f"{name}_ds{f}"
-    if args.label_thresholds:
-        labels, names = head_labels(raw, bone=args.label_thresholds[0], body=args.label_thresholds[1])
-    return np.ascontiguousarray(raw, np.float32), tuple(float(s) for s in spacing), name, labels, names
 
 
 def _save_json(path: Path, obj) -> None:

@@ -67,10 +67,13 @@ def _pose(x, radius):
     return jnp.concatenate([x[:3] / radius, x[3:]])
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "spacing", "origin", "ssim_weight"))
-def _vol_stage(xs, moving, fixed, centre, radius, data_range, lr, *, steps, spacing, origin, ssim_weight):
+@functools.partial(jax.jit, static_argnames=("steps", "grids", "ssim_weight"))
+def _vol_stage(xs, moving, fixed, centre, radius, data_range, lr, *, steps, grids, ssim_weight):
+    (m_sp, m_org), (f_sp, f_org) = grids
+
     def loss(x):
-        moved = warp_volume(moving, _pose(x, radius), centre, spacing, origin)
+        moved = warp_volume(moving, _pose(x, radius), centre, m_sp, m_org, out_shape=fixed.shape,
+                            out_spacing_zyx=f_sp, out_origin_xyz=f_org)
         return (1.0 - ncc3d(moved, fixed)) + ssim_weight * (1.0 - ssim3d(moved, fixed, data_range))
 
     opt = optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.05))
@@ -87,12 +90,15 @@ def _vol_stage(xs, moving, fixed, centre, radius, data_range, lr, *, steps, spac
 
 
 def register_volumes(moving, fixed, *, centre, spacing_zyx, origin_xyz, radius: float, starts,
-                     data_range: float | None = None, config: VolumeRegConfig = VolumeRegConfig()) -> dict:
-    """The pose T with warp(moving, T) ≈ fixed (both on one grid), 3D/3D, multi-start.
+                     data_range: float | None = None, config: VolumeRegConfig = VolumeRegConfig(),
+                     fixed_spacing_zyx=None, fixed_origin_xyz=None) -> dict:
+    """The pose T with warp(moving, T) ≈ fixed, 3D/3D, multi-start.
 
     Args:
-      moving: [nz, ny, nx] the volume to move (e.g. the pre-operative CT crop).
-      fixed: [nz, ny, nx] the target (e.g. the voxelized two-view reconstruction).
+      moving: [nz, ny, nx] the volume to move (e.g. the pre-operative CT crop) on the grid
+        (``spacing_zyx``, ``origin_xyz``).
+      fixed: the target (e.g. the voxelized two-view reconstruction) on its own grid
+        (``fixed_spacing_zyx``, ``fixed_origin_xyz``; default: the moving volume's grid).
       centre: [3] rotation centre, mm; radius: structure radius, mm (rotation ↔ mm scale).
       starts: [S, 6] initial poses.
       data_range: SSIM's L (default: the fixed volume's max − min).
@@ -101,8 +107,12 @@ def register_volumes(moving, fixed, *, centre, spacing_zyx, origin_xyz, radius: 
       dict(pose [6] float64, loss float, losses [S], poses [S, 6], history [steps total] best start).
     """
     moving, fixed = jnp.asarray(moving, jnp.float32), jnp.asarray(fixed, jnp.float32)
-    if moving.shape != fixed.shape or moving.ndim != 3:
-        raise ValueError(f"moving and fixed must be volumes of one shape, got {moving.shape}, {fixed.shape}")
+    same_grid = fixed_spacing_zyx is None and fixed_origin_xyz is None
+    if moving.ndim != 3 or fixed.ndim != 3 or (same_grid and moving.shape != fixed.shape):
+        raise ValueError("moving and fixed must be volumes (of one shape on one grid), got"
+                         f" {moving.shape}, {fixed.shape}")
+    f_sp0 = spacing_zyx if fixed_spacing_zyx is None else fixed_spacing_zyx
+    f_org0 = origin_xyz if fixed_origin_xyz is None else fixed_origin_xyz
     if len(config.levels) != len(config.steps) or len(config.levels) != len(config.lr_mm):
         raise ValueError("VolumeRegConfig: levels, steps and lr_mm must have the same length")
     s0 = np.asarray(starts, np.float64).reshape(-1, 6)
@@ -112,9 +122,10 @@ def register_volumes(moving, fixed, *, centre, spacing_zyx, origin_xyz, radius: 
     hist = []
     for f, n, lr in zip(config.levels, config.steps, config.lr_mm, strict=True):
         m, sp, org = block_mean(moving, int(f), spacing_zyx, origin_xyz)
-        fx, _, _ = block_mean(fixed, int(f), spacing_zyx, origin_xyz)
+        fx, fsp, forg = block_mean(fixed, int(f), f_sp0, f_org0)
         xs, losses, h = _vol_stage(xs, m, fx, c, jnp.float32(radius), jnp.float32(dr), jnp.float32(lr),
-                                   steps=int(n), spacing=sp, origin=org, ssim_weight=float(config.ssim_weight))
+                                   steps=int(n), grids=((sp, org), (fsp, forg)),
+                                   ssim_weight=float(config.ssim_weight))
         hist.append(np.asarray(h))
     losses = np.asarray(losses, np.float64)
     best = int(np.argmin(losses))

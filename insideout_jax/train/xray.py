@@ -34,7 +34,7 @@ from insideout_jax.cameras import XrayGeometry
 from insideout_jax.losses import photometric_loss, tv_3d
 from insideout_jax.render.slices import VoxelGrid, voxelize
 from insideout_jax.render.xray import render_xray, resolve_xray_backend
-from insideout_jax.splats import RadSplats, knn_log_scales, rad_splats_from_points
+from insideout_jax.splats import RadSplats, knn_log_scales, pad_to_capacity, rad_splats_from_points, select_active
 from insideout_jax.train.densify import DensifyConfig, densify_if_due, initial_train_state
 from insideout_jax.train.loop import run_training
 from insideout_jax.train.optim import make_optimizer, mask_gradients, merge_params
@@ -223,7 +223,8 @@ def _make_block(cfg: XrayTrainConfig, extent: float, p_max: float):
 
 def train_xray(projections: np.ndarray, geometry: XrayGeometry,
                cfg: XrayTrainConfig = XrayTrainConfig(), *, bbox=None,
-               checkpoint_path: str | Path | None = None, progress: bool = True):
+               checkpoint_path: str | Path | None = None, progress: bool = True,
+               init_splats: RadSplats | None = None):
     """Train radiative splats on projections (training views only).
 
     Args:
@@ -232,6 +233,8 @@ def train_xray(projections: np.ndarray, geometry: XrayGeometry,
       cfg: constants.
       bbox: optional (lo, hi) xyz box for ACUI (default :func:`scan_cuboid`).
       checkpoint_path: ``.npz`` saved after every block; an existing one is resumed.
+      init_splats: start from these splats (e.g. a prior model of the same object) instead of
+        ``cfg.init``; capacity becomes ``capacity_factor`` × their active count.
 
     Returns:
       (splats, history).
@@ -244,7 +247,10 @@ def train_xray(projections: np.ndarray, geometry: XrayGeometry,
     extent = float(0.5 * np.linalg.norm(hi - lo))
     key = jax.random.key(cfg.seed)
     cap = int(np.ceil(cfg.capacity_factor * cfg.n_init))
-    if cfg.init == "fdk":
+    if init_splats is not None:
+        init = select_active(init_splats)
+        init = pad_to_capacity(init, int(np.ceil(cfg.capacity_factor * init.means.shape[0])))
+    elif cfg.init == "fdk":
         pts, ls, rho = fdk_init(proj, geometry, jax.random.fold_in(key, 1), lo, hi, cfg.n_init,
                                 threshold=cfg.init_threshold, grid=cfg.init_grid)
         init = rad_splats_from_points(pts, rho, capacity=cap, log_scales=ls)
