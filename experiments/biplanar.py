@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""Biplanar X-rays → registered CT (RadGS-Reg): render-and-compare vs per-case RadGS-Reg vs FDK.
+"""Biplanar X-rays → registered CT (RadGS-Reg): render-and-compare vs RadGS-Reg (per case, learned) vs FDK.
 
     python experiments/biplanar.py --ct ../shared/data/ct/stanford_cthead/cthead_z113_y256_x256_uint16.npy \
         --spacing 2 1 1 --quantity HU --offset 1000 --flip-z --cases 30
     python experiments/biplanar.py --object skull --cases 30
 
 Writes ``outputs/biplanar/<name>/``: report.md, metrics.json, cases.json (resumed on a rerun),
-biplanar.png and the pre-operative splat model. See :mod:`insideout_jax.biplanar`.
+biplanar.png and the pre-operative splat model. The learned method runs when its networks have
+been trained (``python -m insideout_jax.biplanar train`` with the same CT options).
 """
 
 from __future__ import annotations
@@ -21,29 +22,19 @@ if str(REPO) not in sys.path:
 
 
 def main(argv=None) -> int:
-    from insideout_jax.biplanar.ctinput import load_attenuation
+    from insideout_jax.biplanar.ctinput import add_ct_arguments, attenuation_from_args
     from insideout_jax.biplanar.experiment import run_biplanar
     from insideout_jax.biplanar.methods import METHODS
     from insideout_jax.io.errors import ObjectFolderError
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ct", help="a CT volume (npy, tif(+json), mat, raw, DICOM folder)")
-    src.add_argument("--object", help="an object under data/ (its ct/volume)")
-    p.add_argument("--spacing", type=float, nargs=3, metavar=("DZ", "DY", "DX"))
-    p.add_argument("--quantity", choices=["attenuation", "HU"], default=None)
-    p.add_argument("--offset", type=float, default=0.0, help="subtracted from the stored values")
-    p.add_argument("--flip-z", action="store_true")
-    p.add_argument("--centre", type=float, nargs=3, metavar=("X", "Y", "Z"), help="structure centre, mm")
+    add_ct_arguments(p)
     p.add_argument("--cases", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--method", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--out", default=None, help="default: outputs/biplanar/<name>")
+    p.add_argument("--method", nargs="+", choices=METHODS, default=None, help="default: all that can run")
     a = p.parse_args(argv)
     try:
-        name, vol, sp, org = load_attenuation(a.ct, a.object, repo=REPO, spacing=a.spacing, quantity=a.quantity,
-                                              offset=a.offset, flip_z=a.flip_z)
-        out = Path(a.out) if a.out else REPO / "outputs" / "biplanar" / name
+        name, vol, sp, org, out = attenuation_from_args(a, REPO)
         m = run_biplanar(vol, sp, org, out, name=name, n_cases=a.cases, seed=a.seed, methods=a.method,
                          centre=a.centre)
     except (ObjectFolderError, ValueError) as e:
@@ -51,7 +42,7 @@ def main(argv=None) -> int:
         return 2
     for k, r in m["methods"].items():
         print(f"{k}: mTRE {r['mtre_mm']['mean']:.2f} mm, SR {100 * r['success_rate']:.1f} %, "
-              f"CR {r['capture_range_mm']:.0f} mm, RT {r['seconds']['mean']:.1f} s")
+              f"CR {r['capture_range_mm']:.0f} mm, RT {r['seconds']['mean']:.2f} s")
     print(f"report: {out / 'report.md'}")
     return 0
 

@@ -102,7 +102,7 @@ def fdk(projections: jax.Array, geometry: XrayGeometry, shape_zyx: tuple, spacin
     """FDK (cone) or filtered backprojection (parallel) reconstruction.
 
     Args:
-      projections: [V, nv, nu] line integrals, in the order of ``geometry.angles``.
+      projections: [V, nv, nu] line integrals, in the order of the geometry's views.
       geometry: the scanner geometry.
       shape_zyx: output volume shape (static).
       spacing_zyx: [3] voxel spacing, mm.

@@ -115,7 +115,14 @@ def test_networks_shapes_and_a_few_training_steps_lower_the_loss(tmp_path):
     import chex
     import jax
 
-    from insideout_jax.biplanar.learned import LearnedConfig, init_params, make_samples, predict, statics, train_learned
+    from insideout_jax.biplanar.learned import (
+        LearnedConfig,
+        init_params,
+        load_learned,
+        make_samples,
+        predict,
+        train_learned,
+    )
     from insideout_jax.biplanar.nets import RecNet, RegNet
 
     vol, sp, org = _blob_volume()
@@ -141,6 +148,9 @@ def test_networks_shapes_and_a_few_training_steps_lower_the_loss(tmp_path):
     rec = [h[2] for h in hist if h[0] == "rec"]
     reg = [h[2] for h in hist if h[0] == "reg"]
     assert rec[-1] < rec[0] and reg[-1] < reg[0]
-    out = predict(trained, make_case(crop, cfg, 99, 0), crop, cfg, lcfg, statics(crop, cfg, lcfg, samples))
+    params, st = load_learned(ck, crop, cfg, lcfg)
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(trained), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    out = predict(params, make_case(crop, cfg, 99, 0), crop, cfg, lcfg, st)
     chex.assert_shape(out["pose"], (6,))
     assert np.all(np.isfinite(out["pose"]))

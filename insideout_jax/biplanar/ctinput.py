@@ -10,7 +10,7 @@ from insideout_jax.data.ctobject import hu_to_attenuation
 from insideout_jax.io.importers import load_volume
 from insideout_jax.io.volumes import read_volume
 
-__all__ = ["load_attenuation"]
+__all__ = ["load_attenuation", "add_ct_arguments", "attenuation_from_args"]
 
 
 def load_attenuation(ct, object_name, *, repo: Path, spacing=None, quantity=None, offset: float = 0.0,
@@ -40,3 +40,24 @@ def load_attenuation(ct, object_name, *, repo: Path, spacing=None, quantity=None
     elif vol.quantity != "attenuation":
         raise ValueError(f"the CT holds {vol.quantity!r}: the experiment needs attenuation or HU (--quantity)")
     return name, np.asarray(data, np.float32), tuple(vol.spacing_zyx), tuple(vol.origin_xyz)
+
+
+def add_ct_arguments(parser) -> None:
+    """The CT options shared by ``experiments/biplanar.py`` and ``python -m insideout_jax.biplanar``."""
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ct", help="a CT volume (npy, tif(+json), mat, raw, DICOM folder)")
+    src.add_argument("--object", help="an object under data/ (its ct/volume)")
+    parser.add_argument("--spacing", type=float, nargs=3, metavar=("DZ", "DY", "DX"))
+    parser.add_argument("--quantity", choices=["attenuation", "HU"], default=None)
+    parser.add_argument("--offset", type=float, default=0.0, help="subtracted from the stored values")
+    parser.add_argument("--flip-z", action="store_true")
+    parser.add_argument("--centre", type=float, nargs=3, metavar=("X", "Y", "Z"), help="structure centre, mm")
+    parser.add_argument("--out", default=None, help="default: outputs/biplanar/<name>")
+
+
+def attenuation_from_args(args, repo: Path) -> tuple[str, np.ndarray, tuple, tuple, Path]:
+    """(name, attenuation, spacing_zyx, origin_xyz, output folder) from :func:`add_ct_arguments`."""
+    name, vol, sp, org = load_attenuation(args.ct, args.object, repo=repo, spacing=args.spacing,
+                                          quantity=args.quantity, offset=args.offset, flip_z=args.flip_z)
+    out = Path(args.out) if args.out else repo / "outputs" / "biplanar" / name
+    return name, vol, sp, org, out

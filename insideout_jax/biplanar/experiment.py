@@ -23,11 +23,18 @@ __all__ = ["run_biplanar", "summarise"]
 
 
 def _case_record(case, crop, name, res, cfg) -> dict:
+    if res.get("volume_crop") is not None:  # the learned reconstruction: crop grid, shifted by t_s
+        shifted = np.asarray(case.pose, np.float64).copy()
+        shifted[3:] -= case.start[3:]
+        grid = (crop.data.shape, crop.spacing_zyx, crop.origin_xyz)
+        res = dict(res, scores=mt.reconstruction_scores(res["volume_crop"], crop, shifted, cfg, grid))
     rec = dict(method=name, case=case.index, initial_mtre=case.initial_mtre, start_mtre=case.start_mtre,
                mtre=float(mtre(res["pose"], case.pose, crop.centre, crop.targets)),
                seconds=float(res["seconds"]), pose=np.asarray(res["pose"]).tolist())
     if res.get("volume") is not None:
         rec.update({f"recon_{k}": v for k, v in mt.reconstruction_scores(res["volume"], crop, case.pose, cfg).items()})
+    if res.get("scores") is not None:
+        rec.update({f"recon_{k}": v for k, v in res["scores"].items()})
     if res.get("rounds"):
         rec["mtre_rounds"] = [float(mtre(p, case.pose, crop.centre, crop.targets)) for p in res["rounds"]]
     return rec
@@ -69,14 +76,29 @@ def _preop(crop: StructureCrop, cfg, mcfg, out: Path, say):
 
 
 def run_biplanar(volume, spacing_zyx, origin_xyz, out, *, name: str, n_cases: int = 30, seed: int = 0,
-                 methods=mt.METHODS, cfg: BiplanarConfig = BiplanarConfig(),
-                 mcfg: mt.MethodConfig = mt.MethodConfig(), centre=None, progress: bool = True,
+                 methods=None, cfg: BiplanarConfig = BiplanarConfig(),
+                 mcfg: mt.MethodConfig = mt.MethodConfig(), lcfg=None, centre=None, progress: bool = True,
                  say=print) -> dict:
     """Run (or resume) the experiment on an attenuation volume; returns the metrics dict.
 
+    ``methods``: None runs the three per-case methods, and the learned one when ``out/learned.npz``
+    holds finished training (``python -m insideout_jax.biplanar train``); ``lcfg`` is its
+    :class:`~insideout_jax.biplanar.learned.LearnedConfig` (default: the default one).
+
     Raises:
-      ValueError: for an unknown method or a crop without bone.
+      ValueError: for an unknown method, a crop without bone, or a requested learned method
+        without trained networks.
     """
+    from insideout_jax.biplanar.learned import LearnedConfig, load_learned, predict
+
+    lcfg = LearnedConfig() if lcfg is None else lcfg
+    if methods is None:
+        methods = [m for m in mt.METHODS if m != "radgs_learned"]
+        if (Path(out) / "learned.npz").is_file():
+            methods.append("radgs_learned")
+        else:
+            say(f"[biplanar] radgs_learned: no trained networks in {out}; train them with"
+                " `python -m insideout_jax.biplanar train` (same CT options) to add it")
     from tqdm.auto import tqdm
 
     from insideout_jax.biplanar.report import write_biplanar_report
@@ -90,9 +112,11 @@ def run_biplanar(volume, spacing_zyx, origin_xyz, out, *, name: str, n_cases: in
     say(f"[biplanar] {name}: structure crop {crop.data.shape} at {np.round(crop.centre, 1).tolist()} mm,"
         f" {len(crop.targets)} bone targets (level {crop.bone_level:.4g} /mm), radius {crop.radius:.1f} mm")
     preop = _preop(crop, cfg, mcfg, out, say)
+    learned = load_learned(out / "learned.npz", crop, cfg, lcfg) if "radgs_learned" in methods else None
     rec_path = out / "cases.json"
     settings = dict(name=name, seed=int(seed), config=dataclasses.asdict(cfg), centre=crop.centre.tolist(),
                     methods_config=repr(mcfg), record_format=2)
+    stamp = (out / "learned.npz").stat().st_mtime if learned is not None else None
     records = []
     if rec_path.is_file():
         saved = json.loads(rec_path.read_text())
@@ -100,6 +124,8 @@ def run_biplanar(volume, spacing_zyx, origin_xyz, out, *, name: str, n_cases: in
             records = saved["records"]
         else:
             say(f"[biplanar] {rec_path} was made with other settings: starting afresh")
+    # records of the learned method made with other weights are stale (the others stay)
+    records = [r for r in records if r["method"] != "radgs_learned" or r.get("weights") == stamp]
     done = {(r["method"], r["case"]) for r in records}
     cases_fig = []
     for k in tqdm(range(int(n_cases)), desc="biplanar cases", disable=not progress):
@@ -111,12 +137,15 @@ def run_biplanar(volume, spacing_zyx, origin_xyz, out, *, name: str, n_cases: in
                 res = mt.render_and_compare(case, crop, preop, mcfg)
             elif m == "radgs_per_case":
                 res = mt.radgs_per_case(case, crop, preop, cfg, mcfg)
+            elif m == "radgs_learned":
+                res = predict(*learned[:1], case, crop, cfg, lcfg, learned[1])
             else:
                 res = mt.fdk_then_3d(case, crop, cfg, mcfg)
             if k == 0:
                 cases_fig.append((m, res))
             if (m, k) not in done:
-                records.append(_case_record(case, crop, m, res, cfg))
+                records.append(_case_record(case, crop, m, res, cfg) | ({"weights": stamp} if m == "radgs_learned"
+                                                                          else {}))
                 done.add((m, k))
                 write_json_atomic(rec_path, dict(settings=settings, records=records))
         if k == 0:

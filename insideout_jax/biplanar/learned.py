@@ -35,7 +35,8 @@ from insideout_jax.registration.warp import warp_volume
 from insideout_jax.render.slices import make_voxel_grid, voxelize
 from insideout_jax.render.xray import render_xray
 
-__all__ = ["LearnedConfig", "Samples", "make_samples", "init_params", "train_learned", "predict"]
+__all__ = ["LearnedConfig", "Samples", "make_samples", "init_params", "train_learned", "predict", "statics",
+           "load_learned"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,17 +188,19 @@ def _losses(stage, st: _Static, params, batch, key, ct):
 def train_learned(crop: StructureCrop, samples: Samples, cfg: BiplanarConfig, lcfg: LearnedConfig,
                   checkpoint: str | Path, *, progress: bool = True) -> dict:
     """Train RecM, then RegM, then both (Eq. 4), resuming from ``checkpoint`` (saved atomically
-    every ``checkpoint_every`` steps). Returns the parameters; the loss history is in the
+    every ``checkpoint_every`` steps; step k's batch depends on (seed, k) only, so a resumed run
+    draws what an uninterrupted one would). Returns the parameters; the loss history is in the
     checkpoint's metadata."""
     from tqdm.auto import tqdm
 
-    st = statics(crop, cfg, lcfg, samples)
+    x_scale = float(np.percentile(samples.xrays, 99.5)) or 1.0
+    st = statics(crop, cfg, lcfg, x_scale)
     ct = jnp.asarray(crop.data)
     opt = optax.adam(lcfg.lr)
     params = init_params(jax.random.key(lcfg.seed), lcfg, crop.data.shape[0])
     plan = [("rec", lcfg.rec_steps), ("reg", lcfg.reg_steps), ("joint", lcfg.joint_steps)]
     total = sum(n for _, n in plan)
-    meta = dict(step=0, history=[])
+    meta = dict(step=0, history=[], x_scale=x_scale, config=repr(lcfg))
     ck = Path(checkpoint)
     if ck.is_file():
         tree, meta = load_checkpoint(ck, {"params": params, "opt": opt.init(params)})
@@ -213,8 +216,6 @@ def train_learned(crop: StructureCrop, samples: Samples, cfg: BiplanarConfig, lc
             up, opt_state = opt.update(g, opt_state, params)
             return optax.apply_updates(params, up), opt_state, loss
         steps[stage] = jax.jit(step)
-    rng = np.random.default_rng(lcfg.seed)
-    rng.bit_generator.advance(int(meta["step"]))
     data = (samples.xrays, samples.poses, samples.v_posed, samples.pose_res)
     bar = tqdm(total=total, initial=int(meta["step"]), desc="RadGS-Reg training", disable=not progress)
     start = 0
@@ -222,7 +223,7 @@ def train_learned(crop: StructureCrop, samples: Samples, cfg: BiplanarConfig, lc
         for k in range(start, start + n):
             if k < meta["step"]:
                 continue
-            idx = rng.integers(0, len(samples.xrays), lcfg.batch)
+            idx = np.random.default_rng([lcfg.seed, k]).integers(0, len(samples.xrays), lcfg.batch)
             batch = tuple(jnp.asarray(a[idx]) for a in data)
             params, opt_state, loss = steps[stage](params, opt_state, batch, jax.random.key(k))
             meta["history"].append([stage, k, float(loss)])
@@ -236,13 +237,33 @@ def train_learned(crop: StructureCrop, samples: Samples, cfg: BiplanarConfig, lc
     return params
 
 
-def statics(crop: StructureCrop, cfg: BiplanarConfig, lcfg: LearnedConfig, samples: Samples) -> _Static:
-    """The fixed quantities of the losses: crop grid, image and density scales."""
+def statics(crop: StructureCrop, cfg: BiplanarConfig, lcfg: LearnedConfig, x_scale: float) -> _Static:
+    """The fixed quantities of the losses: crop grid, the X-ray scale (the training X-rays' 99.5th
+    percentile, saved in the checkpoint) and the density scale (the crop's maximum)."""
     half = 0.5 * crop.data.shape[0] * crop.spacing_zyx[0]
-    st = _Static(cfg, lcfg, tuple(float(c) for c in crop.centre), float(half), tuple(crop.spacing_zyx),
-                 tuple(crop.origin_xyz), int(crop.data.shape[0]), float(np.percentile(samples.xrays, 99.5)) or 1.0,
-                 float(crop.data.max()) or 1.0)
-    return st
+    return _Static(cfg, lcfg, tuple(float(c) for c in crop.centre), float(half), tuple(crop.spacing_zyx),
+                   tuple(crop.origin_xyz), int(crop.data.shape[0]), float(x_scale), float(crop.data.max()) or 1.0)
+
+
+def load_learned(path: str | Path, crop: StructureCrop, cfg: BiplanarConfig, lcfg: LearnedConfig) -> tuple:
+    """(parameters, statics) of a finished training checkpoint.
+
+    Raises:
+      ValueError: naming the file, when it is missing or its training has not finished.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no trained networks; train them first with"
+                         " `python -m insideout_jax.biplanar train ...` (same CT and options)")
+    opt = optax.adam(lcfg.lr)
+    like = init_params(jax.random.key(0), lcfg, crop.data.shape[0])
+    tree, meta = load_checkpoint(path, {"params": like, "opt": opt.init(like)})
+    total = lcfg.rec_steps + lcfg.reg_steps + lcfg.joint_steps
+    if int(meta["step"]) < total:
+        raise ValueError(f"{path}: training stopped at step {meta['step']} of {total}; rerun the training"
+                         " command to resume it")
+    params = jax.tree_util.tree_map(jnp.asarray, tree["params"])
+    return params, statics(crop, cfg, lcfg, meta["x_scale"])
 
 
 def predict(params, case: Case, crop: StructureCrop, cfg: BiplanarConfig, lcfg: LearnedConfig,

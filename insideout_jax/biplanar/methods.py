@@ -44,7 +44,7 @@ from insideout_jax.train.xray import XrayTrainConfig, train_xray
 __all__ = ["MethodConfig", "preop_model", "rotation_starts", "render_and_compare",
            "radgs_per_case", "fdk_then_3d", "reconstruction_scores", "registered_ct", "METHODS"]
 
-METHODS = ("render_and_compare", "radgs_per_case", "fdk_then_3d")
+METHODS = ("render_and_compare", "radgs_per_case", "fdk_then_3d", "radgs_learned")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,10 +133,13 @@ def fdk_then_3d(case: Case, crop: StructureCrop, cfg: BiplanarConfig, mcfg: Meth
     return dict(pose=pose, seconds=time.perf_counter() - t0, volume=vol)
 
 
-def reconstruction_scores(volume, crop: StructureCrop, pose_gt, cfg: BiplanarConfig) -> dict:
+def reconstruction_scores(volume, crop: StructureCrop, pose_gt, cfg: BiplanarConfig, grid=None) -> dict:
     """PSNR / SSIM of a C-arm-frame reconstruction against the CT crop in the pose-corrected frame:
-    the reconstruction sampled at T(x) for every crop voxel x, both min–max normalised."""
-    shape, sp, org = field_grid(cfg, crop.centre)
+    the reconstruction sampled at T(x) for every crop voxel x, both min–max normalised.
+
+    ``grid``: (shape, spacing_zyx, origin_xyz) of ``volume`` (default: the C-arm field grid).
+    """
+    shape, sp, org = field_grid(cfg, crop.centre) if grid is None else grid
     pts = grid_points(crop.data.shape, crop.spacing_zyx, crop.origin_xyz)
     rot, b = pose_matrix(jnp.asarray(pose_gt, jnp.float32), jnp.asarray(crop.centre, jnp.float32))
     rec = np.asarray(sample_volume(jnp.asarray(volume, jnp.float32), pts @ rot.T + b, sp, org), np.float64)

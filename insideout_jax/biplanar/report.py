@@ -16,6 +16,7 @@ METHOD_LABELS = {
     "render_and_compare": "render-and-compare (2D/3D, DiffPose-style)",
     "radgs_per_case": "RadGS-Reg per case (two-view radiative recon + 3D/3D)",
     "fdk_then_3d": "FDK of the two views + 3D/3D",
+    "radgs_learned": "RadGS-Reg learned (RecM + RegM, one forward pass)",
 }
 
 
@@ -38,7 +39,7 @@ def _comparison(methods: dict) -> list:
     if "render_and_compare" not in methods:
         return lines
     base = methods["render_and_compare"]
-    for m in ("radgs_per_case", "fdk_then_3d"):
+    for m in ("radgs_per_case", "radgs_learned", "fdk_then_3d"):
         if m not in methods:
             continue
         r = methods[m]

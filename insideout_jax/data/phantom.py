@@ -297,7 +297,7 @@ def project_phantom(phantom: Phantom, geometry: XrayGeometry) -> np.ndarray:
       geometry: cone- or parallel-beam geometry (rays from :func:`insideout_jax.cameras.xray_rays`).
 
     Returns:
-      [V, nv, nu] float32 line integrals −ln(I/I0), in the order of ``geometry.angles``.
+      [V, nv, nu] float32 line integrals −ln(I/I0), in the order of the geometry's views.
     """
     if not isinstance(geometry, XrayGeometry):
         raise ValueError(f"geometry must be an XrayGeometry, got {type(geometry).__name__}")

@@ -48,7 +48,7 @@ def train_xgaussian(projections: np.ndarray, geometry: XrayGeometry,
     """Train the X-Gaussian model on (training) projections.
 
     Args:
-      projections: [V, nv, nu] float32 line integrals, in the order of ``geometry.angles``.
+      projections: [V, nv, nu] float32 line integrals, in the order of the geometry's views.
       geometry: their cone-beam geometry.
       checkpoint_path: ``.npz`` saved after every block; an existing one is resumed.
 

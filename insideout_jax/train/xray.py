@@ -122,7 +122,9 @@ def scan_cuboid(geometry: XrayGeometry) -> tuple[np.ndarray, np.ndarray]:
     """(lo, hi) xyz (mm, CT frame) of the box around the field-of-view cylinder.
 
     The cylinder is the set of points seen by the detector from every angle: its radius is the
-    detector half-width at the rotation axis, its height the detector height there.
+    detector half-width at the rotation axis, its height the detector height there. For per-view
+    poses (no rotation axis) it is the cube of half-side min(radius, half-height) around the mean
+    isocentre.
     """
     nv, nu = geometry.n_detector
     dv, du = (float(x) for x in np.asarray(geometry.d_detector))
@@ -134,6 +136,10 @@ def scan_cuboid(geometry: XrayGeometry) -> tuple[np.ndarray, np.ndarray]:
     if geometry.mode == "cone":  # the cone narrows towards the source: shrink to the safe part
         dso = float(geometry.dso)
         h = h * (dso - r) / dso
+    if geometry.poses is not None:
+        c = np.asarray(geometry.poses, np.float64)[:, 3].mean(0)
+        a = min(r, h)
+        return c - a, c + a
     lo = np.array([-r, -r, -h + ov]) - off
     hi = np.array([r, r, h + ov]) - off
     return lo, hi
@@ -228,7 +234,7 @@ def train_xray(projections: np.ndarray, geometry: XrayGeometry,
     """Train radiative splats on projections (training views only).
 
     Args:
-      projections: [V, nv, nu] float32 line integrals, in the order of ``geometry.angles``.
+      projections: [V, nv, nu] float32 line integrals, in the order of the geometry's views.
       geometry: the scanner geometry of these views.
       cfg: constants.
       bbox: optional (lo, hi) xyz box for ACUI (default :func:`scan_cuboid`).

@@ -1,0 +1,60 @@
+"""Train RadGS-Reg's networks for one CT (patient-specific, stage P3); resumable.
+
+    python -m insideout_jax.biplanar train --ct VOLUME --spacing DZ DY DX --quantity HU --offset 1000 --flip-z
+    python -m insideout_jax.biplanar train --object skull [--samples 400]
+
+Writes ``outputs/biplanar/<name>/``: ``samples.npz`` (the DRR pairs, from another seed stream than
+the experiment's cases) and ``learned.npz`` (the weights, checkpointed; a rerun resumes), which
+``experiments/biplanar.py`` loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    import numpy as np
+
+    from insideout_jax.biplanar.cases import BiplanarConfig, structure_crop
+    from insideout_jax.biplanar.ctinput import add_ct_arguments, attenuation_from_args
+    from insideout_jax.biplanar.learned import LearnedConfig, Samples, make_samples, train_learned
+    from insideout_jax.io.checkpoint import atomic_write_bytes
+    from insideout_jax.io.errors import ObjectFolderError
+
+    p = argparse.ArgumentParser(prog="python -m insideout_jax.biplanar", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train RecM and RegM on DRR pairs of the CT")
+    add_ct_arguments(t)
+    t.add_argument("--samples", type=int, default=LearnedConfig.n_train)
+    a = p.parse_args(argv)
+    repo = Path.cwd()
+    try:
+        name, vol, sp, org, out = attenuation_from_args(a, repo)
+        cfg, lcfg = BiplanarConfig(), dataclasses.replace(LearnedConfig(), n_train=a.samples)
+        crop = structure_crop(vol, sp, org, cfg=cfg, centre=a.centre)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "samples.npz"
+        if path.is_file() and len(np.load(path)["xrays"]) == lcfg.n_train:
+            with np.load(path) as z:
+                samples = Samples(*(z[f.name] for f in dataclasses.fields(Samples)))
+        else:
+            samples = make_samples(crop, cfg, lcfg, lcfg.n_train, seed=lcfg.seed)
+            import io
+
+            buf = io.BytesIO()
+            np.savez(buf, **{f.name: getattr(samples, f.name) for f in dataclasses.fields(Samples)})
+            atomic_write_bytes(path, buf.getvalue())
+        train_learned(crop, samples, cfg, lcfg, out / "learned.npz")
+    except (ObjectFolderError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"weights: {out / 'learned.npz'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
