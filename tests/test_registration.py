@@ -123,7 +123,10 @@ def test_mtre_success_and_capture_range_on_hand_made_cases():
     cr = capture_range(ini, fin)
     assert [b["n"] for b in cr["bins"]] == [2, 2, 2, 0, 1]
     assert cr["bins"][2]["success_rate"] == 0.5 and cr["bins"][3]["success_rate"] is None
-    assert cr["capture_range_mm"] == 10.0
+    assert cr["capture_range_mm"] == 10.0 and not cr["censored"]
+    assert capture_range([1.0, 6.0], [0.5, 0.5]) == dict(
+        bins=[dict(lo=0.0, hi=5.0, n=1, success_rate=1.0), dict(lo=5.0, hi=10.0, n=1, success_rate=1.0)],
+        capture_range_mm=10.0, censored=True)
 
 
 def _blobs():

@@ -14,13 +14,14 @@ __all__ = ["load_attenuation", "add_ct_arguments", "attenuation_from_args"]
 
 
 def load_attenuation(ct, object_name, *, repo: Path, spacing=None, quantity=None, offset: float = 0.0,
-                     flip_z: bool = False) -> tuple[str, np.ndarray, tuple, tuple]:
+                     flip_z: bool = False, axes: str = "zyx", scale: float = 1.0) -> tuple:
     """(name, [nz, ny, nx] float32 attenuation 1/mm, spacing_zyx, origin_xyz).
 
     ``ct``: a volume file (``spacing`` and ``quantity`` where the file does not record them; HU
     are converted with :func:`~insideout_jax.data.ctobject.hu_to_attenuation` after subtracting
-    ``offset``). ``object_name``: ``data/<name>/ct/volume.tif`` (a name or a folder path) — the
-    CT the user has, never ``truth/``.
+    ``offset``; attenuation is multiplied by ``scale``, e.g. to turn a phantom's relative values
+    into 1/mm). ``axes``: the file array's axis order (e.g. "xyz"). ``object_name``:
+    ``data/<name>/ct/volume.tif`` (a name or a folder path) — the CT the user has, never ``truth/``.
 
     Raises:
       ValueError: for a quantity that is not attenuation or HU.
@@ -30,14 +31,16 @@ def load_attenuation(ct, object_name, *, repo: Path, spacing=None, quantity=None
         vol = read_volume(folder / "ct" / "volume.tif")
         name = folder.name
     else:
-        vol = load_volume(ct, spacing_zyx=None if spacing is None else tuple(spacing), quantity=quantity)
+        vol = load_volume(ct, spacing_zyx=None if spacing is None else tuple(spacing), quantity=quantity, axes=axes)
         name = Path(ct).stem.split("_")[0] if Path(ct).suffix else Path(ct).name
     data = np.asarray(vol.data, np.float32) - np.float32(offset)
     if flip_z:
         data = data[::-1].copy()
     if vol.quantity == "HU":
         data = hu_to_attenuation(data)
-    elif vol.quantity != "attenuation":
+    elif vol.quantity == "attenuation":
+        data = data * np.float32(scale)
+    else:
         raise ValueError(f"the CT holds {vol.quantity!r}: the experiment needs attenuation or HU (--quantity)")
     return name, np.asarray(data, np.float32), tuple(vol.spacing_zyx), tuple(vol.origin_xyz)
 
@@ -51,6 +54,8 @@ def add_ct_arguments(parser) -> None:
     parser.add_argument("--quantity", choices=["attenuation", "HU"], default=None)
     parser.add_argument("--offset", type=float, default=0.0, help="subtracted from the stored values")
     parser.add_argument("--flip-z", action="store_true")
+    parser.add_argument("--axes", default="zyx", help="the file array's axis order, e.g. xyz")
+    parser.add_argument("--scale", type=float, default=1.0, help="attenuation × this (relative values → 1/mm)")
     parser.add_argument("--centre", type=float, nargs=3, metavar=("X", "Y", "Z"), help="structure centre, mm")
     parser.add_argument("--out", default=None, help="default: outputs/biplanar/<name>")
 
@@ -58,6 +63,7 @@ def add_ct_arguments(parser) -> None:
 def attenuation_from_args(args, repo: Path) -> tuple[str, np.ndarray, tuple, tuple, Path]:
     """(name, attenuation, spacing_zyx, origin_xyz, output folder) from :func:`add_ct_arguments`."""
     name, vol, sp, org = load_attenuation(args.ct, args.object, repo=repo, spacing=args.spacing,
-                                          quantity=args.quantity, offset=args.offset, flip_z=args.flip_z)
+                                          quantity=args.quantity, offset=args.offset, flip_z=args.flip_z,
+                                          axes=args.axes, scale=args.scale)
     out = Path(args.out) if args.out else repo / "outputs" / "biplanar" / name
     return name, vol, sp, org, out

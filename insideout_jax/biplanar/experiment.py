@@ -56,7 +56,8 @@ def summarise(records: list, methods) -> dict:
         cr = capture_range(ini, fin)
         out[m] = dict(n_cases=len(rs), mtre_mm=_mean_std(fin), success_rate=success_rate(fin),
                       initial_mtre_mm=_mean_std([r["initial_mtre"] for r in rs]), start_mtre_mm=_mean_std(ini),
-                      capture_range_mm=cr["capture_range_mm"], bins=cr["bins"],
+                      capture_range_mm=cr["capture_range_mm"], capture_range_censored=cr["censored"],
+                      bins=cr["bins"],
                       seconds=_mean_std([r["seconds"] for r in rs]))
         if "recon_psnr" in rs[0]:
             out[m]["recon_psnr_db"] = _mean_std([r["recon_psnr"] for r in rs])

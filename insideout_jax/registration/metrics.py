@@ -40,10 +40,11 @@ def capture_range(initial, final, *, bin_mm: float = 5.0, threshold_mm: float = 
     """Per-bin success of cases binned by initial mTRE, and the capture range.
 
     CR is the upper edge of the last bin such that it and every bin below it that holds cases
-    has a success rate ≥ ``min_rate`` (0 when the first occupied bin fails).
+    has a success rate ≥ ``min_rate`` (0 when the first occupied bin fails). When every occupied
+    bin passes, CR is only a lower bound (the cases did not start further off): ``censored``.
 
     Returns:
-      dict(bins=[{lo, hi, n, success_rate}], capture_range_mm=float).
+      dict(bins=[{lo, hi, n, success_rate}], capture_range_mm=float, censored=bool).
     """
     ini, fin = np.asarray(initial, np.float64), np.asarray(final, np.float64)
     if ini.shape != fin.shape:
@@ -59,4 +60,4 @@ def capture_range(initial, final, *, bin_mm: float = 5.0, threshold_mm: float = 
             ok = ok and rate >= min_rate
             if ok:
                 cr = hi
-    return dict(bins=bins, capture_range_mm=cr)
+    return dict(bins=bins, capture_range_mm=cr, censored=bool(ok and n_bins > 0))
