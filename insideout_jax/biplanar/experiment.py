@@ -2,7 +2,8 @@
 
 ``run_biplanar`` writes into ``out``: ``preop_splats.npz/.ply`` (the pre-operative model, reused on
 a rerun), ``cases.json`` (one record per finished case, rewritten atomically after each, so an
-interrupted run resumes at the next case), ``metrics.json``, ``report.md`` and ``biplanar.png``.
+interrupted run resumes at the next case; case 0 is always recomputed, for the figure),
+``metrics.json``, ``report.md`` and ``biplanar.png``.
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ def run_biplanar(volume, spacing_zyx, origin_xyz, out, *, name: str, n_cases: in
 
     from insideout_jax.biplanar.report import write_biplanar_report
 
+    if int(n_cases) < 1:
+        raise ValueError(f"--cases must be at least 1, got {n_cases}")
     bad = [m for m in methods if m not in mt.METHODS]
     if bad:
         raise ValueError(f"unknown method(s) {bad}: choose from {list(mt.METHODS)}")
@@ -139,7 +142,7 @@ def run_biplanar(volume, spacing_zyx, origin_xyz, out, *, name: str, n_cases: in
             elif m == "radgs_per_case":
                 res = mt.radgs_per_case(case, crop, preop, cfg, mcfg)
             elif m == "radgs_learned":
-                res = predict(*learned[:1], case, crop, cfg, lcfg, learned[1])
+                res = predict(learned[0], case, crop, cfg, lcfg, learned[1])
             else:
                 res = mt.fdk_then_3d(case, crop, cfg, mcfg)
             if k == 0:
@@ -154,7 +157,7 @@ def run_biplanar(volume, spacing_zyx, origin_xyz, out, *, name: str, n_cases: in
     metrics = dict(object=name, n_cases=int(n_cases), seed=int(seed), settings=settings,
                    crop=dict(shape=list(crop.data.shape), voxel_mm=cfg.crop_voxel_mm, centre_mm=crop.centre.tolist(),
                              n_targets=len(crop.targets), radius_mm=crop.radius),
-                   methods=summarise(records, methods))
+                   methods=summarise([r for r in records if r["case"] < int(n_cases)], methods))
     write_json_atomic(out / "metrics.json", metrics)
     write_biplanar_report(out, metrics, crop, first, cases_fig, cfg)
     return metrics
