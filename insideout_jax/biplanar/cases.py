@@ -87,6 +87,11 @@ class StructureCrop:
         return centroid(self.data, self.spacing_zyx, self.origin_xyz)
 
     @property
+    def half_size(self) -> float:
+        """Half the cube's side, mm (its voxel count × spacing / 2)."""
+        return 0.5 * self.data.shape[0] * self.spacing_zyx[0]
+
+    @property
     def radius(self) -> float:
         """RMS distance of the targets from the centre, mm (rotation ↔ mm scale)."""
         return float(np.sqrt(np.mean(np.sum((self.targets - self.centre) ** 2, -1))))

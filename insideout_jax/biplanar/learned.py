@@ -142,8 +142,8 @@ def _recon(st: _Static, out, poses, target):
     return l1 + st.lcfg.lambda_ssim * (1 - ss) + st.lcfg.lambda_tv * tv_3d(vol / st.density_scale), vol
 
 
-def _reg(st: _Static, regnet, params, v_rec, v_ct, pose_res):
-    raw = regnet.apply(params, v_rec, v_ct)
+def _reg(st: _Static, params, v_rec, v_ct, pose_res):
+    raw = RegNet().apply(params, v_rec, v_ct)
     pose = jnp.concatenate([raw[:, :3], raw[:, 3:] * st.half], -1)
     loss = 0.0
     for b in range(v_rec.shape[0]):
@@ -180,7 +180,7 @@ def _losses(stage, st: _Static, params, batch, key, ct):
         v_rec = jnp.stack(vols)
     if stage in ("reg", "joint"):
         v_ct = jnp.broadcast_to(ct, v_rec.shape)
-        lr_, _ = _reg(st, RegNet(), params["reg"], v_rec, v_ct, pose_res)
+        lr_, _ = _reg(st, params["reg"], v_rec, v_ct, pose_res)
         total = total + lr_
     return total
 
@@ -240,8 +240,7 @@ def train_learned(crop: StructureCrop, samples: Samples, cfg: BiplanarConfig, lc
 def statics(crop: StructureCrop, cfg: BiplanarConfig, lcfg: LearnedConfig, x_scale: float) -> _Static:
     """The fixed quantities of the losses: crop grid, the X-ray scale (the training X-rays' 99.5th
     percentile, saved in the checkpoint) and the density scale (the crop's maximum)."""
-    half = 0.5 * crop.data.shape[0] * crop.spacing_zyx[0]
-    return _Static(cfg, lcfg, tuple(float(c) for c in crop.centre), float(half), tuple(crop.spacing_zyx),
+    return _Static(cfg, lcfg, tuple(float(c) for c in crop.centre), float(crop.half_size), tuple(crop.spacing_zyx),
                    tuple(crop.origin_xyz), int(crop.data.shape[0]), float(x_scale), float(crop.data.max()) or 1.0)
 
 

@@ -68,12 +68,12 @@ class MethodConfig:
 def preop_model(crop: StructureCrop, cfg: BiplanarConfig, mcfg: MethodConfig, *, progress: bool = True) -> RadSplats:
     """Radiative splats fitted to the pre-operative CT crop: trained on ``preop_views`` circular
     cone-beam DRRs of it (the C-arm's DSO/DSD), FDK-initialised."""
-    n = int(np.ceil(crop.data.shape[0] * crop.spacing_zyx[0] * 1.3 * cfg.dsd / cfg.dso / cfg.pixel_mm))
+    n = int(np.ceil(2 * crop.half_size * 1.3 * cfg.dsd / cfg.dso / cfg.pixel_mm))
     geom = make_xray_geometry(mode="cone", n_detector=(n, n), d_detector=(cfg.pixel_mm,) * 2, dso=cfg.dso,
                               dsd=cfg.dsd, angles=np.linspace(0, 2 * np.pi, mcfg.preop_views, endpoint=False),
                               offset_origin=-np.asarray(crop.centre))
     proj = ct_volume_projections(crop.data, crop.spacing_zyx, crop.origin_xyz, geom)
-    half = 0.5 * crop.data.shape[0] * crop.spacing_zyx[0]
+    half = crop.half_size
     splats, _ = train_xray(proj, geom, mcfg.preop, bbox=(crop.centre - half, crop.centre + half),
                            progress=progress)
     return splats
