@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 from pathlib import Path
 
 
@@ -22,7 +23,8 @@ def main(argv=None) -> int:
     from insideout_jax.biplanar.cases import BiplanarConfig, structure_crop
     from insideout_jax.biplanar.ctinput import add_ct_arguments, attenuation_from_args
     from insideout_jax.biplanar.learned import LearnedConfig, Samples, make_samples, train_learned
-    from insideout_jax.io.checkpoint import atomic_write_bytes
+    from insideout_jax.io.checkpoint import atomic_write_bytes, checkpoint_meta
+    from insideout_jax.io.jsonfile import write_json_atomic
     from insideout_jax.io.errors import ObjectFolderError
 
     p = argparse.ArgumentParser(prog="python -m insideout_jax.biplanar", description=__doc__.split("\n")[0])
@@ -37,6 +39,7 @@ def main(argv=None) -> int:
         cfg, lcfg = BiplanarConfig(), dataclasses.replace(LearnedConfig(), n_train=a.samples)
         crop = structure_crop(vol, sp, org, cfg=cfg, centre=a.centre)
         out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
         path = out / "samples.npz"
         if path.is_file() and len(np.load(path)["xrays"]) == lcfg.n_train:
             with np.load(path) as z:
@@ -48,7 +51,17 @@ def main(argv=None) -> int:
             buf = io.BytesIO()
             np.savez(buf, **{f.name: getattr(samples, f.name) for f in dataclasses.fields(Samples)})
             atomic_write_bytes(path, buf.getvalue())
+        t_samples = time.perf_counter() - t0
         train_learned(crop, samples, cfg, lcfg, out / "learned.npz")
+        meta = checkpoint_meta(out / "learned.npz")
+        hist = meta["history"]
+        per_stage = {st: [h for h in hist if h[0] == st] for st in ("rec", "reg", "joint")}
+        timing = dict(samples_seconds_this_run=t_samples, training_seconds=meta["seconds"],
+                      steps={k: len(v) for k, v in per_stage.items()},
+                      final_loss={k: (v[-1][2] if v else None) for k, v in per_stage.items()},
+                      config=meta["config"])
+        write_json_atomic(out / "training.json", timing)
+        print(f"training: {meta['seconds'] / 60:.1f} min in steps; DRR pairs {t_samples:.0f} s this run")
     except (ObjectFolderError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

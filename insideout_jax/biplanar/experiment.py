@@ -117,6 +117,8 @@ def run_biplanar(volume, spacing_zyx, origin_xyz, out, *, name: str, n_cases: in
         f" {len(crop.targets)} bone targets (level {crop.bone_level:.4g} /mm), radius {crop.radius:.1f} mm")
     preop = _preop(crop, cfg, mcfg, out, say)
     learned = load_learned(out / "learned.npz", crop, cfg, lcfg) if "radgs_learned" in methods else None
+    if learned is not None:  # compile once: the learned method's RT is measured after warm-up
+        predict(learned[0], make_case(crop, cfg, seed, 0), crop, cfg, lcfg, learned[1])
     rec_path = out / "cases.json"
     settings = dict(name=name, seed=int(seed), config=dataclasses.asdict(cfg), centre=crop.centre.tolist(),
                     methods_config=repr(mcfg), record_format=2)

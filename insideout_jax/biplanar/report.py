@@ -16,7 +16,7 @@ METHOD_LABELS = {
     "render_and_compare": "render-and-compare (2D/3D, DiffPose-style)",
     "radgs_per_case": "RadGS-Reg per case (two-view radiative recon + 3D/3D)",
     "fdk_then_3d": "FDK of the two views + 3D/3D",
-    "radgs_learned": "RadGS-Reg learned (RecM + RegM, one forward pass)",
+    "radgs_learned": "RadGS-Reg learned (feed-forward: RecM, then RegM applied 3 times)",
 }
 
 
@@ -56,6 +56,23 @@ def _comparison(methods: dict) -> list:
                      f"({100 * r['success_rate']:.1f} % vs {100 * base['success_rate']:.1f} %) and {cr} it on "
                      f"capture range ({r['capture_range_mm']:.0f} vs {base['capture_range_mm']:.0f} mm).")
     return lines
+
+
+def _learned_note(out: Path, methods: dict) -> list:
+    """What the learned method was trained on and for how long (``training.json`` of the training
+    command)."""
+    if "radgs_learned" not in methods:
+        return []
+    import json
+
+    line = ("- RadGS-Reg learned is trained on DRR pairs of this CT under poses from another seed stream than the"
+            " cases above (P3); no test case is seen in training, and RT excludes the one-time compilation.")
+    path = out / "training.json"
+    if path.is_file():
+        t = json.loads(path.read_text())
+        steps = ", ".join(f"{k} {v}" for k, v in t["steps"].items())
+        line += f" Training: {t['training_seconds'] / 60:.1f} min of steps ({steps}) on this machine."
+    return ["", line]
 
 
 def _window(img, margin: int) -> tuple:
@@ -136,6 +153,7 @@ def write_biplanar_report(out: Path, metrics: dict, crop, case, results, cfg: Bi
               " RT: wall time per case on this machine (2 CPU cores), pre-operative"
               " model excluded (fitted once per CT).", ""]
     lines += _comparison(ms)
+    lines += _learned_note(out, ms)
     names = list(ms)
     lines += ["", "### Success rate per bin of start mTRE", "",
               "| start mTRE mm | cases | " + " | ".join(METHOD_LABELS[m].split(" (")[0] for m in names) + " |",
