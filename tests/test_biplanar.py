@@ -106,9 +106,11 @@ def test_the_experiment_runs_one_case_and_resumes(tmp_path):
     assert (tmp_path / "biplanar.png").stat().st_size > 10_000
     saved = json.loads((tmp_path / "cases.json").read_text())
     assert len(saved["records"]) == 3
+    # a rerun keeps the records (one method suffices: case 0 is always recomputed, for the figure)
     m2 = run_biplanar(vol, sp, org, tmp_path, name="blobs", n_cases=1, cfg=cfg, mcfg=mcfg, progress=False,
-                      say=lambda s: None)
+                      say=lambda s: None, methods=["fdk_then_3d"])
     assert m2["methods"]["fdk_then_3d"]["mtre_mm"] == m["methods"]["fdk_then_3d"]["mtre_mm"]
+    assert len(json.loads((tmp_path / "cases.json").read_text())["records"]) == 3
 
 
 def test_networks_shapes_and_a_few_training_steps_lower_the_loss(tmp_path):
@@ -131,7 +133,7 @@ def test_networks_shapes_and_a_few_training_steps_lower_the_loss(tmp_path):
     assert crop.data.shape == (32, 32, 32)
     # RecM and RegM alone (the joint step is their sum; compiling it too would double the test's time)
     lcfg = LearnedConfig(image=32, anchors_side=5, rec_steps=5, reg_steps=5, joint_steps=0, batch=1, lr=3e-3,
-                         checkpoint_every=4)
+                         checkpoint_every=4, reg_passes=2)
     x = jax.numpy.zeros((2, 32, 32, 1))
     params = init_params(jax.random.key(0), lcfg, 32)
     fact, eff = RecNet(n_anchors_side=5).apply(params["rec"], x, x, jax.random.key(1))

@@ -27,7 +27,9 @@ def _ms(d, scale=1.0, digits=2) -> str:
 
 
 def _cr(r: dict) -> str:
-    return f"≥ {r['capture_range_mm']:.0f}" if r.get("capture_range_censored") else f"0–{r['capture_range_mm']:.0f}"
+    if r.get("capture_range_censored"):
+        return f"≥ {r['capture_range_mm']:.0f}"
+    return f"0–{r['capture_range_mm']:.0f}" if r["capture_range_mm"] > 0 else "0 (first bin < 90 %)"
 
 
 def _initial(metrics: dict) -> str:
@@ -147,7 +149,7 @@ def write_biplanar_report(out: Path, metrics: dict, crop, case, results, cfg: Bi
     for m, r in ms.items():
         lines.append(f"| {METHOD_LABELS[m]} | {_ms(r.get('recon_psnr_db'))} | {_ms(r.get('recon_ssim'), 100, 1)} |"
                      f" {_ms(r['mtre_mm'])} | {_cr(r)} | {100 * r['success_rate']:.1f} |"
-                     f" {_ms(r['seconds'], 1, 1)} |")
+                     f" {_ms(r['seconds'], 1, 1 if r['seconds']['mean'] >= 1 else 3)} |")
     lines += ["", "Success: mTRE < 2 mm. CR: the upper edge of the last 5 mm bin of start mTRE up to which every"
               " occupied bin has SR ≥ 90 % (≥: every occupied bin passed, so the cases bound it from below)."
               " RT: wall time per case on this machine (2 CPU cores), pre-operative"
