@@ -81,6 +81,7 @@ def main() -> None:
     lines = []
 
     n_pairs = 2 * lcfg.batch
+    lr.make_samples(crop, cfg, lcfg, 1, seed=lcfg.seed + 1, progress=False)  # warm-up (compilation)
     t0 = time.perf_counter()
     samples = lr.make_samples(crop, cfg, lcfg, n_pairs, seed=lcfg.seed, progress=False)
     pair_s = (time.perf_counter() - t0) / n_pairs
