@@ -46,8 +46,9 @@ class LearnedConfig:
     SEED_SYSTEMS §1.7 proposes 13³ anchors and RecM 1,500, RegM 1,500, joint 1,000 steps at batch
     4 (Adam 1e-3 [D], the paper's 0.1 being a likely typo). Measured on the 2-core CPU (Stanford
     crop, uncontended, median after warm-up): 0.97 / 0.35 / 1.67 s per RecM / RegM / joint step,
-    61 minutes in all. To fit the 30-minute budget: 9³ anchors (0.47 / 0.37 / 1.25 s) and
-    1,000 / 1,200 / 400 steps. ``reg_passes``: RegM applied that many times at inference, each
+    61 minutes in all. To fit the 30-minute budget: 9³ anchors and 1,000 / 1,200 / 400 steps
+    (0.35 / 0.30 / 1.29 s per step in ``benchmarks/bench_biplanar.py``; 18.2 minutes of steps on
+    the Stanford head). ``reg_passes``: RegM applied that many times at inference, each
     pass on the reconstruction moved back by the estimate so far (RegM trained on ground-truth
     volumes only: 1.79 / 1.25 / 1.00 mm mTRE after 1 / 2 / 3 passes on 30 held-out poses)."""
 
@@ -171,7 +172,7 @@ def init_params(key, lcfg: LearnedConfig, n_vox: int) -> dict:
 @functools.lru_cache(maxsize=8)
 def _init_jit(image: int, anchors_side: int, n_vox: int):
     """The networks' initialisation compiled once (eager flax initialisation compiles every
-    convolution separately: 23 s against about 3 s)."""
+    convolution separately: 23 s against 11 s at the test's sizes)."""
     def init(key):
         x = jnp.zeros((1, image, image, 1))
         v = jnp.zeros((1,) + (n_vox,) * 3)

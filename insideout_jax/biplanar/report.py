@@ -16,7 +16,7 @@ METHOD_LABELS = {
     "render_and_compare": "render-and-compare (2D/3D, DiffPose-style)",
     "radgs_per_case": "RadGS-Reg per case (two-view radiative recon + 3D/3D)",
     "fdk_then_3d": "FDK of the two views + 3D/3D",
-    "radgs_learned": "RadGS-Reg learned (feed-forward: RecM, then RegM applied 3 times)",
+    "radgs_learned": "RadGS-Reg learned (feed-forward: RecM, then RegM iterated)",
 }
 
 
