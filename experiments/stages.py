@@ -117,7 +117,11 @@ class RunContext:
     @functools.cached_property
     def obj(self):
         """The object folder without ``truth/`` (which only :func:`truth` reads, for evaluation)."""
-        return iio.read_object(self.object_dir, load_images=False, load_truth=False)
+        obj = iio.read_object(self.object_dir, load_images=False, load_truth=False)
+        if obj.xray_conversion is not None:  # raw counts were converted: say how
+            print(f"[data] {obj.xray_conversion.describe()}")
+            self.note(obj.xray_conversion.describe())
+        return obj
 
     @functools.cached_property
     def ct(self):

@@ -6,6 +6,7 @@ quantities come from the file or from an explicit argument.
 """
 
 from insideout_jax.io.colmap import ColmapModel, make_colmap_model, read_colmap, write_colmap
+from insideout_jax.io.detector import CountsConversion, counts_to_line_integrals
 from insideout_jax.io.errors import ObjectFolderError
 from insideout_jax.io.importers import (
     DicomSeries,
@@ -59,6 +60,8 @@ __all__ = [
     "read_transform", "write_transform", "read_json", "write_json_atomic",
     "GEOMETRY_FILE", "PROJECTIONS_FILE", "VOLUME_FILE", "IMAGES_DIR", "COLMAP_DIR",
     "TRUTH_VOLUME_FILE", "TRANSFORM_FILE", "IMAGE_EXTENSIONS", "QUANTITIES",
+    # detector counts
+    "CountsConversion", "counts_to_line_integrals",
     # COLMAP
     "ColmapModel", "make_colmap_model", "read_colmap", "write_colmap",
     # importers

@@ -4,7 +4,9 @@
 <object>/
   rgb/images/*.png|jpg            photos (or renders), HWC RGB
   rgb/sparse/0/                   optional COLMAP model (see :mod:`insideout_jax.io.colmap`)
-  xray/projections.tif            float32 [V, nv, nu] line integrals, in the order of the angles
+  xray/projections.tif            float32 [V, nv, nu] line integrals, in the order of the angles,
+                                  or raw counts with xray/flat.tif (+ dark.tif) or xray/detector.json
+                                  (converted on reading: :mod:`insideout_jax.io.detector`)
   xray/geometry.json              scanner geometry (schema in OUTPUTS.md), mm and radians
   ct/volume.tif + ct/volume.json  float32 [nz, ny, nx] volume, spacing_zyx, origin_xyz (mm)
   truth/volume.tif + volume.json  generated objects only: ground-truth density volume
@@ -28,6 +30,7 @@ import numpy as np
 
 from insideout_jax.cameras import XrayGeometry
 from insideout_jax.io.colmap import ColmapModel, read_colmap, write_colmap
+from insideout_jax.io.detector import CountsConversion, read_detector_fields
 from insideout_jax.io.errors import ObjectFolderError
 from insideout_jax.io.images import (  # noqa: F401
     IMAGE_EXTENSIONS,
@@ -55,6 +58,7 @@ from insideout_jax.io.volumes import (  # noqa: F401
     write_volume,
 )
 from insideout_jax.io.xrayfiles import (  # noqa: F401
+    _read_tiff,
     read_geometry,
     read_projections,
     write_geometry,
@@ -93,6 +97,8 @@ class ObjectFolder:
       colmap: the model in ``rgb/sparse/0``.
       truth_volume: ``truth/volume.tif`` (+ json), generated objects only.
       truth_transform: ``truth/transform.json``, generated objects only.
+      xray_conversion: how raw counts were turned into line integrals (None when the folder held
+        line integrals).
     """
 
     root: pathlib.Path
@@ -104,6 +110,7 @@ class ObjectFolder:
     colmap: ColmapModel | None = None
     truth_volume: CTVolume | None = None
     truth_transform: Similarity | None = None
+    xray_conversion: CountsConversion | None = None
 
 
 def read_object(path: PathLike, *, load_images: bool = True, images_as_uint8: bool = False,
@@ -125,12 +132,13 @@ def read_object(path: PathLike, *, load_images: bool = True, images_as_uint8: bo
     if not root.is_dir():
         raise ObjectFolderError(root, "<file>", "object folder not found")
     geom_p, proj_p = root / GEOMETRY_FILE, root / PROJECTIONS_FILE
-    geometry = projections = None
+    geometry = projections = conversion = None
     if geom_p.exists() or proj_p.exists():
         if not geom_p.exists():
             raise ObjectFolderError(geom_p, "<file>", f"missing although {PROJECTIONS_FILE} exists")
         geometry = read_geometry(geom_p)
-        projections = read_projections(proj_p, geometry)
+        projections, conversion = read_projections(
+            proj_p, geometry, counts=read_detector_fields(root, _read_tiff))
     vol_p, truth_p = root / VOLUME_FILE, root / TRUTH_VOLUME_FILE
     volume = read_volume(vol_p) if vol_p.exists() else None
     truth_volume = read_volume(truth_p) if load_truth and truth_p.exists() else None
@@ -152,7 +160,7 @@ def read_object(path: PathLike, *, load_images: bool = True, images_as_uint8: bo
         raise ObjectFolderError(root, "<file>", f"not an object folder: none of {IMAGES_DIR}, "
                                 f"{GEOMETRY_FILE}, {VOLUME_FILE}")
     return ObjectFolder(root, geometry, projections, volume, names, images, colmap, truth_volume,
-                        transform)
+                        transform, conversion)
 
 
 def write_object(path: PathLike, *, geometry: XrayGeometry | None = None, projections=None,

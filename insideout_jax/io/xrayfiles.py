@@ -8,6 +8,14 @@ import numpy as np
 import tifffile
 
 from insideout_jax.cameras import XrayGeometry, geometry_from_projection_matrices, make_xray_geometry
+from insideout_jax.io.detector import (
+    DARK_FILE,
+    DETECTOR_FILE,
+    FLAT_FILE,
+    CountsConversion,
+    check_line_integrals,
+    counts_to_line_integrals,
+)
 from insideout_jax.io.errors import ObjectFolderError
 from insideout_jax.io.jsonfile import (
     PathLike,
@@ -20,7 +28,6 @@ from insideout_jax.io.jsonfile import (
 )
 
 MAX_ANGLE_RAD = 4.0 * np.pi + 1e-3  # two turns: beyond it, angles are degrees
-MAX_LINE_INTEGRAL = 30.0  # e^-30 ≈ 1e-13 transmission: beyond any detector's dynamic range
 
 
 def read_geometry(path: PathLike) -> XrayGeometry:
@@ -131,31 +138,27 @@ def _read_tiff(path: PathLike) -> np.ndarray:
         raise ObjectFolderError(path, "<file>", f"not a readable TIFF ({type(e).__name__}: {e})") from None
 
 
-def read_projections(path: PathLike, geometry: XrayGeometry | None = None) -> np.ndarray:
+def read_projections(path: PathLike, geometry: XrayGeometry | None = None, *, counts=None
+                     ) -> np.ndarray | tuple[np.ndarray, CountsConversion | None]:
     """``xray/projections.tif`` → [V, nv, nu] float32 line integrals (−ln I/I0, dimensionless).
 
     Args:
       geometry: when given, V must equal its number of angles and (nv, nu) its ``n_detector``.
+      counts: the detector fields of :func:`insideout_jax.io.detector.read_detector_fields`
+        (``flat``/``dark`` or ``i0``/``dark``) when the file holds raw counts; then the counts are
+        converted and ``(line integrals, CountsConversion)`` is returned (``None`` in its place
+        when ``counts`` is an empty dict and the file holds line integrals).
 
     Raises:
-      ObjectFolderError: unreadable file, non-float data (raw intensities or counts must be
-        converted to line integrals first), wrong rank, non-finite values, or a mismatch with
-        ``geometry``.
+      ObjectFolderError: unreadable file, integer data without detector fields, wrong rank,
+        values no attenuation gives (:func:`~insideout_jax.io.detector.check_line_integrals`), or a
+        mismatch with ``geometry``.
     """
     p = _read_tiff(path)
-    if not np.issubdtype(p.dtype, np.floating):
-        raise ObjectFolderError(path, "dtype", f"projections must be float line integrals, got {p.dtype}")
     if p.ndim == 2:  # a single page is one projection
         p = p[None]
     if p.ndim != 3:
         raise ObjectFolderError(path, "shape", f"must be [V, nv, nu], got shape {p.shape}")
-    if not np.all(np.isfinite(p)):
-        raise ObjectFolderError(path, "values", f"{int(np.sum(~np.isfinite(p)))} non-finite values")
-    if p.size and float(p.max()) > MAX_LINE_INTEGRAL:
-        raise ObjectFolderError(path, "values", f"reach {float(p.max()):g}: line integrals −ln(I/I0)"
-                                f" above {MAX_LINE_INTEGRAL:g} (transmission < e^−{MAX_LINE_INTEGRAL:g})"
-                                " do not occur; these look like raw detector values. Convert them"
-                                " with p = −ln(I / I0), I0 the unattenuated (flat-field) value")
     if geometry is not None:
         if p.shape[0] != geometry.n_views:
             raise ObjectFolderError(path, "shape", f"number of projections ({p.shape[0]}) ≠ number"
@@ -163,7 +166,17 @@ def read_projections(path: PathLike, geometry: XrayGeometry | None = None) -> np
         if tuple(p.shape[1:]) != tuple(geometry.n_detector):
             raise ObjectFolderError(path, "shape", f"projection size {tuple(p.shape[1:])} ≠ "
                                     f"geometry n_detector {tuple(geometry.n_detector)} (nv, nu)")
-    return p.astype(np.float32, copy=False)
+    conversion = None
+    if counts:
+        p, conversion = counts_to_line_integrals(p, path=path, **counts)
+    elif not np.issubdtype(p.dtype, np.floating):
+        raise ObjectFolderError(path, "dtype", f"{p.dtype} values are raw detector counts: give the"
+                                f" flat field as {FLAT_FILE} (and the dark field as {DARK_FILE}) or"
+                                f" the unattenuated count as \"i0\" in {DETECTOR_FILE}; or store"
+                                " float line integrals −ln(I/I0)")
+    check_line_integrals(p, path)
+    p = p.astype(np.float32, copy=False)
+    return p if counts is None else (p, conversion)
 
 
 def write_projections(path: PathLike, projections, geometry: XrayGeometry | None = None
