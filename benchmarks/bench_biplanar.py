@@ -105,7 +105,7 @@ def main() -> None:
         t0 = time.perf_counter()
         jax.block_until_ready(f(params, opt_state))
         compile_s = time.perf_counter() - t0
-        sec, ratio = _paired(lambda: f(params, opt_state), a.repeats, mm, a_mm)
+        sec, ratio = _paired(lambda f=f: f(params, opt_state), a.repeats, mm, a_mm)
         projected += sec * n_steps
         lines.append(dict(bench="biplanar_train_step", stage=stage, object=name, batch=lcfg.batch,
                           anchors=lcfg.anchors_side ** 3, image=lcfg.image, steps=n_steps, seconds=sec,

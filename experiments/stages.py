@@ -128,14 +128,18 @@ class RunContext:
         """The CT the internal stage learns from: ``ct/volume``, else the FDK reconstruction of
         the training projections, made once per run (never ``truth/``: it is for the evaluation
         alone)."""
-        if self.obj.volume is not None:
-            return self.obj.volume
-        if self.obj.geometry is None:
+        if self.obj.volume is None and self.obj.geometry is None:
             raise StageError(f"{self.object_dir}: neither a CT volume ({iio.VOLUME_FILE}) nor X-ray"
                              f" projections ({iio.PROJECTIONS_FILE}) to reconstruct one from")
-        self.note("no CT volume in the object folder: the internal stage learns from the FDK"
-                  " reconstruction of the training projections")
-        return pl.reconstruct_ct(self.obj.projections, self.obj.geometry, self.cfg.xray)
+        try:
+            vol, notes = pl.ct_for_training(self.obj.volume, self.obj.projections,
+                                            self.obj.geometry, self.cfg.xray)
+        except ValueError as e:  # units that cannot be calibrated: the volume's fault
+            raise StageError(f"{self.object_dir / iio.VOLUME_FILE}: {e}") from None
+        for n in notes:
+            print(f"[data] {n}")
+            self.note(n)
+        return vol
 
     def training_views(self):
         """(training projections, their geometry), or (None, None) without projections."""

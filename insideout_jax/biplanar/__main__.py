@@ -24,8 +24,8 @@ def main(argv=None) -> int:
     from insideout_jax.biplanar.ctinput import add_ct_arguments, attenuation_from_args
     from insideout_jax.biplanar.learned import LearnedConfig, Samples, make_samples, train_learned
     from insideout_jax.io.checkpoint import atomic_write_bytes, checkpoint_meta
-    from insideout_jax.io.jsonfile import write_json_atomic
     from insideout_jax.io.errors import ObjectFolderError
+    from insideout_jax.io.jsonfile import write_json_atomic
 
     p = argparse.ArgumentParser(prog="python -m insideout_jax.biplanar", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)

@@ -1,9 +1,11 @@
 """Command line for objects with ground truth.
 
     python -m insideout_jax.data make skull --out DIR [--views 180] [--detector 256] [--photos 60] [--sfm]
-    python -m insideout_jax.data from-ct VOLUME --spacing DZ DY DX --out DIR [--iso LEVEL]
+    python -m insideout_jax.data from-ct VOLUME [--spacing DZ DY DX] --out DIR [--iso LEVEL]
                                          [--quantity attenuation|HU] [--offset V] [--flip-z]
-                                         [--keep-largest] [--sfm]
+                                         [--axes xyz] [--shape A B C --dtype T --byteorder little]
+                                         [--padding V] [--keep-largest] [--sfm]
+    python -m insideout_jax.data import r2gaussian|naf PATH --out DIR [--length-unit-mm L]
     python -m insideout_jax.data sfm DIR
 
 Errors in the inputs end with a message naming the file and the field, and exit status 2.
@@ -53,13 +55,27 @@ def _parser() -> argparse.ArgumentParser:
 
     ct = sub.add_parser("from-ct", help="an object from a CT volume (npy, tif, mat, raw, DICOM folder)")
     ct.add_argument("volume", help="volume file or DICOM folder")
-    ct.add_argument("--spacing", type=float, nargs=3, metavar=("DZ", "DY", "DX"), required=True,
-                    help="voxel spacing in mm, [z, y, x] order")
+    ct.add_argument("--spacing", type=float, nargs=3, metavar=("DZ", "DY", "DX"), default=None,
+                    help="voxel spacing in mm, [z, y, x] order (read from DICOM files and"
+                    " calibrated TIFFs; required for the others)")
+    ct.add_argument("--axes", default="zyx", help="the file array's axis order, e.g. xyz for"
+                    " arrays stored [x, y, z] (TIGRE, NAF); transposed to [z, y, x]")
+    ct.add_argument("--shape", type=int, nargs=3, default=None, metavar=("A", "B", "C"),
+                    help="raw volumes (.raw/.bin/.img/.vol): the array's shape in file order")
+    ct.add_argument("--dtype", default=None, help="raw volumes: voxel type, e.g. uint16, float32")
+    ct.add_argument("--byteorder", choices=["little", "big"], default=None,
+                    help="raw volumes: byte order (raw files do not say)")
+    ct.add_argument("--header-bytes", type=int, default=0, help="raw volumes: bytes to skip")
+    ct.add_argument("--padding", type=float, default=None,
+                    help="the value outside the scanner's reconstruction circle, in the file's"
+                    " units (default: recognised: DICOM PixelPaddingValue, HU ≤ −1500, or a"
+                    " constant minimum at every slice corner); treated as air")
     ct.add_argument("--out", required=True, help="object folder to write")
     ct.add_argument("--iso", type=float, default=None,
                     help="isosurface level for the photos, in the volume's units (default: Otsu)")
-    ct.add_argument("--quantity", choices=["attenuation", "HU"], default="attenuation",
-                    help="what the voxel values are (HU are converted to attenuation per mm)")
+    ct.add_argument("--quantity", choices=["attenuation", "HU"], default=None,
+                    help="what the voxel values are (HU are converted to attenuation per mm);"
+                    " DICOM files say HU; default for the others: attenuation")
     ct.add_argument("--offset", type=float, default=0.0,
                     help="value subtracted first (e.g. 1000 for volumes stored as HU + 1000)")
     ct.add_argument("--flip-z", action="store_true", help="flip the z axis (index 0 = top)")
@@ -73,11 +89,20 @@ def _parser() -> argparse.ArgumentParser:
     _scanner_args(ct)
     ct.add_argument("--sfm", action="store_true", help="also run SfM (pycolmap) on the photos")
 
+    im = sub.add_parser("import", help="an object folder from an R²-Gaussian or NAF / X-Gaussian"
+                        " data set (projections, geometry; its volume goes to truth/)")
+    im.add_argument("kind", choices=["r2gaussian", "naf"])
+    im.add_argument("path", help="R²-Gaussian folder (meta_data.json) or NAF .pickle")
+    im.add_argument("--out", required=True, help="object folder to write")
+    im.add_argument("--length-unit-mm", type=float, default=None,
+                    help="mm per length unit of the file (r2gaussian: required, 1000 for its"
+                    " synthetic sets in metres; naf: of the line integrals, default 1000)")
+    im.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     sf = sub.add_parser("sfm", help="run SfM on an object folder's photos")
     sf.add_argument("dir", help="object folder")
     sf.add_argument("--known-intrinsics", action="store_true",
                     help="use the true intrinsics of a generated object")
-    for q in (mk, ct, sf):
+    for q in (mk, ct, im, sf):
         q.add_argument("--debug", action="store_true",
                        help="show the traceback of errors in the input too (bugs always show theirs)")
     return p
@@ -100,13 +125,76 @@ def _check_args(args) -> str | None:
     if args.command == "make" and not 8 <= args.volume <= 256:
         return f"--volume must be 8 to 256 voxels per side, got {args.volume}"
     if args.command == "from-ct":
-        if not all(math.isfinite(v) and v > 0 for v in args.spacing):
+        if args.spacing is not None and not all(math.isfinite(v) and v > 0 for v in args.spacing):
             return f"--spacing must be three positive lengths in mm (DZ DY DX), got {args.spacing}"
         if not Path(args.volume).exists():
             return f"{args.volume}: no such file or folder (the CT volume to make the object from)"
+    if args.command == "import":
+        if not Path(args.path).exists():
+            return f"{args.path}: no such file or folder (the {args.kind} data set to import)"
+        if args.kind == "r2gaussian" and args.length_unit_mm is None:
+            return ("--length-unit-mm is required for r2gaussian: its files do not say their length"
+                    " unit (1000 for the synthetic sets, stored in metres)")
+        if args.length_unit_mm is not None and not (math.isfinite(args.length_unit_mm)
+                                                    and args.length_unit_mm > 0):
+            return f"--length-unit-mm must be a positive number, got {args.length_unit_mm:g}"
     if args.command == "sfm" and not Path(args.dir).is_dir():
         return f"{args.dir}: no such object folder"
     return None
+
+
+def _load_ct(args):
+    """The from-ct volume as the file and the options say (nothing guessed)."""
+    from insideout_jax import io as iio
+
+    src = Path(args.volume)
+    records = src.is_dir() or src.with_suffix(".json").is_file()  # DICOM, or our TIFF + json
+    return iio.load_volume(src, spacing_zyx=tuple(args.spacing) if args.spacing else None,
+                           quantity=args.quantity or (None if records else "attenuation"),
+                           variable=args.variable, axes=args.axes, shape_zyx=args.shape,
+                           dtype=args.dtype, byteorder=args.byteorder, offset=args.header_bytes)
+
+
+def _padding_to_air(data, quantity: str, args):
+    """Padding outside the reconstruction circle (``--padding``, or recognised) → air, said."""
+    import numpy as np
+
+    from insideout_jax.data.calibration import padding_mask
+
+    if args.padding is not None:
+        pad = data == np.float32(args.padding - args.offset)
+    else:
+        pad = padding_mask(data, quantity)
+    if pad.any():
+        air = -1000.0 if quantity == "HU" else 0.0
+        print(f"  {int(pad.sum())} padding voxels (outside the reconstruction circle) set to air ({air:g})")
+        data = np.where(pad, np.float32(air), data)
+    return data
+
+
+def _import(args, build: Path) -> None:
+    """``import r2gaussian|naf``: projections (all splits, by angle) and geometry to xray/, the
+    data set's volume to truth/ (it is what such data sets are scored against)."""
+    import numpy as np
+
+    from insideout_jax import io as iio
+
+    if args.kind == "r2gaussian":
+        scan = iio.read_r2gaussian(args.path, length_unit_mm=args.length_unit_mm)
+    else:
+        scan = iio.read_naf_pickle(args.path, projection_length_unit_mm=args.length_unit_mm or 1000.0)
+    geom, proj = scan.geometry, scan.projections
+    if scan.heldout_geometry is not None:
+        h = scan.heldout_geometry
+        cat = (lambda a, b: None if a is None else np.concatenate([np.asarray(a), np.asarray(b)]))
+        geom = geom.replace(angles=cat(geom.angles, h.angles), poses=cat(geom.poses, h.poses))
+        proj = np.concatenate([proj, scan.heldout_projections])
+        order = np.argsort(np.asarray(geom.angles), kind="stable")
+        geom, proj = geom.select(order), proj[order]
+    iio.write_object(build, geometry=geom, projections=proj, truth_volume=scan.volume)
+    print(f"imported {args.kind} {args.path}: {geom.n_views} views of {geom.n_detector[0]}×"
+          f"{geom.n_detector[1]} px" + (f", volume {scan.volume.shape} to truth/"
+                                          if scan.volume is not None else ", no volume"))
 
 
 def _move_into_place(build: Path, out: Path) -> Path:
@@ -129,7 +217,7 @@ def main(argv=None) -> int:
         return 2
     t0 = time.perf_counter()
     build = None
-    if args.command in ("make", "from-ct"):
+    if args.command in ("make", "from-ct", "import"):
         out = Path(args.out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
             print(f"error: {out} exists and is not empty: pass --overwrite to replace it, or"
@@ -151,23 +239,25 @@ def main(argv=None) -> int:
         elif args.command == "from-ct":
             import numpy as np
 
-            from insideout_jax import io as iio
 
-            vol = iio.load_volume(args.volume, spacing_zyx=tuple(args.spacing),
-                                  quantity=args.quantity, variable=args.variable)
+            vol = _load_ct(args)
             data = np.asarray(vol.data, np.float32) - np.float32(args.offset)
             if args.flip_z:
                 data = data[::-1].copy()
             print(f"making an object from {args.volume} {data.shape} in {out}")
             try:
+                data = _padding_to_air(data, vol.quantity, args)
                 objects.make_ct_object(data, vol.spacing_zyx, build, iso=args.iso,
-                                       quantity=args.quantity, n_views=args.views,
+                                       quantity=vol.quantity, n_views=args.views,
                                        n_det=args.detector, n_rgb_views=args.photos,
                                        rgb_size=args.photo_size, keep_largest=args.keep_largest,
                                        photons=args.photons, read_noise=args.read_noise,
                                        ct_source="exact" if args.exact_ct else "fdk")
             except ValueError as e:
                 raise ValueError(f"{args.volume}: {e}") from e
+        elif args.command == "import":
+            args.sfm = False
+            _import(args, build)
         else:
             out = Path(args.dir)
             args.sfm = True

@@ -228,6 +228,9 @@ def make_ct_object(volume: np.ndarray, spacing_zyx, out_dir: str | Path, *, orig
     if not level < float(att.max()):
         raise ValueError(f"no voxel reaches the isosurface level {level:.4g} /mm of the photos (the"
                          f" volume reaches {float(att.max()):.4g} /mm): give a lower --iso")
+    from insideout_jax.data.calibration import check_not_fov_cylinder
+
+    check_not_fov_cylinder(att, np.zeros(att.shape, bool), level)
     if keep_largest:
         skin = level
         mask = ctobject.largest_component_mask(att, skin)

@@ -23,12 +23,15 @@ class DicomSeries:
         a patient point is ``direction @ p``. Identity for a standard axial series.
       series_uid: the SeriesInstanceUID.
       files: the slice files in z order.
+      n_padding: voxels holding the PixelPaddingValue (outside the reconstruction circle), set
+        to air (−1000 HU).
     """
 
     volume: CTVolume
     direction: np.ndarray
     series_uid: str
     files: tuple
+    n_padding: int = 0
 
 
 def _tag(ds, name: str, path):
@@ -43,7 +46,8 @@ def read_dicom_series(folder: PathLike, *, series_uid: str | None = None,
 
     Every regular file except ``DICOMDIR`` and hidden files must be DICOM. Slices are sorted by
     ImagePositionPatient along the slice normal; HU = stored value · RescaleSlope +
-    RescaleIntercept (per slice); spacing is (position step, PixelSpacing rows, columns).
+    RescaleIntercept (per slice); spacing is (position step, PixelSpacing rows, columns). Pixels
+    equal to PixelPaddingValue (outside the reconstruction circle) become air, −1000 HU.
 
     Args:
       series_uid: which series to read when the folder holds several.
@@ -118,6 +122,7 @@ def read_dicom_series(folder: PathLike, *, series_uid: str | None = None,
             raise ObjectFolderError(p, "ImagePositionPatient", "slices are shifted in-plane (gantry "
                                     "tilt / sheared stack is not supported)")
     data = np.empty((len(items),) + shape0, np.float32)
+    n_padding = 0
     for k, (_, _, p, ds, slope, icpt) in enumerate(items):
         try:
             px = ds.pixel_array
@@ -126,8 +131,13 @@ def read_dicom_series(folder: PathLike, *, series_uid: str | None = None,
         if px.shape != shape0:
             raise ObjectFolderError(p, "PixelData", f"shape {px.shape} ≠ Rows×Columns {shape0}")
         data[k] = px.astype(np.float64) * slope + icpt
+        pad = ds.get("PixelPaddingValue")
+        if pad is not None:  # stored units, like the pixels: not the object, but air around it
+            is_pad = px == int(pad)
+            n_padding += int(is_pad.sum())
+            data[k][is_pad] = -1000.0
     direction = np.stack([r, c, n], axis=1)
     origin = direction.T @ pos0  # first voxel centre in the image-aligned frame
     vol = make_volume(data, (dz, ps0[0], ps0[1]), origin, quantity="HU")
     uid = str(items[0][3].get("SeriesInstanceUID", ""))
-    return DicomSeries(vol, direction, uid, tuple(t[2] for t in items))
+    return DicomSeries(vol, direction, uid, tuple(t[2] for t in items), n_padding)

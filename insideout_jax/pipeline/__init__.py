@@ -28,6 +28,7 @@ from insideout_jax.pipeline.results import (
     non_finite_note,
 )
 from insideout_jax.pipeline.stages import (
+    ct_for_training,
     fit_stage,
     internal_stage,
     reconstruct_ct,
@@ -39,5 +40,5 @@ from insideout_jax.pipeline.stages import (
 __all__ = ["STAGE_ORDER", "EvaluationResult", "FitResult", "FusedResult", "InternalResult",
            "PipelineInputError", "RGBResult", "Truth", "VisualResult", "XGaussianModel", "XrayResult",
            "empty_metrics", "evaluate", "finite_metrics", "fit_stage", "fuse", "internal_stage",
-           "merge_metrics", "non_finite_note", "reconstruct_ct", "seeded_config", "train_rgb_stage",
+           "merge_metrics", "non_finite_note", "reconstruct_ct", "ct_for_training", "seeded_config", "train_rgb_stage",
            "train_xray_stage", "visual_stage"]

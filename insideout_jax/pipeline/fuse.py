@@ -19,9 +19,9 @@ from insideout_jax.pipeline.results import (
 )
 from insideout_jax.pipeline.stages import (
     Progress,
+    ct_for_training,
     fit_stage,
     internal_stage,
-    reconstruct_ct,
     train_rgb_stage,
     train_xray_stage,
     visual_stage,
@@ -59,8 +59,9 @@ def fuse(photos: np.ndarray, cameras, projections: np.ndarray, geometry, *, poin
       cameras: V :class:`~insideout_jax.cameras.PinholeCamera` (the SfM frame).
       projections: [P, nv, nu] line integrals; geometry: their :class:`XrayGeometry`.
       points, point_colors: [N, 3] SfM points (initial RGB centres) and colours in [0, 255].
-      ct_volume: the CT the internal stage learns from (:class:`~insideout_jax.io.CTVolume`);
-        default: FDK of the training projections (:func:`.stages.reconstruct_ct`).
+      ct_volume: the CT the internal stage learns from (:class:`~insideout_jax.io.CTVolume`), in
+        attenuation per mm or calibrated to it against the projections; default: FDK of the
+        training projections (:func:`.stages.ct_for_training`).
       cfg: the preset (:func:`insideout_jax.config.preset`).
       key: a JAX PRNG key; when given it draws every stage's seed, else the configs' seeds.
       truth: the object's truth, for the evaluation only.
@@ -81,10 +82,8 @@ def fuse(photos: np.ndarray, cameras, projections: np.ndarray, geometry, *, poin
     rgb = train_rgb_stage(photos, cameras, points, point_colors, cfg.rgb, progress=progress)
     xray = train_xray_stage(projections, geometry, cfg.xray, progress=progress)
     fit = fit_stage(rgb.splats, xray.splats, cfg.fitting)
-    if ct_volume is None:
-        ct_volume = reconstruct_ct(projections, geometry, cfg.xray)
-        metrics["notes"].append("no CT volume given: the internal stage learns from the FDK"
-                                " reconstruction of the training projections")
+    ct_volume, notes = ct_for_training(ct_volume, projections, geometry, cfg.xray)
+    metrics["notes"].extend(notes)
     p_tr, g_tr = pg.split_views(projections, geometry, cfg.xray.train.holdout_every)[0]
     tr, ho = holdout_split(len(photos), cfg.rgb.train.holdout_every)
     cams_ct = pg.cameras_in_ct_frame(cameras, fit.transform)

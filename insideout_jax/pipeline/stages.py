@@ -167,6 +167,34 @@ def reconstruct_ct(projections: np.ndarray, geometry, cfg: XrayStageConfig):
                        np.asarray(grid.origin_xyz), quantity="attenuation")
 
 
+def ct_for_training(ct_volume, projections, geometry, cfg: XrayStageConfig):
+    """(the CT the internal stage learns from, notes): ``ct_volume`` when it is attenuation per mm;
+    a volume in other units (HU, vendor units) calibrated to the training projections
+    (:func:`insideout_jax.data.calibration.calibrate_volume`: padding to air, scale and offset by
+    least squares, registration checked by the residual); without a volume, the FDK of the training
+    projections (:func:`reconstruct_ct`).
+
+    Raises:
+      ValueError: a volume in other units without projections to calibrate it against, or one
+        that does not match the projections.
+    """
+    if ct_volume is None:
+        return reconstruct_ct(projections, geometry, cfg), [
+            "no CT volume given: the internal stage learns from the FDK reconstruction of the"
+            " training projections"]
+    if ct_volume.quantity == "attenuation":
+        return ct_volume, []
+    if projections is None:
+        raise ValueError(f"the CT volume is in {ct_volume.quantity}, and without X-ray projections"
+                         " there is nothing to calibrate it to attenuation per mm against: convert"
+                         " it (python -m insideout_jax.data from-ct … --quantity HU) or add xray/")
+    from insideout_jax.data.calibration import calibrate_volume
+
+    p_tr, g_tr = pg.split_views(projections, geometry, cfg.train.holdout_every)[0]
+    vol, cal = calibrate_volume(ct_volume, p_tr, g_tr)
+    return vol, [cal.describe()]
+
+
 def fit_stage(rgb, rad, cfg: FittingStageConfig) -> FitResult:
     """Stage 2: hierarchical fitting of the RGB splats onto the radiative solid (CT frame).
 
