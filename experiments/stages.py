@@ -117,10 +117,12 @@ class RunContext:
     @functools.cached_property
     def obj(self):
         """The object folder without ``truth/`` (which only :func:`truth` reads, for evaluation)."""
-        obj = iio.read_object(self.object_dir, load_images=False, load_truth=False)
-        if obj.xray_conversion is not None:  # raw counts were converted: say how
-            print(f"[data] {obj.xray_conversion.describe()}")
-            self.note(obj.xray_conversion.describe())
+        obj, notes = pl.object_inputs(iio.read_object(self.object_dir, load_images=False,
+                                                      load_truth=False),
+                                      self.cfg.skull.n_views, self.cfg.skull.n_detector)
+        for n in notes:  # counts converted, projections synthesized: said
+            print(f"[data] {n}")
+            self.note(n)
         return obj
 
     @functools.cached_property

@@ -92,3 +92,24 @@ def test_the_pipeline_learns_from_the_calibrated_volume(skull_scan):
     assert np.abs(vol.data - mu)[inside].sum() / mu[inside].sum() < 0.01
     with pytest.raises(ValueError, match="in HU, and without X-ray projections"):
         ct_for_training(hu, None, None, cfg)
+
+
+def test_volume_and_photos_get_projections_synthesized_from_the_volume(skull_scan, tmp_path):
+    from insideout_jax.data.ctobject import ct_volume_projections
+    from insideout_jax.io import read_object, write_object
+    from insideout_jax.pipeline import object_inputs
+
+    mu, outside, origin, *_ = skull_scan
+    hu = (mu / 0.02 - 1) * 1000
+    hu[outside] = -3024.0
+    obj = read_object(write_object(tmp_path / "o", volume=make_volume(hu, (H, H, H), origin,
+                                                                      quantity="HU")))
+    assert obj.geometry is None
+    got, notes = object_inputs(obj, 6, 32)
+    assert got.geometry.n_views == 6 and got.projections.shape == (6, 32, 32)
+    assert got.volume.quantity == "attenuation" and "synthesized from the CT volume" in notes[0]
+    np.testing.assert_allclose(got.volume.data, mu, atol=1e-6)  # HU → μ; padding → air
+    want = ct_volume_projections(mu.astype(np.float32), (H, H, H), origin, got.geometry)
+    np.testing.assert_allclose(got.projections, want, rtol=1e-5, atol=1e-5)
+    with_proj = read_object(write_object(tmp_path / "p", geometry=got.geometry, projections=want))
+    assert object_inputs(with_proj, 6, 32) == (with_proj, [])  # measured projections: untouched

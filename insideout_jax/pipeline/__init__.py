@@ -31,6 +31,7 @@ from insideout_jax.pipeline.stages import (
     ct_for_training,
     fit_stage,
     internal_stage,
+    object_inputs,
     reconstruct_ct,
     train_rgb_stage,
     train_xray_stage,
@@ -40,5 +41,5 @@ from insideout_jax.pipeline.stages import (
 __all__ = ["STAGE_ORDER", "EvaluationResult", "FitResult", "FusedResult", "InternalResult",
            "PipelineInputError", "RGBResult", "Truth", "VisualResult", "XGaussianModel", "XrayResult",
            "empty_metrics", "evaluate", "finite_metrics", "fit_stage", "fuse", "internal_stage",
-           "merge_metrics", "non_finite_note", "reconstruct_ct", "ct_for_training", "seeded_config", "train_rgb_stage",
-           "train_xray_stage", "visual_stage"]
+           "merge_metrics", "non_finite_note", "reconstruct_ct", "ct_for_training", "object_inputs",
+           "seeded_config", "train_rgb_stage", "train_xray_stage", "visual_stage"]

@@ -23,7 +23,8 @@ STAGE_NEEDS = {"sfm": ("photos",), "rgb": ("photos",), "xray": ("projections",),
 """What each stage needs in the object folder ("ct": a CT volume, or projections to make one)."""
 
 _WHAT = {"photos": f"photos in {iio.IMAGES_DIR}",
-         "projections": f"X-ray projections ({iio.PROJECTIONS_FILE} and {iio.GEOMETRY_FILE})",
+         "projections": f"X-ray projections ({iio.PROJECTIONS_FILE} and {iio.GEOMETRY_FILE})"
+                        f" or a CT volume ({iio.VOLUME_FILE}) to synthesize them from",
          "ct": f"a CT volume ({iio.VOLUME_FILE}) or X-ray projections to reconstruct one"}
 
 
@@ -56,7 +57,8 @@ def check_object(object_dir, cfg: PipelineConfig, stages) -> iio.ObjectFolder:
                 f"{first}: the photos are {w}×{h}, which the preset '{cfg.name}' cannot shrink by"
                 f" its factor {f} (rgb.downscale) without resampling: crop them to a multiple of"
                 f" {f}, or use another preset")
-    have = {"photos": bool(obj.image_names), "projections": obj.geometry is not None,
+    have = {"photos": bool(obj.image_names),  # projections: measured, or synthesized from the CT
+            "projections": obj.geometry is not None or obj.volume is not None,
             "ct": obj.volume is not None or obj.geometry is not None}
     for stage in stages:
         for need in STAGE_NEEDS.get(stage, ()):

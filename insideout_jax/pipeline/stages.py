@@ -30,8 +30,8 @@ from insideout_jax.pipeline.results import (
 )
 from insideout_jax.train.rgb import holdout_split
 
-__all__ = ["fit_stage", "internal_stage", "reconstruct_ct", "sparse_view_comparison", "train_rgb_stage",
-           "train_xray_stage", "visual_stage", "volume_scores"]
+__all__ = ["ct_for_training", "object_inputs", "fit_stage", "internal_stage", "reconstruct_ct",
+           "sparse_view_comparison", "train_rgb_stage", "train_xray_stage", "visual_stage", "volume_scores"]
 
 Progress = Callable | bool | None
 
@@ -165,6 +165,47 @@ def reconstruct_ct(projections: np.ndarray, geometry, cfg: XrayStageConfig):
     vol = np.asarray(fdk(p_tr, g_tr, grid.shape_zyx, np.asarray(grid.spacing_zyx), np.asarray(grid.origin_xyz)))
     return make_volume(np.maximum(vol, 0.0), np.asarray(grid.spacing_zyx),
                        np.asarray(grid.origin_xyz), quantity="attenuation")
+
+
+def object_inputs(obj, n_views: int, n_detector: int):
+    """(the object folder as the stages use it, notes on what was done to it).
+
+    Raw detector counts were converted on reading (said). A folder with a CT volume and no
+    projections ("volume + photos") gets projections synthesized from the volume by the project's
+    own projector (:func:`insideout_jax.data.ctobject.ct_volume_projections`, noise-free, cone
+    beam over 360° at ``n_views`` × ``n_detector``²), and the radiative stage trains on them; a
+    volume in HU is first converted to attenuation (μ = 0.02/mm · (1 + HU/1000), padding to air).
+
+    Raises:
+      ValueError: a volume in units other than attenuation or HU without projections (nothing
+        to calibrate it against).
+    """
+    import dataclasses
+
+    from insideout_jax.data import ctobject
+    from insideout_jax.data.calibration import padding_mask
+    from insideout_jax.io import make_volume
+
+    notes = [obj.xray_conversion.describe()] if obj.xray_conversion is not None else []
+    vol = obj.volume
+    if obj.geometry is not None or vol is None:
+        return obj, notes
+    if vol.quantity not in ("attenuation", "HU"):
+        raise ValueError(f"the CT volume is in {vol.quantity} and there are no X-ray projections to"
+                         " calibrate it against: give it in HU or attenuation per mm")
+    data = np.asarray(vol.data, np.float32)
+    if vol.quantity == "HU":
+        data = ctobject.hu_to_attenuation(np.where(padding_mask(data, "HU"), -1000.0, data))
+        vol = make_volume(data, vol.spacing_zyx, vol.origin_xyz, quantity="attenuation")
+    geom = ctobject.default_ct_geometry(data.shape, vol.spacing_zyx, vol.origin_xyz,
+                                        n_views=n_views, n_det=n_detector)
+    proj = ctobject.ct_volume_projections(data, vol.spacing_zyx, vol.origin_xyz, geom)
+    notes.append(f"no X-ray projections: the radiative stage trains on {n_views} projections"
+                 f" ({n_detector}² px, cone beam, noise-free) synthesized from the CT volume by the"
+                 " project's ray-marching projector" + (
+                     "; the volume's HU were converted with μ = 0.02/mm · (1 + HU/1000)"
+                     if obj.volume.quantity == "HU" else ""))
+    return dataclasses.replace(obj, geometry=geom, projections=proj, volume=vol), notes
 
 
 def ct_for_training(ct_volume, projections, geometry, cfg: XrayStageConfig):
