@@ -93,3 +93,26 @@ def test_import_commands_write_object_folders(tmp_path, capsys):
     obj = read_object(tmp_path / "b")
     assert obj.geometry.n_views == 6 and np.all(np.diff(np.asarray(obj.geometry.angles)) >= 0)
     np.testing.assert_allclose(float(obj.geometry.dso), 1000.0)
+
+
+def test_import_volume_adds_the_scanners_volume_to_an_object_folder(tmp_path, capsys):
+    from insideout_jax.io import write_object
+
+    rng = np.random.default_rng(4)
+    hu = 2.0 * rng.integers(-200, 1200, (3, 4, 4)) - 1024.0  # ≥ −1424 HU
+    hu[:, 0, 0] = -3024.0
+    _write_series(tmp_path / "dcm", hu)
+    root = write_object(tmp_path / "obj", images={f"v{k}.png": np.full((8, 8, 3), 0.5, np.float32)
+                                                  for k in range(3)})
+    argv = ["import", "volume", str(tmp_path / "dcm"), "--out", str(root)]
+    rc, text = _run(argv, capsys)
+    assert rc == 0, text
+    obj = read_object(root)
+    assert len(obj.image_names) == 3  # the photos stay
+    assert obj.volume.quantity == "HU" and obj.volume.spacing_zyx == (2.5, 0.5, 0.75)
+    want = hu.astype(np.float32)
+    want[:, 0, 0] = -1000.0  # padding (HU ≤ −1500) is air
+    assert np.array_equal(obj.volume.data, want)
+    rc, text = _run(argv, capsys)
+    assert rc == 2 and "exists: pass --overwrite" in text
+    assert _run(argv + ["--overwrite"], capsys)[0] == 0

@@ -6,6 +6,7 @@
                                          [--axes xyz] [--shape A B C --dtype T --byteorder little]
                                          [--padding V] [--keep-largest] [--sfm]
     python -m insideout_jax.data import r2gaussian|naf PATH --out DIR [--length-unit-mm L]
+    python -m insideout_jax.data import volume VOLUME --out OBJECT [volume options as from-ct]
     python -m insideout_jax.data sfm DIR
 
 Errors in the inputs end with a message naming the file and the field, and exit status 2.
@@ -37,6 +38,32 @@ def _scanner_args(p) -> None:
                    help="replace an existing object folder at --out (it is never replaced silently)")
 
 
+def _volume_args(q, quantities=("attenuation", "HU")) -> None:
+    """How to read a CT volume: what the file does not say (spacing, axes, raw layout, units)."""
+    q.add_argument("--spacing", type=float, nargs=3, metavar=("DZ", "DY", "DX"), default=None,
+                   help="voxel spacing in mm, [z, y, x] order (read from DICOM files and"
+                   " calibrated TIFFs; required for the others)")
+    q.add_argument("--axes", default="zyx", help="the file array's axis order, e.g. xyz for"
+                   " arrays stored [x, y, z] (TIGRE, NAF); transposed to [z, y, x]")
+    q.add_argument("--shape", type=int, nargs=3, default=None, metavar=("A", "B", "C"),
+                   help="raw volumes (.raw/.bin/.img/.vol): the array's shape in file order")
+    q.add_argument("--dtype", default=None, help="raw volumes: voxel type, e.g. uint16, float32")
+    q.add_argument("--byteorder", choices=["little", "big"], default=None,
+                   help="raw volumes: byte order (raw files do not say)")
+    q.add_argument("--header-bytes", type=int, default=0, help="raw volumes: bytes to skip")
+    q.add_argument("--padding", type=float, default=None,
+                   help="the value outside the scanner's reconstruction circle, in the file's"
+                   " units (default: recognised: DICOM PixelPaddingValue, HU ≤ −1500, or a"
+                   " constant minimum at every slice corner); treated as air")
+    q.add_argument("--quantity", choices=quantities, default=None,
+                   help="what the voxel values are (HU are converted to attenuation per mm);"
+                   " DICOM files say HU; default for the others: attenuation")
+    q.add_argument("--offset", type=float, default=0.0,
+                   help="value subtracted first (e.g. 1000 for volumes stored as HU + 1000)")
+    q.add_argument("--flip-z", action="store_true", help="flip the z axis (index 0 = top)")
+    q.add_argument("--variable", default=None, help="variable name inside a .mat file")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m insideout_jax.data",
                                 description="Make object folders with ground truth.")
@@ -54,32 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     mk.add_argument("--sfm", action="store_true", help="also run SfM (pycolmap) on the photos")
 
     ct = sub.add_parser("from-ct", help="an object from a CT volume (npy, tif, mat, raw, DICOM folder)")
-    ct.add_argument("volume", help="volume file or DICOM folder")
-    ct.add_argument("--spacing", type=float, nargs=3, metavar=("DZ", "DY", "DX"), default=None,
-                    help="voxel spacing in mm, [z, y, x] order (read from DICOM files and"
-                    " calibrated TIFFs; required for the others)")
-    ct.add_argument("--axes", default="zyx", help="the file array's axis order, e.g. xyz for"
-                    " arrays stored [x, y, z] (TIGRE, NAF); transposed to [z, y, x]")
-    ct.add_argument("--shape", type=int, nargs=3, default=None, metavar=("A", "B", "C"),
-                    help="raw volumes (.raw/.bin/.img/.vol): the array's shape in file order")
-    ct.add_argument("--dtype", default=None, help="raw volumes: voxel type, e.g. uint16, float32")
-    ct.add_argument("--byteorder", choices=["little", "big"], default=None,
-                    help="raw volumes: byte order (raw files do not say)")
-    ct.add_argument("--header-bytes", type=int, default=0, help="raw volumes: bytes to skip")
-    ct.add_argument("--padding", type=float, default=None,
-                    help="the value outside the scanner's reconstruction circle, in the file's"
-                    " units (default: recognised: DICOM PixelPaddingValue, HU ≤ −1500, or a"
-                    " constant minimum at every slice corner); treated as air")
+    ct.add_argument("path", help="volume file or DICOM folder")
+    _volume_args(ct)
     ct.add_argument("--out", required=True, help="object folder to write")
     ct.add_argument("--iso", type=float, default=None,
                     help="isosurface level for the photos, in the volume's units (default: Otsu)")
-    ct.add_argument("--quantity", choices=["attenuation", "HU"], default=None,
-                    help="what the voxel values are (HU are converted to attenuation per mm);"
-                    " DICOM files say HU; default for the others: attenuation")
-    ct.add_argument("--offset", type=float, default=0.0,
-                    help="value subtracted first (e.g. 1000 for volumes stored as HU + 1000)")
-    ct.add_argument("--flip-z", action="store_true", help="flip the z axis (index 0 = top)")
-    ct.add_argument("--variable", default=None, help="variable name inside a .mat file")
     ct.add_argument("--keep-largest", action="store_true",
                     help="keep only the largest connected region (drops a table or head rest)")
     ct.add_argument("--views", type=int, default=180)
@@ -90,10 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     ct.add_argument("--sfm", action="store_true", help="also run SfM (pycolmap) on the photos")
 
     im = sub.add_parser("import", help="an object folder from an R²-Gaussian or NAF / X-Gaussian"
-                        " data set (projections, geometry; its volume goes to truth/)")
-    im.add_argument("kind", choices=["r2gaussian", "naf"])
-    im.add_argument("path", help="R²-Gaussian folder (meta_data.json) or NAF .pickle")
-    im.add_argument("--out", required=True, help="object folder to write")
+                        " data set (projections, geometry; its volume goes to truth/), or a"
+                        " scanner's volume into an object folder's ct/ (volume)")
+    im.add_argument("kind", choices=["r2gaussian", "naf", "volume"])
+    im.add_argument("path", help="R²-Gaussian folder (meta_data.json), NAF .pickle, or a volume"
+                    " file / DICOM folder")
+    im.add_argument("--out", required=True, help="object folder to write (volume: to add ct/ to)")
+    _volume_args(im, ("attenuation", "HU", "density"))
     im.add_argument("--length-unit-mm", type=float, default=None,
                     help="mm per length unit of the file (r2gaussian: required, 1000 for its"
                     " synthetic sets in metres; naf: of the line integrals, default 1000)")
@@ -124,11 +133,12 @@ def _check_args(args) -> str | None:
             return f"{opt} must be at least {low}, got {v:g}"
     if args.command == "make" and not 8 <= args.volume <= 256:
         return f"--volume must be 8 to 256 voxels per side, got {args.volume}"
+    spacing = getattr(args, "spacing", None)
+    if spacing is not None and not all(math.isfinite(v) and v > 0 for v in spacing):
+        return f"--spacing must be three positive lengths in mm (DZ DY DX), got {spacing}"
     if args.command == "from-ct":
-        if args.spacing is not None and not all(math.isfinite(v) and v > 0 for v in args.spacing):
-            return f"--spacing must be three positive lengths in mm (DZ DY DX), got {args.spacing}"
-        if not Path(args.volume).exists():
-            return f"{args.volume}: no such file or folder (the CT volume to make the object from)"
+        if not Path(args.path).exists():
+            return f"{args.path}: no such file or folder (the CT volume to make the object from)"
     if args.command == "import":
         if not Path(args.path).exists():
             return f"{args.path}: no such file or folder (the {args.kind} data set to import)"
@@ -147,7 +157,7 @@ def _load_ct(args):
     """The from-ct volume as the file and the options say (nothing guessed)."""
     from insideout_jax import io as iio
 
-    src = Path(args.volume)
+    src = Path(args.path)
     records = src.is_dir() or src.with_suffix(".json").is_file()  # DICOM, or our TIFF + json
     return iio.load_volume(src, spacing_zyx=tuple(args.spacing) if args.spacing else None,
                            quantity=args.quantity or (None if records else "attenuation"),
@@ -163,6 +173,8 @@ def _padding_to_air(data, quantity: str, args):
 
     if args.padding is not None:
         pad = data == np.float32(args.padding - args.offset)
+    elif quantity == "density":  # air unknown: the run's calibration finds the padding
+        return data
     else:
         pad = padding_mask(data, quantity)
     if pad.any():
@@ -170,6 +182,28 @@ def _padding_to_air(data, quantity: str, args):
         print(f"  {int(pad.sum())} padding voxels (outside the reconstruction circle) set to air ({air:g})")
         data = np.where(pad, np.float32(air), data)
     return data
+
+
+def _import_volume(args) -> Path:
+    """``import volume``: the scanner's volume, read as the options say, into ``--out``/ct/ in its
+    own units (a run calibrates HU and vendor units against the projections)."""
+    import numpy as np
+
+    from insideout_jax import io as iio
+
+    vol = _load_ct(args)
+    data = np.asarray(vol.data, np.float32) - np.float32(args.offset)
+    data = data[::-1].copy() if args.flip_z else data
+    if vol.quantity == "density" and args.padding is not None:
+        raise ValueError("--padding needs HU or attenuation (where air is known); in vendor units"
+                         " a constant padding ring is recognised at run time")
+    data = _padding_to_air(data, vol.quantity, args)
+    out = Path(args.out)
+    iio.write_volume(out / iio.VOLUME_FILE, iio.make_volume(data, vol.spacing_zyx, vol.origin_xyz,
+                                                            quantity=vol.quantity))
+    print(f"imported {args.path}: {data.shape} voxels of {vol.spacing_zyx} mm in {vol.quantity}"
+          f" to {out / iio.VOLUME_FILE}")
+    return out
 
 
 def _import(args, build: Path) -> None:
@@ -217,7 +251,12 @@ def main(argv=None) -> int:
         return 2
     t0 = time.perf_counter()
     build = None
-    if args.command in ("make", "from-ct", "import"):
+    if args.command == "import" and args.kind == "volume":  # into a folder that may hold photos
+        target = Path(args.out) / "ct" / "volume.tif"
+        if target.exists() and not args.overwrite:
+            print(f"error: {target} exists: pass --overwrite to replace it", file=sys.stderr)
+            return 2
+    elif args.command in ("make", "from-ct", "import"):
         out = Path(args.out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
             print(f"error: {out} exists and is not empty: pass --overwrite to replace it, or"
@@ -244,7 +283,7 @@ def main(argv=None) -> int:
             data = np.asarray(vol.data, np.float32) - np.float32(args.offset)
             if args.flip_z:
                 data = data[::-1].copy()
-            print(f"making an object from {args.volume} {data.shape} in {out}")
+            print(f"making an object from {args.path} {data.shape} in {out}")
             try:
                 data = _padding_to_air(data, vol.quantity, args)
                 objects.make_ct_object(data, vol.spacing_zyx, build, iso=args.iso,
@@ -254,10 +293,13 @@ def main(argv=None) -> int:
                                        photons=args.photons, read_noise=args.read_noise,
                                        ct_source="exact" if args.exact_ct else "fdk")
             except ValueError as e:
-                raise ValueError(f"{args.volume}: {e}") from e
+                raise ValueError(f"{args.path}: {e}") from e
         elif args.command == "import":
             args.sfm = False
-            _import(args, build)
+            if build is None:
+                out = _import_volume(args)
+            else:
+                _import(args, build)
         else:
             out = Path(args.dir)
             args.sfm = True
