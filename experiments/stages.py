@@ -21,7 +21,7 @@ from insideout_jax import io as iio
 from insideout_jax import pipeline as pl
 from insideout_jax.config import PipelineConfig
 from insideout_jax.io.checkpoint import atomic_write_bytes
-from insideout_jax.io.validate import check_photo_size
+from insideout_jax.io.validate import read_registered_photos
 from insideout_jax.pipeline import geometry as pg
 from insideout_jax.pipeline import store
 from insideout_jax.train.loop import NonFiniteLossError
@@ -186,13 +186,8 @@ def stage_sfm(ctx: RunContext) -> None:
 def load_photos(ctx: RunContext):
     """(images [V, H, W, 3] float32 at the stage's size, cameras, COLMAP model)."""
     model = iio.read_colmap(ctx.object_dir / iio.COLMAP_DIR)
-    imgs = []
-    for name, cam in zip(model.image_names, model.cameras, strict=True):
-        path = ctx.object_dir / iio.IMAGES_DIR / name
-        img = iio.read_image(path)
-        check_photo_size(path, img, cam, ctx.object_dir / iio.COLMAP_DIR)  # never resized silently
-        imgs.append(img)
-    imgs, cams = pg.downscale_photos(np.stack(imgs), model.cameras, ctx.cfg.rgb.downscale)
+    imgs = read_registered_photos(ctx.object_dir, model)  # sizes checked, lenses undistorted
+    imgs, cams = pg.downscale_photos(imgs, model.cameras, ctx.cfg.rgb.downscale)
     return imgs, cams, model
 
 

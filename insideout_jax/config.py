@@ -55,13 +55,15 @@ class SfMConfig:
     """Structure from motion (pycolmap, CPU).
 
     Attributes:
-      camera_model: "SIMPLE_PINHOLE" or "PINHOLE".
+      camera_model: COLMAP's camera model: "SIMPLE_RADIAL" (one radial coefficient, COLMAP's own
+        default; the photos are undistorted on reading), "RADIAL", "OPENCV", or the undistorted
+        "SIMPLE_PINHOLE", "PINHOLE".
       min_registered_fraction: below this SfM is an error (issue: 70 %).
       max_num_features: SIFT features per image.
       use_known_intrinsics: give the generator's intrinsics to SfM (generated objects only).
     """
 
-    camera_model: str = "SIMPLE_PINHOLE"
+    camera_model: str = "SIMPLE_RADIAL"
     min_registered_fraction: float = 0.7
     max_num_features: int = 8192
     use_known_intrinsics: bool = False

@@ -88,11 +88,33 @@ def _err(fn, *fragments):
         assert f in str(e.value), (f, str(e.value))
 
 
-def test_distorted_model_is_rejected_with_undistort_advice(tmp_path):
-    _rec(tmp_path, "SIMPLE_RADIAL", [50.0, 32.0, 24.0, 0.0])
-    _err(lambda: read_colmap(tmp_path), "cameras.bin", "camera 1", "SIMPLE_RADIAL", "Undistort")
-    _rec(tmp_path, "OPENCV", [50.0, 50.0, 32.0, 24.0, 0.1, 0.0, 0.0, 0.0])
-    _err(lambda: read_colmap(tmp_path), "OPENCV", "not supported")
+@pytest.mark.parametrize("model, params, dist", [
+    ("SIMPLE_RADIAL", [50.0, 32.0, 24.0, -0.2], [-0.2, 0, 0, 0]),
+    ("RADIAL", [50.0, 32.0, 24.0, -0.2, 0.05], [-0.2, 0.05, 0, 0]),
+    ("OPENCV", [50.0, 52.0, 31.0, 25.0, 0.1, -0.03, 0.004, -0.002], [0.1, -0.03, 0.004, -0.002])])
+def test_distorted_models_are_read_with_their_lens(tmp_path, model, params, dist):
+    """The pinhole part and (k1, k2, p1, p2); pycolmap's own projection (with its lens) is ours
+    followed by the closed-form distortion."""
+    from insideout_jax.io.undistort import distort_points, undistort_points
+
+    _rec(tmp_path, model, params)
+    m = read_colmap(tmp_path)
+    assert m.distorted and np.allclose(m.distortion[0], dist)
+    cam = m.cameras[0]
+    pts = np.random.default_rng(2).uniform(-1.5, 1.5, size=(20, 3))
+    uv, _ = project_points(cam, pts.astype(np.float32))
+    image = pycolmap.Reconstruction(tmp_path).images[1]
+    ref = np.array([image.project_point(p) for p in pts])
+    got = distort_points(np.asarray(uv, np.float64), cam, m.distortion[0])
+    np.testing.assert_allclose(got, ref, atol=2e-3)
+    np.testing.assert_allclose(undistort_points(ref, cam, m.distortion[0]), uv, atol=2e-3)
+
+
+def test_unknown_camera_models_are_rejected(tmp_path):
+    _rec(tmp_path, "FULL_OPENCV", [50.0, 50.0, 32.0, 24.0] + [0.01] * 8)
+    _err(lambda: read_colmap(tmp_path), "cameras.bin", "camera 1", "FULL_OPENCV", "not supported")
+    _rec(tmp_path, "PINHOLE", [50.0, 50.0, 32.0, 24.0])
+    assert read_colmap(tmp_path).distortion == ()
 
 
 def test_malformed_models_are_rejected(tmp_path):

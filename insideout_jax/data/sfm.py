@@ -17,7 +17,7 @@ import numpy as np
 
 __all__ = ["SfMError", "SfMResult", "run_sfm", "align_camera_centres", "SFM_CAMERA_MODELS"]
 
-SFM_CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE")
+SFM_CAMERA_MODELS = ("SIMPLE_RADIAL", "RADIAL", "OPENCV", "SIMPLE_PINHOLE", "PINHOLE")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
@@ -60,20 +60,22 @@ def _list_images(image_dir: Path) -> list[str]:
     return names
 
 
-def run_sfm(image_dir: str | Path, sparse_dir: str | Path, *, camera_model: str = "SIMPLE_PINHOLE",
+def run_sfm(image_dir: str | Path, sparse_dir: str | Path, *, camera_model: str = "SIMPLE_RADIAL",
             known_intrinsics: tuple[float, ...] | None = None, min_registered_fraction: float = 0.7,
             max_num_features: int = 8192, num_threads: int = -1, seed: int = 0,
             verbose: bool = False) -> SfMResult:
     """Run SfM on a folder of photos and write the largest model to ``sparse_dir/0``.
 
-    All photos share one camera (``CameraMode.SINGLE``). Only undistorted models are produced, so
-    the rest of the pipeline can use them directly; photos with lens distortion must be undistorted
-    first.
+    All photos share one camera (``CameraMode.SINGLE``). With a distorted camera model the lens is
+    estimated with the poses; the photos stay as taken, and the pipeline undistorts them on reading
+    (:func:`insideout_jax.io.validate.read_registered_photos`).
 
     Args:
       image_dir: folder of photos (png / jpg / tif / bmp).
       sparse_dir: output root; the model goes to ``sparse_dir/0`` (replaced if present).
-      camera_model: "SIMPLE_PINHOLE" (f, cx, cy estimated) or "PINHOLE".
+      camera_model: "SIMPLE_RADIAL" (f, cx, cy and one radial coefficient k, COLMAP's default),
+        "RADIAL" (k1, k2), "OPENCV" (fx, fy, k1, k2, p1, p2), or the undistorted "SIMPLE_PINHOLE",
+        "PINHOLE".
       known_intrinsics: (fx, fy, cx, cy) in pixels: use a PINHOLE camera with these fixed
         parameters (not refined by bundle adjustment).
       min_registered_fraction: raise :class:`SfMError` below this fraction of registered images.
@@ -93,8 +95,7 @@ def run_sfm(image_dir: str | Path, sparse_dir: str | Path, *, camera_model: str 
     image_dir, sparse_dir = Path(image_dir), Path(sparse_dir)
     names = _list_images(image_dir)
     if camera_model not in SFM_CAMERA_MODELS:
-        raise ValueError(f"camera_model must be one of {SFM_CAMERA_MODELS} (undistorted), got"
-                         f" {camera_model!r}")
+        raise ValueError(f"camera_model must be one of {SFM_CAMERA_MODELS}, got {camera_model!r}")
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = camera_model
     mapper = pycolmap.IncrementalPipelineOptions()

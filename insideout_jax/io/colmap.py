@@ -1,9 +1,10 @@
 """COLMAP sparse models (``rgb/sparse/0``) via pycolmap: cameras, image names, sparse points.
 
 Cameras follow COLMAP's conventions exactly (world → camera pose ``cam_from_world``, pixel (0, 0)
-spanning [0, 1]², see :mod:`insideout_jax.cameras`), so no conversion happens here. Only
-undistorted models (PINHOLE, SIMPLE_PINHOLE) are accepted; any other model is rejected with the
-advice to undistort the photos first.
+spanning [0, 1]², see :mod:`insideout_jax.cameras`), so no conversion happens here. Undistorted models
+(PINHOLE, SIMPLE_PINHOLE) and distorted ones (SIMPLE_RADIAL, RADIAL, OPENCV) are read; for the
+latter the camera is the pinhole part and ``distortion`` holds (k1, k2, p1, p2), with which the
+photos are undistorted on reading (:mod:`insideout_jax.io.undistort`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from insideout_jax.cameras import PinholeCamera, pinhole_from_colmap
 from insideout_jax.io.errors import ObjectFolderError
+from insideout_jax.io.undistort import split_colmap_params
 
 __all__ = ["ColmapModel", "make_colmap_model", "read_colmap", "write_colmap"]
 
@@ -33,6 +35,8 @@ class ColmapModel:
       points_rgb: [P, 3] uint8 point colours.
       points_error: [P] float64 mean reprojection error in pixels (−1 where unknown).
       unregistered: names of images in the model without a pose.
+      distortion: per name, None or [4] (k1, k2, p1, p2) of its lens (COLMAP's distorted models);
+        empty when no camera is distorted.
     """
 
     image_names: tuple
@@ -41,6 +45,11 @@ class ColmapModel:
     points_rgb: np.ndarray
     points_error: np.ndarray
     unregistered: tuple = ()
+    distortion: tuple = ()
+
+    @property
+    def distorted(self) -> bool:
+        return any(d is not None for d in self.distortion)
 
 
 def make_colmap_model(image_names, cameras, points_xyz=None, points_rgb=None) -> ColmapModel:
@@ -86,8 +95,8 @@ def read_colmap(model_dir: str | os.PathLike) -> ColmapModel:
     """Read a COLMAP model folder (binary or text) with pycolmap.
 
     Raises:
-      ObjectFolderError: missing folder or file, a file pycolmap cannot parse, a distorted or
-        unknown camera model (undistort first), invalid intrinsics or poses, or no registered image.
+      ObjectFolderError: missing folder or file, a file pycolmap cannot parse, an unknown camera
+        model, invalid intrinsics or poses, or no registered image.
     """
     import pycolmap
 
@@ -111,12 +120,13 @@ def read_colmap(model_dir: str | os.PathLike) -> ColmapModel:
         cam = rec.cameras[image.camera_id]
         pose = image.cam_from_world()
         try:
-            pinhole = pinhole_from_colmap(cam.model_name, np.asarray(cam.params), cam.width,
-                                          cam.height, pose.rotation.matrix(), pose.translation)
+            k, dist = split_colmap_params(cam.model_name, np.asarray(cam.params))
+            pinhole = pinhole_from_colmap("PINHOLE", k, cam.width, cam.height,
+                                          pose.rotation.matrix(), pose.translation)
         except ValueError as e:
             raise ObjectFolderError(cam_file, f"camera {image.camera_id} (image {image.name!r})",
                                     str(e)) from None
-        named.append((image.name, pinhole))
+        named.append((image.name, pinhole, dist))
     if not named:
         raise ObjectFolderError(_model_file(folder, "images"), "images", "no registered image")
     named.sort(key=lambda x: x[0])
@@ -125,8 +135,9 @@ def read_colmap(model_dir: str | os.PathLike) -> ColmapModel:
     xyz = np.array([p.xyz for p in pts], np.float64).reshape(-1, 3)
     rgb = np.array([p.color for p in pts], np.uint8).reshape(-1, 3)
     err = np.array([p.error for p in pts], np.float64).reshape(-1)
-    return ColmapModel(tuple(n for n, _ in named), tuple(c for _, c in named), xyz, rgb, err,
-                       tuple(sorted(unregistered)))
+    dist = tuple(d for *_, d in named)
+    return ColmapModel(tuple(n for n, *_ in named), tuple(c for _, c, _ in named), xyz, rgb, err,
+                       tuple(sorted(unregistered)), dist if any(d is not None for d in dist) else ())
 
 
 def write_colmap(model_dir: str | os.PathLike, model: ColmapModel) -> pathlib.Path:

@@ -26,7 +26,7 @@ from insideout_jax.io.objects import (
     read_object,
 )
 
-__all__ = ["MIN_PHOTOS", "validate_object", "check_photo_size"]
+__all__ = ["MIN_PHOTOS", "validate_object", "check_photo_size", "read_registered_photos"]
 
 MIN_PHOTOS = 3
 """Fewer photos cannot be split into training and held-out views (nor registered by SfM)."""
@@ -40,6 +40,26 @@ def check_photo_size(path, image: np.ndarray, camera, colmap_dir) -> None:
         raise ObjectFolderError(path, "size", f"the photo is {w}×{h} but its camera in {colmap_dir}"
                                 f" is {camera.width}×{camera.height}: give the photos SfM registered,"
                                 " or run SfM again (remove rgb/sparse)")
+
+
+def read_registered_photos(root, model) -> np.ndarray:
+    """[V, H, W, 3] float32: the photos of ``model`` (a :class:`ColmapModel`) in its order, each
+    checked against its camera's size (never resized silently) and, where its lens is distorted,
+    undistorted onto its pinhole camera (:func:`insideout_jax.io.undistort.undistort_image`;
+    not where the lens moves no pixel by :data:`~insideout_jax.io.undistort.NEGLIGIBLE_PX`)."""
+    from insideout_jax.io.undistort import NEGLIGIBLE_PX, max_displacement, undistort_image
+
+    root = os.fspath(root)
+    imgs = []
+    for k, (name, cam) in enumerate(zip(model.image_names, model.cameras, strict=True)):
+        path = os.path.join(root, IMAGES_DIR, name)
+        img = read_image(path)
+        check_photo_size(path, img, cam, os.path.join(root, COLMAP_DIR))
+        dist = model.distortion[k] if model.distortion else None
+        if dist is not None and max_displacement(cam, dist) >= NEGLIGIBLE_PX:
+            img = undistort_image(img, cam, dist)
+        imgs.append(img)
+    return np.stack(imgs)
 
 
 def validate_object(path: str | os.PathLike, *, check_photos: bool = True) -> ObjectFolder:
