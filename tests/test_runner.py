@@ -15,6 +15,7 @@ import pytest
 from insideout_jax import io as iio
 from insideout_jax.config import preset
 from insideout_jax.data.objects import read_true_surface, true_sfm_transform
+from insideout_jax.io.validate import read_registered_photos
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = [sys.executable, str(REPO / "experiments" / "run.py")]
@@ -110,7 +111,7 @@ def test_fuse_in_memory_matches_the_runner(tiny_object, tiny_run):
 
     obj = iio.read_object(tiny_object)
     model = obj.colmap
-    photos = np.stack([iio.read_image(tiny_object / iio.IMAGES_DIR / n) for n in model.image_names])
+    photos = read_registered_photos(tiny_object, model)  # SfM's lens undistorted, as the runner does
     truth = Truth(true_sfm_transform(tiny_object)[0], obj.truth_volume, read_true_surface(tiny_object))
     res = fuse(photos, model.cameras, obj.projections, obj.geometry, points=model.points_xyz,
                point_colors=model.points_rgb, ct_volume=obj.volume, cfg=preset("tiny"), truth=truth,

@@ -10,8 +10,8 @@ import pycolmap
 from insideout_jax.cameras import project_points
 from insideout_jax.data import phantom as ph
 from insideout_jax.data.raycast import render_phantom_rgb
-from insideout_jax.data.skull_setup import default_skull_cameras
 from insideout_jax.data.sfm import run_sfm
+from insideout_jax.data.skull_setup import default_skull_cameras
 from insideout_jax.io import read_colmap
 from insideout_jax.io.undistort import distort_image, undistort_points
 

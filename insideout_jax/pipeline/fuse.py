@@ -55,7 +55,9 @@ def fuse(photos: np.ndarray, cameras, projections: np.ndarray, geometry, *, poin
     internal rendering, visual unification, evaluation.
 
     Args:
-      photos: [V, H, W, 3] float32 photos in [0, 1] at full size (``cfg.rgb.downscale`` applies).
+      photos: [V, H, W, 3] float32 photos in [0, 1] at full size (``cfg.rgb.downscale`` applies),
+        free of lens distortion (a distorted COLMAP model's photos: read them with
+        :func:`insideout_jax.io.validate.read_registered_photos`).
       cameras: V :class:`~insideout_jax.cameras.PinholeCamera` (the SfM frame).
       projections: [P, nv, nu] line integrals; geometry: their :class:`XrayGeometry`.
       points, point_colors: [N, 3] SfM points (initial RGB centres) and colours in [0, 255].
