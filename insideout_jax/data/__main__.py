@@ -76,7 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     mk.add_argument("--detector", type=int, default=d.n_detector, help="detector pixels per side")
     mk.add_argument("--volume", type=int, default=d.volume_size, help="CT voxels per side")
     mk.add_argument("--photos", type=int, default=d.n_rgb_views, help="number of RGB renders")
-    mk.add_argument("--photo-size", type=int, default=d.rgb_size, help="render width = height")
+    mk.add_argument("--photo-size", type=int, default=d.rgb_size, help="render width = height"
+                    " (realistic: width; height ¾ of it)")
+    mk.add_argument("--photo-style", choices=["clean", "realistic"], default=d.photo_style,
+                    help="clean renders, or photos as a phone takes them (table, backdrop, lens,"
+                    " noise, JPEG)")
     _scanner_args(mk)
     mk.add_argument("--sfm", action="store_true", help="also run SfM (pycolmap) on the photos")
 
@@ -271,6 +275,7 @@ def main(argv=None) -> int:
             cfg = dataclasses.replace(SkullConfig(), n_views=args.views, n_detector=args.detector,
                                       volume_size=args.volume, n_rgb_views=args.photos,
                                       rgb_size=args.photo_size, photons=args.photons,
+                                      photo_style=args.photo_style,
                                       read_noise=args.read_noise,
                                       ct_source="exact" if args.exact_ct else "fdk")
             print(f"making '{args.name}' in {out}")

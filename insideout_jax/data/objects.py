@@ -159,20 +159,24 @@ def make_skull_object(out_dir: str | Path, cfg=None, *, made_by: str = "python",
     times["volume"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    cams = ph.default_skull_cameras(n=cfg.n_rgb_views, size=cfg.rgb_size)
-    say(f"  photos: {len(cams)} renders of {cfg.rgb_size}² (analytic ray caster)")
-    images = raycast.render_phantom_rgb(skull, cams)
-    names = [f"view_{k:03d}.png" for k in range(len(cams))]
+    pts, normals = ph.phantom_surface_points(skull, 20000)
+    if cfg.photo_style == "realistic":
+        images, names, cams = _realistic_photos(skull, cfg, out, float(np.min(np.asarray(pts)[:, 2])), say)
+    else:
+        cams = ph.default_skull_cameras(n=cfg.n_rgb_views, size=cfg.rgb_size)
+        say(f"  photos: {len(cams)} renders of {cfg.rgb_size}² (analytic ray caster)")
+        images = raycast.render_phantom_rgb(skull, cams)
+        names = [f"view_{k:03d}.png" for k in range(len(cams))]
     times["photos"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    pts, normals = ph.phantom_surface_points(skull, 20000)
     truth = iio.make_volume(vol, spacing, origin, quantity="attenuation")
     ct, acquisition["ct"] = _scanner_ct(proj, geom, truth, cfg.ct_source, cfg.volume_size, say)
     acquisition["generator"] = {"name": "skull", "version": scanner.GENERATOR_VERSION,
                                 "made_by": made_by, "config": dataclasses.asdict(cfg)}
     iio.write_object(out, geometry=geom, projections=np.asarray(proj, np.float32), volume=ct,
-                     images=dict(zip(names, images, strict=True)), truth_volume=truth)
+                     images=None if images is None else dict(zip(names, images, strict=True)),
+                     truth_volume=truth)
     iio.write_json_atomic(out / scanner.ACQUISITION_FILE, acquisition)
     np.savez(out / SURFACE_FILE, points=np.asarray(pts, np.float32),
              normals=np.asarray(normals, np.float32))
@@ -257,12 +261,41 @@ def make_ct_object(volume: np.ndarray, spacing_zyx, out_dir: str | Path, *, orig
     ct, acquisition["ct"] = _scanner_ct(proj, geom, truth, ct_source, max(att.shape), say)
     acquisition["generator"] = {"name": "from-ct", "version": scanner.GENERATOR_VERSION}
     iio.write_object(out, geometry=geom, projections=np.asarray(proj, np.float32), volume=ct,
-                     images=dict(zip(names, images, strict=True)), truth_volume=truth)
+                     images=None if images is None else dict(zip(names, images, strict=True)),
+                     truth_volume=truth)
     iio.write_json_atomic(out / scanner.ACQUISITION_FILE, acquisition)
     write_true_cameras(out / CAMERAS_FILE, names, cams)
     write_previews(out)
     times["write"] = time.perf_counter() - t
     return times
+
+
+LENS_FILE = "truth/lens.json"
+MASKS_DIR = "truth/masks"
+
+
+def _realistic_photos(skull, cfg, out: Path, table_z: float, say):
+    """Photos as a phone takes them (:mod:`insideout_jax.data.scene`) written as JPEGs into
+    ``rgb/images``; the lens into ``truth/lens.json`` and the object silhouettes into
+    ``truth/masks`` (for scoring). Returns (None, names, pinhole cameras)."""
+    from insideout_jax.data import scene
+    from insideout_jax.io.checkpoint import atomic_write_bytes
+
+    setup = scene.PhotoSetup(width=cfg.rgb_size, height=cfg.rgb_size * 3 // 4)
+    cams = scene.photo_cameras(cfg.n_rgb_views, setup)
+    say(f"  photos: {len(cams)} realistic photos of {setup.width}×{setup.height} (table, backdrop,"
+        f" lens k1 {setup.k1}, k2 {setup.k2}, sensor noise, JPEG {setup.jpeg_quality})")
+    jpegs, masks = scene.take_photos(skull, cams, setup, table_z)
+    names = [f"view_{k:03d}.jpg" for k in range(len(cams))]
+    (out / iio.IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    (out / MASKS_DIR).mkdir(parents=True, exist_ok=True)
+    for name, jpeg, mask in zip(names, jpegs, masks, strict=True):
+        atomic_write_bytes(out / iio.IMAGES_DIR / name, jpeg)
+        ok, png = cv2.imencode(".png", mask.astype(np.uint8) * 255)
+        atomic_write_bytes(out / MASKS_DIR / name.replace(".jpg", ".png"), png.tobytes())
+    iio.write_json_atomic(out / LENS_FILE, {"model": "OPENCV", "k1_k2_p1_p2": list(setup.distortion),
+                                            "setup": dataclasses.asdict(setup)})
+    return None, names, cams
 
 
 def check_generator(obj_dir: str | Path, skull_cfg=None) -> None:
