@@ -7,6 +7,7 @@
                                          [--padding V] [--keep-largest] [--sfm]
     python -m insideout_jax.data import r2gaussian|naf PATH --out DIR [--length-unit-mm L]
     python -m insideout_jax.data import volume VOLUME --out OBJECT [volume options as from-ct]
+    python -m insideout_jax.data export OBJECT --out DIR
     python -m insideout_jax.data sfm DIR
 
 Errors in the inputs end with a message naming the file and the field, and exit status 2.
@@ -111,11 +112,16 @@ def _parser() -> argparse.ArgumentParser:
                     help="mm per length unit of the file (r2gaussian: required, 1000 for its"
                     " synthetic sets in metres; naf: of the line integrals, default 1000)")
     im.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    ex = sub.add_parser("export", help="a generated object as a lab hands it over: JPEG photos,"
+                        " raw counts with flat and dark fields, the CT as DICOM in HU")
+    ex.add_argument("path", help="object folder (generated)")
+    ex.add_argument("--out", required=True, help="folder to write")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     sf = sub.add_parser("sfm", help="run SfM on an object folder's photos")
     sf.add_argument("dir", help="object folder")
     sf.add_argument("--known-intrinsics", action="store_true",
                     help="use the true intrinsics of a generated object")
-    for q in (mk, ct, im, sf):
+    for q in (mk, ct, im, ex, sf):
         q.add_argument("--debug", action="store_true",
                        help="show the traceback of errors in the input too (bugs always show theirs)")
     return p
@@ -152,6 +158,8 @@ def _check_args(args) -> str | None:
         if args.length_unit_mm is not None and not (math.isfinite(args.length_unit_mm)
                                                     and args.length_unit_mm > 0):
             return f"--length-unit-mm must be a positive number, got {args.length_unit_mm:g}"
+    if args.command == "export" and not Path(args.path).is_dir():
+        return f"{args.path}: no such object folder"
     if args.command == "sfm" and not Path(args.dir).is_dir():
         return f"{args.dir}: no such object folder"
     return None
@@ -260,7 +268,7 @@ def main(argv=None) -> int:
         if target.exists() and not args.overwrite:
             print(f"error: {target} exists: pass --overwrite to replace it", file=sys.stderr)
             return 2
-    elif args.command in ("make", "from-ct", "import"):
+    elif args.command in ("make", "from-ct", "import", "export"):
         out = Path(args.out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
             print(f"error: {out} exists and is not empty: pass --overwrite to replace it, or"
@@ -299,6 +307,12 @@ def main(argv=None) -> int:
                                        ct_source="exact" if args.exact_ct else "fdk")
             except ValueError as e:
                 raise ValueError(f"{args.path}: {e}") from e
+        elif args.command == "export":
+            from insideout_jax.data.export import export_as_acquired
+
+            args.sfm = False
+            for part, what in export_as_acquired(args.path, build).items():
+                print(f"  {part}: {what}")
         elif args.command == "import":
             args.sfm = False
             if build is None:

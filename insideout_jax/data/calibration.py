@@ -17,7 +17,7 @@ the projections. This module
 
        p ≈ a · P(v·m) + b · P(m)              (least squares over a subset of views)
 
-   so attenuation μ = a·v + b = a·(v − v_air) with v_air = −b/a, padding → 0. The relative RMS
+   so attenuation μ = max(a·v + b, 0) = a·(v − v_air) above air (v_air = −b/a), padding → 0. The relative RMS
    residual of the fit checks the volume's registration with the projection geometry: above
    ``max_residual`` the volume does not sit where the projections see the object (pose, axis
    order, flip, spacing) and the calibration stops with the residual.
@@ -143,7 +143,7 @@ def calibrate_volume(volume: CTVolume, projections, geometry: XrayGeometry, *, n
                          f" {100 * residual:.0f} % (at most {100 * max_residual:.0f} % expected):"
                          " the volume is not registered with the projection geometry — check its"
                          " origin, spacing, axis order (--axes) and orientation (--flip-z)")
-    mu = np.where(pad, 0.0, a * data + b).astype(np.float32)
+    mu = np.where(pad, 0.0, np.maximum(a * data + b, 0.0)).astype(np.float32)  # no negative μ
     out = make_volume(mu, volume.spacing_zyx, volume.origin_xyz, quantity="attenuation")
     return out, CTCalibration(volume.quantity, float(a), float(-b / a), residual, int(k.size),
                               int(pad.sum()))

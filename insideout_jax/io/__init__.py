@@ -26,6 +26,7 @@ from insideout_jax.io.objects import (
     QUANTITIES,
     TRANSFORM_FILE,
     TRUTH_VOLUME_FILE,
+    VOLUME_DICOM_DIR,
     VOLUME_FILE,
     CTVolume,
     ObjectFolder,
@@ -58,7 +59,7 @@ __all__ = [
     "make_similarity", "read_geometry", "write_geometry", "read_projections", "write_projections",
     "read_volume", "write_volume", "list_images", "read_image", "read_images", "write_images",
     "read_transform", "write_transform", "read_json", "write_json_atomic",
-    "GEOMETRY_FILE", "PROJECTIONS_FILE", "VOLUME_FILE", "IMAGES_DIR", "COLMAP_DIR",
+    "GEOMETRY_FILE", "PROJECTIONS_FILE", "VOLUME_FILE", "VOLUME_DICOM_DIR", "IMAGES_DIR", "COLMAP_DIR",
     "TRUTH_VOLUME_FILE", "TRANSFORM_FILE", "IMAGE_EXTENSIONS", "QUANTITIES",
     # detector counts
     "CountsConversion", "counts_to_line_integrals",

@@ -141,3 +141,60 @@ def read_dicom_series(folder: PathLike, *, series_uid: str | None = None,
     vol = make_volume(data, (dz, ps0[0], ps0[1]), origin, quantity="HU")
     uid = str(items[0][3].get("SeriesInstanceUID", ""))
     return DicomSeries(vol, direction, uid, tuple(t[2] for t in items), n_padding)
+
+
+def write_dicom_series(folder: PathLike, volume: CTVolume, *, padding=None,
+                       padding_hu: float = -3024.0, intercept: float = -1024.0) -> list:
+    """Write a HU volume as single-frame CT slices (axial, identity orientation), as scanners do.
+
+    Pixels are int16 ``round(HU − intercept)`` (RescaleSlope 1, RescaleIntercept ``intercept``);
+    where ``padding`` ([nz, ny, nx] bool, e.g. outside the reconstruction circle) is set they hold
+    ``padding_hu`` and the series declares it as PixelPaddingValue. Reading the folder back with
+    :func:`read_dicom_series` gives the volume (to 1 HU) with the padding as air.
+
+    Returns:
+      The slice files, in z order.
+    """
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    if volume.quantity != "HU":
+        raise ValueError(f"a DICOM CT series holds HU, got a volume of {volume.quantity}")
+    hu = np.asarray(volume.data, np.float64)
+    pix = np.round(hu - intercept)
+    pad_px = int(round(padding_hu - intercept))
+    if padding is not None:
+        pix = np.where(padding, pad_px, pix)
+    if pix.min() < -32768 or pix.max() > 32767:
+        raise ValueError("HU values outside what int16 pixels hold with this intercept")
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    series, study = generate_uid(), generate_uid()
+    dz, dy, dx = (float(v) for v in volume.spacing_zyx)
+    x0, y0, z0 = (float(v) for v in volume.origin_xyz)
+    files = []
+    for k in range(hu.shape[0]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = sop = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, sop, "CT"
+        ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.InstanceNumber = series, study, k + 1
+        ds.Rows, ds.Columns = hu.shape[1], hu.shape[2]
+        ds.PixelSpacing = [dy, dx]
+        ds.SliceThickness = dz
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [x0, y0, z0 + k * dz]
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, intercept, "HU"
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        if padding is not None:
+            ds.PixelPaddingValue = pad_px
+        ds.PixelData = pix[k].astype("<i2").tobytes()
+        path = folder / f"slice_{k:04d}.dcm"
+        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        files.append(path)
+    return files

@@ -9,6 +9,7 @@
                                   (converted on reading: :mod:`insideout_jax.io.detector`)
   xray/geometry.json              scanner geometry (schema in OUTPUTS.md), mm and radians
   ct/volume.tif + ct/volume.json  float32 [nz, ny, nx] volume, spacing_zyx, origin_xyz (mm)
+  ct/dicom/                       or the scanner's DICOM series (HU; read when volume.tif is absent)
   truth/volume.tif + volume.json  generated objects only: ground-truth density volume
   truth/transform.json            generated objects only: SfM frame → CT frame similarity
 ```
@@ -66,7 +67,7 @@ from insideout_jax.io.xrayfiles import (  # noqa: F401
 )
 
 __all__ = [
-    "GEOMETRY_FILE", "PROJECTIONS_FILE", "VOLUME_FILE", "IMAGES_DIR", "COLMAP_DIR",
+    "GEOMETRY_FILE", "PROJECTIONS_FILE", "VOLUME_FILE", "VOLUME_DICOM_DIR", "IMAGES_DIR", "COLMAP_DIR",
     "TRUTH_VOLUME_FILE", "TRANSFORM_FILE", "IMAGE_EXTENSIONS", "QUANTITIES",
     "CTVolume", "make_volume", "Similarity", "make_similarity", "ObjectFolder",
     "read_object", "write_object", "read_geometry", "write_geometry", "read_projections",
@@ -77,6 +78,7 @@ __all__ = [
 GEOMETRY_FILE = "xray/geometry.json"
 PROJECTIONS_FILE = "xray/projections.tif"
 VOLUME_FILE = "ct/volume.tif"
+VOLUME_DICOM_DIR = "ct/dicom"
 IMAGES_DIR = "rgb/images"
 COLMAP_DIR = "rgb/sparse/0"
 TRUTH_VOLUME_FILE = "truth/volume.tif"
@@ -141,6 +143,10 @@ def read_object(path: PathLike, *, load_images: bool = True, images_as_uint8: bo
             proj_p, geometry, counts=read_detector_fields(root, _read_tiff))
     vol_p, truth_p = root / VOLUME_FILE, root / TRUTH_VOLUME_FILE
     volume = read_volume(vol_p) if vol_p.exists() else None
+    if volume is None and (root / VOLUME_DICOM_DIR).is_dir():
+        from insideout_jax.io.dicom import read_dicom_series
+
+        volume = read_dicom_series(root / VOLUME_DICOM_DIR).volume
     truth_volume = read_volume(truth_p) if load_truth and truth_p.exists() else None
     tr_p = root / TRANSFORM_FILE
     transform = read_transform(tr_p) if load_truth and tr_p.exists() else None
