@@ -251,7 +251,10 @@ def stage_xray(ctx: RunContext) -> None:
 
 def stage_fitting(ctx: RunContext) -> None:
     """Stage 2: hierarchical fitting of the RGB splats onto the radiative splats (CT frame)."""
-    res = pl.fit_stage(ctx.splats("rgb_splats"), ctx.splats("xray_splats"), ctx.cfg.fitting)
+    model = iio.read_colmap(ctx.object_dir / iio.COLMAP_DIR)  # the photos' cameras and lens
+    res = pl.fit_stage(ctx.splats("rgb_splats"), ctx.splats("xray_splats"), ctx.cfg.fitting,
+                       cameras=model.cameras, masks=iio.read_masks(ctx.object_dir, model.image_names),
+                       distortion=model.distortion or None)
     ctx.record(res)
     for st in res.stages:
         print(f"[fitting] {st.name}: residual {st.residual:.3f} mm"

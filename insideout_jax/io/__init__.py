@@ -8,6 +8,7 @@ quantities come from the file or from an explicit argument.
 from insideout_jax.io.colmap import ColmapModel, make_colmap_model, read_colmap, write_colmap
 from insideout_jax.io.detector import CountsConversion, counts_to_line_integrals
 from insideout_jax.io.errors import ObjectFolderError
+from insideout_jax.io.images import MASKS_DIR, read_masks
 from insideout_jax.io.importers import (
     DicomSeries,
     XrayScan,
@@ -58,7 +59,7 @@ __all__ = [
     "ObjectFolder", "read_object", "write_object", "CTVolume", "make_volume", "Similarity",
     "make_similarity", "read_geometry", "write_geometry", "read_projections", "write_projections",
     "read_volume", "write_volume", "list_images", "read_image", "read_images", "write_images",
-    "read_transform", "write_transform", "read_json", "write_json_atomic",
+    "read_transform", "write_transform", "read_json", "write_json_atomic", "read_masks", "MASKS_DIR",
     "GEOMETRY_FILE", "PROJECTIONS_FILE", "VOLUME_FILE", "VOLUME_DICOM_DIR", "IMAGES_DIR", "COLMAP_DIR",
     "TRUTH_VOLUME_FILE", "TRANSFORM_FILE", "IMAGE_EXTENSIONS", "QUANTITIES",
     # detector counts

@@ -118,3 +118,30 @@ def write_images(folder: PathLike, images: Mapping) -> list:
             raise ValueError(f"images[{name!r}]: OpenCV could not encode the image")
         out.append(_atomic_write(folder / name, buf.tofile))
     return out
+
+
+MASKS_DIR = "rgb/masks"
+"""The user's object masks: ``rgb/masks/<photo stem>.png``, non-zero = object."""
+
+
+def read_masks(root: PathLike, names) -> np.ndarray | None:
+    """[V, H, W] bool object masks of the photos ``names`` from ``rgb/masks`` (None when the
+    folder is absent).
+
+    Raises:
+      ObjectFolderError: a photo without its mask, or a mask that is not a readable image.
+    """
+    folder = pathlib.Path(root) / MASKS_DIR
+    if not folder.is_dir():
+        return None
+    out = []
+    for name in names:
+        p = folder / (pathlib.Path(name).stem + ".png")
+        if not p.is_file():
+            raise ObjectFolderError(p, "<file>", f"missing: {MASKS_DIR} holds masks, but not the one"
+                                    f" of {name} (one <photo stem>.png per photo)")
+        m = cv2.imdecode(np.fromfile(p, np.uint8), cv2.IMREAD_GRAYSCALE)
+        if m is None:
+            raise ObjectFolderError(p, "<file>", "not a readable image (PNG mask expected)")
+        out.append(m > 0)
+    return np.stack(out)

@@ -48,7 +48,8 @@ def seeded_config(cfg: PipelineConfig, key) -> PipelineConfig:
 
 
 def fuse(photos: np.ndarray, cameras, projections: np.ndarray, geometry, *, points,
-         point_colors=None, ct_volume=None, cfg: PipelineConfig = PipelineConfig(), key=None,
+         point_colors=None, ct_volume=None, masks=None, distortion=None,
+         cfg: PipelineConfig = PipelineConfig(), key=None,
          truth: Truth | None = None, object_name: str = "object",
          progress: Progress = None) -> FusedResult:
     """Run the InsideOut pipeline on arrays: RGB 3DGS, X-Gaussian, hierarchical fitting,
@@ -64,6 +65,9 @@ def fuse(photos: np.ndarray, cameras, projections: np.ndarray, geometry, *, poin
       ct_volume: the CT the internal stage learns from (:class:`~insideout_jax.io.CTVolume`), in
         attenuation per mm or calibrated to it against the projections; default: FDK of the
         training projections (:func:`.stages.ct_for_training`).
+      masks: [V, H, W] bool object silhouettes in the photos (optional): they select the RGB
+        splats that are the object; without them the scene's geometry does (:mod:`.selection`).
+      distortion: per photo None or (k1, k2, p1, p2): the lens the masks were taken through.
       cfg: the preset (:func:`insideout_jax.config.preset`).
       key: a JAX PRNG key; when given it draws every stage's seed, else the configs' seeds.
       truth: the object's truth, for the evaluation only.
@@ -79,11 +83,13 @@ def fuse(photos: np.ndarray, cameras, projections: np.ndarray, geometry, *, poin
     truth = truth or Truth()
     if point_colors is None:
         point_colors = np.full(np.shape(points), 128.0, np.float32)
+    full_cameras = list(cameras)  # the masks' size
     photos, cameras = pg.downscale_photos(photos, cameras, cfg.rgb.downscale)
     metrics = empty_metrics(object_name, cfg.name)
     rgb = train_rgb_stage(photos, cameras, points, point_colors, cfg.rgb, progress=progress)
     xray = train_xray_stage(projections, geometry, cfg.xray, progress=progress)
-    fit = fit_stage(rgb.splats, xray.splats, cfg.fitting)
+    fit = fit_stage(rgb.splats, xray.splats, cfg.fitting, cameras=full_cameras, masks=masks,
+                    distortion=distortion)
     ct_volume, notes = ct_for_training(ct_volume, projections, geometry, cfg.xray)
     metrics["notes"].extend(notes)
     p_tr, g_tr = pg.split_views(projections, geometry, cfg.xray.train.holdout_every)[0]

@@ -47,6 +47,7 @@ def empty_metrics(obj: str, cfg: str) -> dict:
         "densify_skipped": {s: None for s in ("rgb", "xray", "xgaussian", "internal_rad", "internal_rgb")},
         "coarsened": {"xray_culled_at_source": None, "fitting_targets_dropped": None,
                       "fitting_grid_coarsening": None},
+        "object_selection": {"method": None, "kept": None, "total": None},
     }
 
 

@@ -236,14 +236,30 @@ def ct_for_training(ct_volume, projections, geometry, cfg: XrayStageConfig):
     return vol, [cal.describe()]
 
 
-def fit_stage(rgb, rad, cfg: FittingStageConfig) -> FitResult:
+def fit_stage(rgb, rad, cfg: FittingStageConfig, *, cameras=None, masks=None,
+              distortion=None) -> FitResult:
     """Stage 2: hierarchical fitting of the RGB splats onto the radiative solid (CT frame).
 
-    Only RGB splats of opacity ≥ ``cfg.min_opacity`` are fitted; the others move with the global
-    similarity. (The levels are scored against a true transform by the evaluation.)
+    With the photos' ``cameras`` (SfM frame, full size), the splats that are not the object (table,
+    backdrop: :mod:`.selection`, by the user's ``masks`` [V, H, W] when given, else by the scene's
+    geometry) are dropped from the model first. Only RGB splats of opacity ≥ ``cfg.min_opacity``
+    are fitted; the others move with the global similarity. (The levels are scored against a true
+    transform by the evaluation.)
     """
     from insideout_jax.fitting.hierarchical import hierarchical_fit
+    from insideout_jax.pipeline import selection
 
+    sel_notes, sel_metrics = (), {}
+    if cameras is not None:
+        means = np.asarray(rgb.means)
+        sel = (selection.select_by_masks(means, cameras, masks, distortion=distortion)
+               if masks is not None else selection.select_by_geometry(means, cameras))
+        act = np.asarray(rgb.active)
+        kept = act & sel.keep
+        rgb = rgb.replace(active=kept)
+        sel_notes = (sel.describe(act),)
+        sel_metrics = {"object_selection": {"method": sel.method, "kept": int(kept.sum()),
+                                            "total": int(act.sum())}}
     solid = pg.radiative_solid_points(rad, cfg.grid_size)
     fit_rgb = rgb.replace(active=rgb.active & (rgb.opacities >= cfg.min_opacity))
     res = pg.apply_to_all(hierarchical_fit(fit_rgb, solid, schedule=cfg.schedule, seed=cfg.seed), rgb)
@@ -253,8 +269,9 @@ def fit_stage(rgb, rad, cfg: FittingStageConfig) -> FitResult:
                   " of its ICP" for k, v in dropped.items() if v)
     notes += tuple(f"fitting level {k}: the displacement field's grid was {v:.2f}× coarser than σ/2"
                    " (cell cap per axis)" for k, v in coarse.items() if v > 1.0)
-    metrics = {"coarsened": {"fitting_targets_dropped": dropped, "fitting_grid_coarsening": coarse}}
-    return FitResult(res.splats, res.transform, tuple(res.stages), metrics, notes)
+    metrics = {"coarsened": {"fitting_targets_dropped": dropped, "fitting_grid_coarsening": coarse},
+               **sel_metrics}
+    return FitResult(res.splats, res.transform, tuple(res.stages), metrics, sel_notes + notes)
 
 
 def internal_stage(rad, rgb, ct_volume, cfg: InternalStageConfig, *, projections=None,
