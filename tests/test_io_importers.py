@@ -10,8 +10,7 @@ import pydicom
 import pytest
 import scipy.io
 import tifffile
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from insideout_jax.io import (
     ObjectFolderError,
@@ -23,6 +22,7 @@ from insideout_jax.io import (
     read_raw,
     write_volume,
 )
+from insideout_jax.io.dicom import ct_slice_dataset
 
 
 def _err(fn, *fragments, cls=ObjectFolderError):
@@ -200,23 +200,10 @@ def _write_series(folder, hu, *, spacing=(2.5, 0.5, 0.75), first=(-10.0, 20.0, 3
     for k in order:
         if k in skip:
             continue
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, sop, "CT"
-        ds.SeriesInstanceUID, ds.StudyInstanceUID = uid, "1.2.3"
-        ds.Rows, ds.Columns = hu.shape[1], hu.shape[2]
-        ds.PixelSpacing = [spacing[1], spacing[2]]
-        ds.ImageOrientationPatient = [round(float(v), 7) for v in np.r_[r, c]]
-        pos = np.asarray(first) + k * spacing[0] * n
-        ds.ImagePositionPatient = [round(float(v), 5) for v in pos]
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.PixelData = np.round((hu[k] - intercept) / slope).astype("<i2").tobytes()
+        ds = ct_slice_dataset(np.round((hu[k] - intercept) / slope), pixel_spacing=spacing[1:],
+                              position=np.asarray(first) + k * spacing[0] * n,
+                              orientation=np.r_[r, c], slope=slope, intercept=intercept,
+                              series_uid=uid)
         if edit is not None:
             edit(k, ds)
         ds.save_as(folder / name_of(k), enforce_file_format=True)

@@ -143,6 +143,33 @@ def read_dicom_series(folder: PathLike, *, series_uid: str | None = None,
     return DicomSeries(vol, direction, uid, tuple(t[2] for t in items), n_padding)
 
 
+def ct_slice_dataset(pixels: np.ndarray, *, pixel_spacing, position, orientation=(1, 0, 0, 0, 1, 0),
+                     slope: float = 1.0, intercept: float = -1024.0, series_uid: str,
+                     study_uid: str = "1.2.3", instance: int = 1):
+    """One single-frame CT slice (pydicom ``Dataset``, explicit VR little endian) of int16 stored
+    ``pixels`` [rows, columns]: HU = stored · ``slope`` + ``intercept``."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, sop, "CT"
+    ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.InstanceNumber = series_uid, study_uid, instance
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelSpacing = [float(v) for v in pixel_spacing]
+    ds.ImageOrientationPatient = [round(float(v), 7) for v in orientation]
+    ds.ImagePositionPatient = [round(float(v), 5) for v in position]
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.PixelData = np.asarray(pixels).astype("<i2").tobytes()
+    return ds
+
+
 def write_dicom_series(folder: PathLike, volume: CTVolume, *, padding=None,
                        padding_hu: float = -3024.0, intercept: float = -1024.0) -> list:
     """Write a HU volume as single-frame CT slices (axial, identity orientation), as scanners do.
@@ -156,8 +183,7 @@ def write_dicom_series(folder: PathLike, volume: CTVolume, *, padding=None,
       The slice files, in z order.
     """
     import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     if volume.quantity != "HU":
         raise ValueError(f"a DICOM CT series holds HU, got a volume of {volume.quantity}")
@@ -175,25 +201,12 @@ def write_dicom_series(folder: PathLike, volume: CTVolume, *, padding=None,
     x0, y0, z0 = (float(v) for v in volume.origin_xyz)
     files = []
     for k in range(hu.shape[0]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, sop, "CT"
-        ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.InstanceNumber = series, study, k + 1
-        ds.Rows, ds.Columns = hu.shape[1], hu.shape[2]
-        ds.PixelSpacing = [dy, dx]
-        ds.SliceThickness = dz
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [x0, y0, z0 + k * dz]
-        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, intercept, "HU"
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds = ct_slice_dataset(pix[k], pixel_spacing=(dy, dx), position=(x0, y0, z0 + k * dz),
+                              intercept=intercept, series_uid=series, study_uid=study,
+                              instance=k + 1)
+        ds.SliceThickness, ds.RescaleType = dz, "HU"
         if padding is not None:
             ds.PixelPaddingValue = pad_px
-        ds.PixelData = pix[k].astype("<i2").tobytes()
         path = folder / f"slice_{k:04d}.dcm"
         pydicom.dcmwrite(path, ds, enforce_file_format=True)
         files.append(path)
