@@ -203,7 +203,13 @@ def photos_in_ct_frame(ctx: RunContext):
 def truth(ctx: RunContext) -> pl.Truth:
     """The object's ``truth/`` (the evaluation stage's alone): the true SfM → CT transform (from
     the true cameras and the COLMAP model, else ``truth/transform.json``), volume and surface."""
-    from insideout_jax.data.objects import CAMERAS_FILE, SURFACE_FILE, read_true_surface, true_sfm_transform
+    from insideout_jax.data.objects import (
+        CAMERAS_FILE,
+        SURFACE_FILE,
+        read_true_silhouettes,
+        read_true_surface,
+        true_sfm_transform,
+    )
 
     d = ctx.object_dir
     transform = None
@@ -214,7 +220,7 @@ def truth(ctx: RunContext) -> pl.Truth:
         transform = iio.read_transform(d / iio.TRANSFORM_FILE)
     surface = read_true_surface(d) if (d / SURFACE_FILE).is_file() else None
     vol = iio.read_volume(d / iio.TRUTH_VOLUME_FILE) if (d / iio.TRUTH_VOLUME_FILE).is_file() else None
-    return pl.Truth(transform, vol, surface)
+    return pl.Truth(transform, vol, surface, read_true_silhouettes(d))
 
 
 def _fmt(d: dict) -> str:

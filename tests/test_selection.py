@@ -86,3 +86,32 @@ def test_no_table_removes_nothing_inside_the_ring():
     sel = select_by_geometry(pts[keep], _cameras())
     assert sel.table_height is None
     assert np.array_equal(sel.keep, truth[keep])
+
+
+def test_the_evaluation_scores_a_selection_against_true_silhouettes():
+    """selection_truth maps the SfM-frame splats into the CT frame by the true transform and scores
+    the kept ones against the true masks: a perfect selection scores 1, keeping all less."""
+    import jax.numpy as jnp
+
+    from insideout_jax.config import preset
+    from insideout_jax.io import make_similarity
+    from insideout_jax.pipeline import Truth
+    from insideout_jax.pipeline.evaluate import selection_truth
+    from insideout_jax.splats import rgb_splats_from_points
+
+    rng = np.random.default_rng(4)
+    pts, is_obj = _scene(rng, n=3000)
+    cams = _cameras()
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    rot = q * np.sign(np.linalg.det(q))
+    s, t = 0.02, rng.normal(size=3)
+    sfm = pts @ rot.T * s + t  # SfM = s R ct + t, so ct = Rᵀ (sfm − t) / s
+    truth = Truth(transform=make_similarity(rot.T, -rot.T @ t / s, 1 / s),
+                  silhouettes=(_sphere_masks(cams), cams, None))
+    cand = rgb_splats_from_points(sfm, opacity=0.5)
+    cfg = preset("tiny")
+    perfect = selection_truth(cand.replace(active=jnp.asarray(is_obj)), cand, truth, cfg)
+    # a visual hull also holds the few table points hidden under the sphere from every view
+    assert perfect["precision"] == 1.0 and perfect["recall"] >= 0.99
+    everything = selection_truth(cand, cand, truth, cfg)
+    assert everything["recall"] == 1.0 and everything["precision"] < 0.4

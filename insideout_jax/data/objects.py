@@ -27,6 +27,7 @@ from insideout_jax.cameras import PinholeCamera, camera_center, make_pinhole
 from insideout_jax.data import scanner
 
 __all__ = ["make_skull_object", "make_ct_object", "check_generator", "describe_object", "ensure_sfm",
+           "read_true_silhouettes",
            "true_sfm_transform",
            "write_previews", "read_true_cameras", "write_true_cameras", "read_true_surface",
            "CAMERAS_FILE", "SURFACE_FILE", "PREVIEW_DIR"]
@@ -296,6 +297,24 @@ def _realistic_photos(skull, cfg, out: Path, table_z: float, say):
     iio.write_json_atomic(out / LENS_FILE, {"model": "OPENCV", "k1_k2_p1_p2": list(setup.distortion),
                                             "setup": dataclasses.asdict(setup)})
     return None, names, cams
+
+
+def read_true_silhouettes(obj_dir: str | Path):
+    """(masks [V, H, W] bool, true cameras (CT frame), per-view lens) from ``truth/masks``,
+    ``truth/cameras.json`` and ``truth/lens.json``; None for objects without masks. For the
+    evaluation only."""
+    obj_dir = Path(obj_dir)
+    if not (obj_dir / MASKS_DIR).is_dir() or not (obj_dir / CAMERAS_FILE).is_file():
+        return None
+    cams = read_true_cameras(obj_dir / CAMERAS_FILE)
+    names = sorted(cams)
+    masks = np.stack([cv2.imread(str(obj_dir / MASKS_DIR / (Path(n).stem + ".png")),
+                                 cv2.IMREAD_GRAYSCALE) > 127 for n in names])
+    lens = None
+    if (obj_dir / LENS_FILE).is_file():
+        k = tuple(iio.read_json(obj_dir / LENS_FILE)["k1_k2_p1_p2"])
+        lens = [k] * len(names)
+    return masks, [cams[n] for n in names], lens
 
 
 def check_generator(obj_dir: str | Path, skull_cfg=None) -> None:

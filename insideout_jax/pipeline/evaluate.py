@@ -102,6 +102,23 @@ def alignment_scores(levels, truth_transform, centre) -> dict:
             for kind, tr in picked.items()}
 
 
+def selection_truth(selected, candidates, truth: Truth, cfg) -> dict:
+    """Precision and recall of the object selection (fitting stage) against the true silhouettes:
+    a splat (active, opacity ≥ the fitting's ``min_opacity``) is the object's when, moved into the
+    CT frame by the true transform, it projects inside the true masks (through the true lens) in
+    ≥ 90 % of the views that see it."""
+    from insideout_jax.pipeline.selection import selection_scores, visual_hull_membership
+
+    masks, cams, lens = truth.silhouettes
+    tr = truth.transform
+    cand = np.asarray(candidates.active) & (np.asarray(candidates.opacities) >= cfg.fitting.min_opacity)
+    p = np.asarray(candidates.means, np.float64)[cand]
+    p_ct = float(tr.scale) * p @ np.asarray(tr.rotation, np.float64).T + np.asarray(tr.translation)
+    true = visual_hull_membership(p_ct, cams, masks, distortion=lens)
+    s = selection_scores(np.asarray(selected.active)[cand], true)
+    return {"precision": s["precision"], "recall": s["recall"]}
+
+
 def evaluate(*, rgb0, rgb_aligned, rgb_internal, rad0, rad_internal, unified_density, grid,
              ct_volume, cfg, truth: Truth | None = None, fit_levels=None, projections=None,
              geometry=None, xgaussian: XGaussianModel | None = None) -> EvaluationResult:
@@ -127,6 +144,7 @@ def evaluate(*, rgb0, rgb_aligned, rgb_internal, rad0, rad_internal, unified_den
     from insideout_jax.visual import as_radiative, unify
 
     truth = truth or Truth()
+    selected, candidates = rgb_aligned, rgb0  # (same splats; stage 1a's before the selection)
     unified = as_radiative(unify(rad_internal, rgb_internal, percentile=cfg.visual.clone_percentile))
     methods = {"3dgs": rgb_aligned, "radiative": rad0, "insideout": unified}
     notes, rows = [], {}
@@ -161,6 +179,9 @@ def evaluate(*, rgb0, rgb_aligned, rgb_internal, rad0, rad_internal, unified_den
             notes.append(_reference_piqe_note(refs, cross))
     metrics = {"cross_sections": cross}
 
+    rgb0 = rgb0.replace(active=rgb0.active & rgb_aligned.active)  # the object's (table dropped)
+    if truth.silhouettes is not None and truth.transform is not None:
+        metrics["object_selection"] = selection_truth(selected, candidates, truth, cfg)
     obj_pts = lambda sp: pg.object_points(sp, min_opacity=cfg.fitting.min_opacity)  # noqa: E731
     p_rgb0, p_rgb_al, p_rgb_in, p_rad0, p_rad_in = map(
         obj_pts, (rgb0, rgb_aligned, rgb_internal, rad0, rad_internal))

@@ -47,7 +47,8 @@ def empty_metrics(obj: str, cfg: str) -> dict:
         "densify_skipped": {s: None for s in ("rgb", "xray", "xgaussian", "internal_rad", "internal_rgb")},
         "coarsened": {"xray_culled_at_source": None, "fitting_targets_dropped": None,
                       "fitting_grid_coarsening": None},
-        "object_selection": {"method": None, "kept": None, "total": None},
+        "object_selection": {"method": None, "kept": None, "total": None, "precision": None,
+                             "recall": None},
     }
 
 
@@ -99,11 +100,14 @@ class Truth:
       transform: the true RGB → CT similarity (rotation, translation, scale), or None.
       volume: the true volume (:class:`insideout_jax.io.CTVolume`), or None.
       surface: (points [N, 3], outward normals [N, 3]) on the true outer surface, or None.
+      silhouettes: (masks [V, H, W] bool, cameras (CT frame), per-view lens or None) of the
+        object in its photos, or None: scores the object selection.
     """
 
     transform: Any = None
     volume: Any = None
     surface: tuple | None = None
+    silhouettes: tuple | None = None
 
 
 @dataclasses.dataclass(frozen=True)
