@@ -194,7 +194,9 @@ def load_photos(ctx: RunContext):
 def photos_in_ct_frame(ctx: RunContext):
     """((training photos, cameras), (held-out photos, cameras)), cameras moved into the CT frame
     by the fitted similarity; the photos are read once."""
-    imgs, cams, _ = load_photos(ctx)
+    imgs, cams, _ = load_photos(ctx)  # the room (if any) matted out: the object's splats only
+    imgs = pl.matte_photos(imgs, cams, ctx.splats("rgb_splats"), ctx.splats("rgb_aligned").active,
+                           ctx.cfg.rgb.train.background)
     transform = store.load_transform(ctx.stage_dir)
     return tuple((imgs[idx], pg.cameras_in_ct_frame([cams[i] for i in idx], transform))
                  for idx in holdout_split(len(imgs), ctx.cfg.rgb.train.holdout_every))

@@ -115,3 +115,23 @@ def test_the_evaluation_scores_a_selection_against_true_silhouettes():
     assert perfect["precision"] == 1.0 and perfect["recall"] >= 0.99
     everything = selection_truth(cand, cand, truth, cfg)
     assert everything["recall"] == 1.0 and everything["precision"] < 0.4
+
+
+def test_photos_are_matted_to_the_kept_splats():
+    """Pixels the kept splats cover stay photo; the dropped splat's pixels become background."""
+    import jax.numpy as jnp
+
+    from insideout_jax.pipeline import matte_photos
+    from insideout_jax.splats import rgb_splats_from_points
+
+    cam = make_pinhole(*look_at(np.array([0.0, -100.0, 0.0]), np.zeros(3)), 80.0, 80.0, 32.0, 24.0, 64, 48)
+    sp = rgb_splats_from_points(np.array([[-15.0, 0, 0], [15.0, 0, 0]]), opacity=0.99,
+                                log_scales=np.full((2, 3), np.log(4.0)))
+    photos = np.random.default_rng(5).uniform(0.2, 1.0, (1, 48, 64, 3)).astype(np.float32)
+    same = matte_photos(photos, [cam], sp, np.array([True, True]), (0.0, 0.0, 0.0))
+    assert same is photos  # nothing dropped: untouched
+    out = matte_photos(photos, [cam], sp, jnp.asarray([True, False]), (0.0, 0.0, 0.0))
+    from insideout_jax.cameras import project_points
+    (u0, v0), (u1, v1) = np.asarray(project_points(cam, jnp.asarray(sp.means))[0]).astype(int)
+    assert np.array_equal(out[0, v0, u0], photos[0, v0, u0])  # the kept splat's centre
+    assert np.all(out[0, v1, u1] == 0) and np.all(out[0, :, -2:] == 0)  # the dropped one, the edge

@@ -27,6 +27,7 @@ from insideout_jax.pipeline.results import (
     merge_metrics,
     non_finite_note,
 )
+from insideout_jax.pipeline.selection import matte_photos
 from insideout_jax.pipeline.stages import (
     ct_for_training,
     fit_stage,
@@ -42,4 +43,4 @@ __all__ = ["STAGE_ORDER", "EvaluationResult", "FitResult", "FusedResult", "Inter
            "PipelineInputError", "RGBResult", "Truth", "VisualResult", "XGaussianModel", "XrayResult",
            "empty_metrics", "evaluate", "finite_metrics", "fit_stage", "fuse", "internal_stage",
            "merge_metrics", "non_finite_note", "reconstruct_ct", "ct_for_training", "object_inputs",
-           "seeded_config", "train_rgb_stage", "train_xray_stage", "visual_stage"]
+           "seeded_config", "matte_photos", "train_rgb_stage", "train_xray_stage", "visual_stage"]

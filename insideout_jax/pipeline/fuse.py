@@ -17,6 +17,7 @@ from insideout_jax.pipeline.results import (
     merge_metrics,
     non_finite_note,
 )
+from insideout_jax.pipeline.selection import matte_photos
 from insideout_jax.pipeline.stages import (
     Progress,
     ct_for_training,
@@ -94,6 +95,7 @@ def fuse(photos: np.ndarray, cameras, projections: np.ndarray, geometry, *, poin
     metrics["notes"].extend(notes)
     p_tr, g_tr = pg.split_views(projections, geometry, cfg.xray.train.holdout_every)[0]
     tr, ho = holdout_split(len(photos), cfg.rgb.train.holdout_every)
+    photos = matte_photos(photos, cameras, rgb.splats, fit.splats.active, cfg.rgb.train.background)
     cams_ct = pg.cameras_in_ct_frame(cameras, fit.transform)
     bg = cfg.rgb.train.background
     internal = internal_stage(xray.splats, fit.splats, ct_volume, cfg.internal,

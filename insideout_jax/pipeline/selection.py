@@ -34,7 +34,7 @@ import numpy as np
 from insideout_jax.cameras import PinholeCamera
 
 __all__ = ["ObjectSelection", "select_by_geometry", "select_by_masks", "visual_hull_membership",
-           "selection_scores"]
+           "selection_scores", "matte_photos"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +61,8 @@ class ObjectSelection:
         n, k = int(among.sum()), int((self.keep & among).sum())
         how = ("inside the masks (visual hull)" if self.method == "masks" else
                "inside the camera ring" + ("" if self.table_height is None else ", above the table"))
-        return f"object selection ({self.method}): {k} of {n} RGB splats kept, {how}"
+        return (f"object selection ({self.method}): {k} of {n} RGB splats kept, {how}"
+                + ("; the later stages see the photos matted to them" if k < n else ""))
 
 
 def _centres(cameras) -> np.ndarray:
@@ -134,8 +135,10 @@ def visual_hull_membership(points, cameras, masks, *, agree: float = 0.9, distor
         r, t = np.asarray(cam.rotation, np.float64), np.asarray(cam.translation, np.float64)
         x = p @ r.T + t
         front = x[:, 2] > 1e-9
-        uv = np.stack([float(cam.fx) * x[:, 0] / np.where(front, x[:, 2], 1) + float(cam.cx),
-                       float(cam.fy) * x[:, 1] / np.where(front, x[:, 2], 1) + float(cam.cy)], 1)
+        z = np.where(front, x[:, 2], 1.0)
+        uv = np.stack([float(cam.fx) * x[:, 0] / z + float(cam.cx),
+                       float(cam.fy) * x[:, 1] / z + float(cam.cy)], 1)
+        uv = np.where(front[:, None] & np.isfinite(uv), np.clip(uv, -1e6, 1e6), -1.0)
         if distortion is not None and distortion[k] is not None:
             uv = distort_points(uv, cam, distortion[k])
         j, i = np.floor(uv[:, 0]).astype(int), np.floor(uv[:, 1]).astype(int)
@@ -163,3 +166,39 @@ def selection_scores(keep, truth) -> dict:
 def _check_cameras(cameras) -> None:
     if not cameras or not all(isinstance(c, PinholeCamera) for c in cameras):
         raise ValueError("cameras must be a non-empty list of PinholeCamera")
+
+
+def matte_photos(photos: np.ndarray, cameras, splats, keep, background, *, threshold: float = 0.5,
+                 grow_px: int = 1) -> np.ndarray:
+    """The photos with everything but the object replaced by the training ``background``.
+
+    Once the table and the room are out of the model (:func:`select_by_geometry` /
+    :func:`select_by_masks`), the later stages (internal rendering's photo term, the colour fit,
+    the held-out scores) compare the object's splats with photos: their background pixels must
+    not pull the object's colours. The object's region in each photo is where the kept splats'
+    accumulated opacity (stage 1a's model, rendered by the 3DGS rasterizer with the photo's SfM
+    camera) reaches ``threshold``, grown by ``grow_px`` pixels so its rim stays photo. When
+    nothing was dropped the photos are returned as they are.
+
+    Args:
+      photos: [V, H, W, 3]; cameras: their SfM-frame cameras (the photos' size).
+      splats: stage 1a's RGB splats (SfM frame); keep: [N] bool, the object's.
+    """
+    import cv2
+    import jax.numpy as jnp
+
+    from insideout_jax.render.rgb import render_rgb
+
+    act = np.asarray(splats.active)
+    keep = np.asarray(keep, bool) & act
+    if keep.sum() == act.sum():
+        return photos
+    obj = splats.replace(active=jnp.asarray(keep))
+    bg = np.asarray(background, np.float32)
+    kernel = np.ones((2 * grow_px + 1,) * 2, np.uint8)
+    out = np.array(photos, copy=True)
+    for k, cam in enumerate(cameras):
+        alpha = np.asarray(render_rgb(obj, cam).alpha)
+        mask = cv2.dilate((alpha >= threshold).astype(np.uint8), kernel) > 0
+        out[k][~mask] = bg
+    return out
