@@ -32,8 +32,8 @@ import numpy as np
 from insideout_jax.cameras import XrayGeometry
 from insideout_jax.io.volumes import CTVolume, make_volume
 
-__all__ = ["HU_PADDING_BELOW", "CTCalibration", "padding_mask", "check_not_fov_cylinder",
-           "calibrate_volume"]
+__all__ = ["HU_PADDING_BELOW", "CTCalibration", "inplane_radius", "padding_mask",
+           "check_not_fov_cylinder", "calibrate_volume"]
 
 HU_PADDING_BELOW = -1500.0
 """HU values at or below this are padding (air is −1000; −2000 and −3024 are the usual pads)."""
@@ -68,6 +68,13 @@ class CTCalibration:
                 f" {self.n_padding} padding voxels treated as air")
 
 
+def inplane_radius(ny: int, nx: int) -> np.ndarray:
+    """[ny, nx] distance of each voxel centre from the slice centre, 1 on the inscribed circle
+    (ellipse) of the slice: the reconstruction circle of a scanner's volume."""
+    yy, xx = np.mgrid[:ny, :nx]
+    return np.hypot((yy - (ny - 1) / 2) / (ny / 2), (xx - (nx - 1) / 2) / (nx / 2))
+
+
 def padding_mask(data, quantity: str) -> np.ndarray:
     """[nz, ny, nx] bool: the voxels that are padding, not object (module docstring, rule 1)."""
     v = np.asarray(data)
@@ -79,9 +86,7 @@ def padding_mask(data, quantity: str) -> np.ndarray:
         return np.zeros(v.shape, bool)
     above = v[v > lo]
     ring = v == lo
-    _, ny, nx = v.shape
-    yy, xx = np.mgrid[:ny, :nx]
-    inside = np.hypot((yy - (ny - 1) / 2) / (ny / 2), (xx - (nx - 1) / 2) / (nx / 2)) < 0.9
+    inside = inplane_radius(*v.shape[1:]) < 0.9
     if (above.size and float(above.min()) - lo > _RING_GAP * (hi - lo)
             and float(ring[:, inside].mean()) < 0.01):  # outside the circle only: not clipped air
         return ring
@@ -93,9 +98,8 @@ def check_not_fov_cylinder(data, padding: np.ndarray, level: float, where: str =
     rim (≥ 90 % of the rim voxels of the middle slices): then the "object" is the scanner's field of
     view, and its padding was not recognised."""
     v = np.asarray(data)
-    nz, ny, nx = v.shape
-    yy, xx = np.mgrid[:ny, :nx]
-    r = np.hypot((yy - (ny - 1) / 2) / (ny / 2), (xx - (nx - 1) / 2) / (nx / 2))
+    nz = v.shape[0]
+    r = inplane_radius(*v.shape[1:])
     rim = (r > 0.9) & (r < 0.97)
     mid = slice(nz // 4, max(nz // 4 + 1, 3 * nz // 4))
     fg = (v[mid] >= level) & ~padding[mid]

@@ -46,6 +46,7 @@ def export_as_acquired(src, out, *, flat_level: float = 60000.0, dark_level: flo
     """
     import cv2
 
+    from insideout_jax.data.calibration import inplane_radius
     from insideout_jax.data.ctobject import MU_WATER
     from insideout_jax.data.scanner import ACQUISITION_FILE
     from insideout_jax.io.checkpoint import atomic_write_bytes
@@ -83,9 +84,7 @@ def export_as_acquired(src, out, *, flat_level: float = 60000.0, dark_level: flo
                               f" {dark_level:g}), 4 flat fields, 1 dark field")
     vol = obj.volume
     hu = (np.asarray(vol.data, np.float64) / MU_WATER - 1.0) * 1000.0
-    _, ny, nx = hu.shape
-    yy, xx = np.mgrid[:ny, :nx]
-    outside = np.hypot((yy - (ny - 1) / 2) / (ny / 2), (xx - (nx - 1) / 2) / (nx / 2)) > 1.0
+    outside = inplane_radius(*hu.shape[1:]) > 1.0
     files = write_dicom_series(out / iio.VOLUME_DICOM_DIR,
                                iio.make_volume(hu, vol.spacing_zyx, vol.origin_xyz, quantity="HU"),
                                padding=np.broadcast_to(outside, hu.shape))

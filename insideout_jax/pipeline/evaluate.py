@@ -144,7 +144,6 @@ def evaluate(*, rgb0, rgb_aligned, rgb_internal, rad0, rad_internal, unified_den
     from insideout_jax.visual import as_radiative, unify
 
     truth = truth or Truth()
-    selected, candidates = rgb_aligned, rgb0  # (same splats; stage 1a's before the selection)
     unified = as_radiative(unify(rad_internal, rgb_internal, percentile=cfg.visual.clone_percentile))
     methods = {"3dgs": rgb_aligned, "radiative": rad0, "insideout": unified}
     notes, rows = [], {}
@@ -179,9 +178,9 @@ def evaluate(*, rgb0, rgb_aligned, rgb_internal, rad0, rad_internal, unified_den
             notes.append(_reference_piqe_note(refs, cross))
     metrics = {"cross_sections": cross}
 
-    rgb0 = rgb0.replace(active=rgb0.active & rgb_aligned.active)  # the object's (table dropped)
     if truth.silhouettes is not None and truth.transform is not None:
-        metrics["object_selection"] = selection_truth(selected, candidates, truth, cfg)
+        metrics["object_selection"] = selection_truth(rgb_aligned, rgb0, truth, cfg)
+    rgb0 = rgb0.replace(active=rgb0.active & rgb_aligned.active)  # the object's (table dropped)
     obj_pts = lambda sp: pg.object_points(sp, min_opacity=cfg.fitting.min_opacity)  # noqa: E731
     p_rgb0, p_rgb_al, p_rgb_in, p_rad0, p_rad_in = map(
         obj_pts, (rgb0, rgb_aligned, rgb_internal, rad0, rad_internal))

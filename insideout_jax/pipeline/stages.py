@@ -183,7 +183,6 @@ def object_inputs(obj, n_views: int, n_detector: int):
     import dataclasses
 
     from insideout_jax.data import ctobject
-    from insideout_jax.data.calibration import padding_mask
     from insideout_jax.io import make_volume
 
     notes = [obj.xray_conversion.describe()] if obj.xray_conversion is not None else []
@@ -195,7 +194,7 @@ def object_inputs(obj, n_views: int, n_detector: int):
                          " calibrate it against: give it in HU or attenuation per mm")
     data = np.asarray(vol.data, np.float32)
     if vol.quantity == "HU":
-        data = ctobject.hu_to_attenuation(np.where(padding_mask(data, "HU"), -1000.0, data))
+        data = ctobject.hu_to_attenuation(data)  # air and padding (≤ −1000 HU) → 0
         vol = make_volume(data, vol.spacing_zyx, vol.origin_xyz, quantity="attenuation")
     geom = ctobject.default_ct_geometry(data.shape, vol.spacing_zyx, vol.origin_xyz,
                                         n_views=n_views, n_det=n_detector)
