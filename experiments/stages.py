@@ -186,7 +186,7 @@ def stage_sfm(ctx: RunContext) -> None:
 def load_photos(ctx: RunContext):
     """(images [V, H, W, 3] float32 at the stage's size, cameras, COLMAP model)."""
     model = iio.read_colmap(ctx.object_dir / iio.COLMAP_DIR)
-    imgs = read_registered_photos(ctx.object_dir, model)  # sizes checked, lenses undistorted
+    imgs = read_registered_photos(ctx.object_dir, model, ctx.cfg.rgb.train.background)  # sizes, lenses
     imgs, cams = pg.downscale_photos(imgs, model.cameras, ctx.cfg.rgb.downscale)
     return imgs, cams, model
 
@@ -200,29 +200,6 @@ def photos_in_ct_frame(ctx: RunContext):
     transform = store.load_transform(ctx.stage_dir)
     return tuple((imgs[idx], pg.cameras_in_ct_frame([cams[i] for i in idx], transform))
                  for idx in holdout_split(len(imgs), ctx.cfg.rgb.train.holdout_every))
-
-
-def truth(ctx: RunContext) -> pl.Truth:
-    """The object's ``truth/`` (the evaluation stage's alone): the true SfM → CT transform (from
-    the true cameras and the COLMAP model, else ``truth/transform.json``), volume and surface."""
-    from insideout_jax.data.objects import (
-        CAMERAS_FILE,
-        SURFACE_FILE,
-        read_true_silhouettes,
-        read_true_surface,
-        true_sfm_transform,
-    )
-
-    d = ctx.object_dir
-    transform = None
-    if (d / CAMERAS_FILE).is_file() and (d / iio.COLMAP_DIR).exists():
-        transform, fit = true_sfm_transform(d)
-        print(f"[evaluation] true transform from the true cameras: {fit}")
-    elif (d / iio.TRANSFORM_FILE).is_file():
-        transform = iio.read_transform(d / iio.TRANSFORM_FILE)
-    surface = read_true_surface(d) if (d / SURFACE_FILE).is_file() else None
-    vol = iio.read_volume(d / iio.TRUTH_VOLUME_FILE) if (d / iio.TRUTH_VOLUME_FILE).is_file() else None
-    return pl.Truth(transform, vol, surface, read_true_silhouettes(d))
 
 
 def _fmt(d: dict) -> str:
@@ -290,7 +267,7 @@ def stage_visual(ctx: RunContext) -> None:
     res = pl.visual_stage(ctx.splats("xray_internal"), ctx.splats("rgb_internal"), ctx.ct,
                           ctx.cfg.visual, photos=photos, cameras=cams, heldout_photos=ho_photos,
                           heldout_cameras=ho_cams, background=ctx.cfg.rgb.train.background,
-                          progress=True)
+                          rgb_only=ctx.splats("rgb_aligned"), progress=True)
     ctx.record(res)
     rad = np.asarray(res.model.radiative)
     print(f"[visual] unified model: {int(rad.sum())} radiative + {int((~rad).sum())} cloned RGB"
@@ -306,7 +283,7 @@ def stage_evaluation(ctx: RunContext) -> None:
     res = pl.evaluate(rgb0=ctx.splats("rgb_splats"), rgb_aligned=ctx.splats("rgb_aligned"),
                       rgb_internal=ctx.splats("rgb_internal"), rad0=ctx.splats("xray_splats"),
                       rad_internal=ctx.splats("xray_internal"), unified_density=density, grid=grid,
-                      ct_volume=ctx.ct, cfg=ctx.cfg, truth=truth(ctx),
+                      ct_volume=ctx.ct, cfg=ctx.cfg, truth=pl.read_truth(ctx.object_dir),
                       fit_levels=store.load_fit_levels(ctx.stage_dir), projections=proj, geometry=geom,
                       xgaussian=store.load_xgaussian(ctx.stage_dir))
     ctx.record(res)

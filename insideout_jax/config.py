@@ -37,9 +37,9 @@ class SkullConfig:
         0: noise-free line integrals); read_noise: its Gaussian read noise, counts.
       ct_source: "fdk" (``ct/`` is the scanner's FDK reconstruction of the noisy projections on
         its own grid, as a real CT is) or "exact" (``ct/`` = ``truth/``, for ablations only).
-      photo_style: "clean" (the object alone on black, pinhole, PNG) or "realistic" (on a table
-        before a backdrop, through a phone lens, sensor noise, JPEG, 4:3 frames of rgb_size ×
-        ¾ rgb_size: :mod:`insideout_jax.data.scene`).
+      photo_style: "realistic" (the default: on a table before a backdrop, through a phone lens,
+        sensor noise, JPEG, 4:3 frames of rgb_size × ¾ rgb_size: :mod:`insideout_jax.data.scene`)
+        or "clean" (the object alone on black, pinhole, PNG; for ablations).
     """
 
     n_views: int = 180
@@ -51,7 +51,7 @@ class SkullConfig:
     photons: float = 1e5
     read_noise: float = 10.0
     ct_source: str = "fdk"
-    photo_style: str = "clean"
+    photo_style: str = "realistic"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -63,8 +63,9 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def small_object(tmp_path_factory) -> Path:
-    """A valid small generated skull (8 projections of 16², a 16³ CT, 4 photos of 24 px) with a
-    COLMAP model of its true cameras, made once per session. Read-only: copy it to mutate it."""
+    """A valid small generated skull (8 projections of 16², a 16³ CT, 4 clean photos of 24 px,
+    pinhole) with a COLMAP model of its true cameras, made once per session. Read-only: copy it
+    to mutate it."""
     import dataclasses
 
     import numpy as np
@@ -74,7 +75,7 @@ def small_object(tmp_path_factory) -> Path:
     from insideout_jax.data.objects import make_skull_object, read_true_cameras, read_true_surface
 
     cfg = dataclasses.replace(preset("tiny").skull, n_views=8, n_detector=16, volume_size=16,
-                              n_rgb_views=4, rgb_size=24)
+                              n_rgb_views=4, rgb_size=24, photo_style="clean")
     obj = tmp_path_factory.mktemp("small") / "obj"
     make_skull_object(obj, cfg, verbose=False)
     cams = read_true_cameras(obj / "truth" / "cameras.json")

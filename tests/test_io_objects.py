@@ -288,6 +288,35 @@ def test_grey_16bit_and_alpha_images(tmp_path):
     assert np.array_equal(read_image(tmp_path / "o.png", as_uint8=True), rgba[..., 2::-1])
 
 
+def test_cut_out_photos_are_their_own_masks(tmp_path):
+    """Without rgb/masks, the photos' alpha channels are the object masks (alpha ≥ ½); a photo
+    without transparency among cut-outs constrains nothing; rgb/masks, where present, wins."""
+    from insideout_jax.io.images import read_alpha, read_masks
+
+    img_dir = tmp_path / "rgb" / "images"
+    img_dir.mkdir(parents=True)
+    bgra = np.zeros((3, 4, 4), np.uint8)
+    bgra[..., 1] = 90
+    bgra[..., 3] = [[0, 127, 128, 255]] * 3
+    cv2.imwrite(str(img_dir / "a.png"), bgra)
+    cv2.imwrite(str(img_dir / "b.png"), bgra[..., :3])  # no alpha
+    assert read_alpha(img_dir / "b.png") is None
+    np.testing.assert_allclose(read_alpha(img_dir / "a.png"), bgra[..., 3] / 255.0, atol=1e-7)
+    m = read_masks(tmp_path, ["a.png", "b.png"])
+    chex.assert_shape(m, (2, 3, 4))
+    assert m.dtype == bool
+    np.testing.assert_array_equal(m[0], [[False, False, True, True]] * 3)
+    assert m[1].all()
+    assert read_masks(tmp_path, ["b.png"]) is None  # no cut-out, no masks folder
+    (tmp_path / "rgb" / "masks").mkdir()
+    for n in ("a", "b"):
+        cv2.imwrite(str(tmp_path / "rgb" / "masks" / f"{n}.png"), np.full((3, 4), 255, np.uint8))
+    assert read_masks(tmp_path, ["a.png", "b.png"]).all()  # the user's masks, not the alpha
+    bgra[..., 3] = 0
+    cv2.imwrite(str(img_dir / "c.png"), bgra)
+    _raises(lambda: read_alpha(img_dir / "c.png"), "c.png", "'alpha'", "fully transparent")
+
+
 def test_images_reject_malformed(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     _raises(lambda: read_images(tmp_path), "broken.png", "not a readable image")

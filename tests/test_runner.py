@@ -14,7 +14,6 @@ import pytest
 
 from insideout_jax import io as iio
 from insideout_jax.config import preset
-from insideout_jax.data.objects import read_true_surface, true_sfm_transform
 from insideout_jax.io.validate import read_registered_photos
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,6 +77,7 @@ def test_whole_pipeline_fills_the_metrics(tiny_object, tiny_run):
     assert m["heldout_views"]["xray"]["psnr"] is not None
     assert m["heldout_views"]["xgaussian"]["psnr"] is not None
     assert m["heldout_views"]["unified_rgb"]["psnr"] is not None
+    assert m["heldout_views"]["rgb_object"]["psnr"] is not None
     assert m["alignment"]["global"]["rot_deg"] is not None
     assert all(isinstance(v, int) and v >= 0 for v in m["densify_skipped"].values()), m["densify_skipped"]
     for meth in ("3dgs", "xgaussian", "radiative", "insideout"):  # vs the CT and vs the truth
@@ -107,14 +107,15 @@ def _leaves(d, prefix=""):
 
 def test_fuse_in_memory_matches_the_runner(tiny_object, tiny_run):
     """insideout_jax.pipeline.fuse on the object's arrays gives the runner's metrics.json."""
-    from insideout_jax.pipeline import Truth, fuse
+    from insideout_jax.pipeline import fuse, read_truth
 
     obj = iio.read_object(tiny_object)
     model = obj.colmap
     photos = read_registered_photos(tiny_object, model)  # SfM's lens undistorted, as the runner does
-    truth = Truth(true_sfm_transform(tiny_object)[0], obj.truth_volume, read_true_surface(tiny_object))
+    truth = read_truth(tiny_object)  # as the runner's evaluation stage reads it
     res = fuse(photos, model.cameras, obj.projections, obj.geometry, points=model.points_xyz,
                point_colors=model.points_rgb, ct_volume=obj.volume, cfg=preset("tiny"), truth=truth,
+               masks=iio.read_masks(tiny_object, model.image_names), distortion=model.distortion or None,
                object_name=tiny_object.name)
     runner = json.loads((tiny_run / "metrics.json").read_text())
     ours = dict(_leaves(res.metrics))

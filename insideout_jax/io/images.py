@@ -15,6 +15,8 @@ from insideout_jax.io.jsonfile import (
 )
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+IMAGES_DIR = "rgb/images"
+"""An object folder's photos."""
 
 
 def list_images(folder: PathLike) -> tuple:
@@ -121,19 +123,47 @@ def write_images(folder: PathLike, images: Mapping) -> list:
 
 
 MASKS_DIR = "rgb/masks"
-"""The user's object masks: ``rgb/masks/<photo stem>.png``, non-zero = object."""
+"""The user's object masks: ``rgb/masks/<photo stem>.png``, non-zero = object. Without that
+folder, the photos' own alpha channels are the masks (:func:`read_masks`)."""
+
+
+def read_alpha(path: PathLike) -> np.ndarray | None:
+    """[H, W] float32 alpha in [0, 1] of a PNG with a non-opaque alpha channel; None for a photo
+    without one (or a fully opaque one).
+
+    Raises:
+      ObjectFolderError: a fully transparent photo (nothing of the object in it).
+    """
+    path = pathlib.Path(path)
+    img = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.ndim != 3 or img.shape[2] != 4:
+        return None
+    full = float(np.iinfo(img.dtype).max)
+    alpha = img[..., 3]
+    if np.all(alpha == full):
+        return None
+    if not np.any(alpha):
+        raise ObjectFolderError(path, "alpha", "the photo is fully transparent (alpha 0 everywhere):"
+                                " as a cut-out its object is empty; remove it, or flatten it")
+    return alpha.astype(np.float32) / np.float32(full)
 
 
 def read_masks(root: PathLike, names) -> np.ndarray | None:
-    """[V, H, W] bool object masks of the photos ``names`` from ``rgb/masks`` (None when the
-    folder is absent).
+    """[V, H, W] bool object masks of the photos ``names``: from ``rgb/masks`` when that folder
+    exists; otherwise from the photos' alpha channels (cut-outs: alpha ≥ ½ is the object; a photo
+    without transparency among cut-outs is all object, i.e. it constrains nothing); None when
+    there is neither.
 
     Raises:
       ObjectFolderError: a photo without its mask, or a mask that is not a readable image.
     """
     folder = pathlib.Path(root) / MASKS_DIR
     if not folder.is_dir():
-        return None
+        alphas = [read_alpha(pathlib.Path(root) / IMAGES_DIR / n) for n in names]
+        if all(a is None for a in alphas):
+            return None
+        shape = next(a.shape for a in alphas if a is not None)
+        return np.stack([np.ones(shape, bool) if a is None else a >= 0.5 for a in alphas])
     out = []
     for name in names:
         p = folder / (pathlib.Path(name).stem + ".png")

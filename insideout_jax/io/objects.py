@@ -35,6 +35,7 @@ from insideout_jax.io.detector import CountsConversion, read_detector_fields
 from insideout_jax.io.errors import ObjectFolderError
 from insideout_jax.io.images import (  # noqa: F401
     IMAGE_EXTENSIONS,
+    IMAGES_DIR,
     list_images,
     read_image,
     read_images,
@@ -79,7 +80,6 @@ GEOMETRY_FILE = "xray/geometry.json"
 PROJECTIONS_FILE = "xray/projections.tif"
 VOLUME_FILE = "ct/volume.tif"
 VOLUME_DICOM_DIR = "ct/dicom"
-IMAGES_DIR = "rgb/images"
 COLMAP_DIR = "rgb/sparse/0"
 TRUTH_VOLUME_FILE = "truth/volume.tif"
 TRANSFORM_FILE = "truth/transform.json"

@@ -3,10 +3,10 @@
 :func:`read_object` already checks each file against its schema (fields, types, signs, finite
 values, angles that look like degrees, projections that look like raw counts, shapes against the
 geometry, COLMAP images that are missing). :func:`validate_object` adds what only shows across
-files or in the pixels: every photo decodes, has 1, 3 or 4 channels and an opaque alpha, matches
-the size of its COLMAP camera and the other photos' size; there are enough photos for a
-held-out split; the CT volume and the projections are not empty. It never opens ``truth/`` (that
-is the evaluation's alone).
+files or in the pixels: every photo decodes, has 1, 3 or 4 channels (a transparent alpha is a
+cut-out, its mask; not all transparent), matches the size of its COLMAP camera and the other
+photos' size; there are enough photos for a held-out split; the CT volume and the projections are
+not empty. It never opens ``truth/`` (that is the evaluation's alone).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from insideout_jax.io.errors import ObjectFolderError
-from insideout_jax.io.images import read_image
+from insideout_jax.io.images import read_alpha, read_image
 from insideout_jax.io.objects import (
     COLMAP_DIR,
     IMAGES_DIR,
@@ -42,18 +42,20 @@ def check_photo_size(path, image: np.ndarray, camera, colmap_dir) -> None:
                                 " or run SfM again (remove rgb/sparse)")
 
 
-def read_registered_photos(root, model) -> np.ndarray:
+def read_registered_photos(root, model, background=(0.0, 0.0, 0.0)) -> np.ndarray:
     """[V, H, W, 3] float32: the photos of ``model`` (a :class:`ColmapModel`) in its order, each
     checked against its camera's size (never resized silently) and, where its lens is distorted,
     undistorted onto its pinhole camera (:func:`insideout_jax.io.undistort.undistort_image`;
-    not where the lens moves no pixel by :data:`~insideout_jax.io.undistort.NEGLIGIBLE_PX`)."""
+    not where the lens moves no pixel by :data:`~insideout_jax.io.undistort.NEGLIGIBLE_PX`).
+    Cut-outs (a transparent alpha channel, also the object's mask) are composited onto the
+    training ``background``."""
     from insideout_jax.io.undistort import NEGLIGIBLE_PX, max_displacement, undistort_image
 
     root = os.fspath(root)
     imgs = []
     for k, (name, cam) in enumerate(zip(model.image_names, model.cameras, strict=True)):
         path = os.path.join(root, IMAGES_DIR, name)
-        img = read_image(path)
+        img = read_image(path, background=background)
         check_photo_size(path, img, cam, os.path.join(root, COLMAP_DIR))
         dist = model.distortion[k] if model.distortion else None
         if dist is not None and max_displacement(cam, dist) >= NEGLIGIBLE_PX:
@@ -95,7 +97,8 @@ def validate_object(path: str | os.PathLike, *, check_photos: bool = True) -> Ob
         first = None
         for name in names:
             p = root / IMAGES_DIR / name
-            img = read_image(p)  # decodes; checks depth, channels and alpha
+            img = read_image(p, background=(0.0, 0.0, 0.0))  # decodes; checks depth and channels
+            read_alpha(p)  # a cut-out's alpha is its mask: refused only when nothing is left
             if name in cams:
                 check_photo_size(p, img, cams[name], root / COLMAP_DIR)
             first = first or (p, img.shape[:2])

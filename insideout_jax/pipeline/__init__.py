@@ -8,7 +8,7 @@ returns a typed result, and :func:`fuse`, which runs them in order in memory.
 ``experiments/run.py`` is the same pipeline with files, checkpoints, progress bars and a report.
 """
 
-from insideout_jax.pipeline.evaluate import evaluate
+from insideout_jax.pipeline.evaluate import evaluate, read_truth
 from insideout_jax.pipeline.fuse import fuse, seeded_config
 from insideout_jax.pipeline.geometry import PipelineInputError
 from insideout_jax.pipeline.results import (
@@ -41,6 +41,6 @@ from insideout_jax.pipeline.stages import (
 
 __all__ = ["STAGE_ORDER", "EvaluationResult", "FitResult", "FusedResult", "InternalResult",
            "PipelineInputError", "RGBResult", "Truth", "VisualResult", "XGaussianModel", "XrayResult",
-           "empty_metrics", "evaluate", "finite_metrics", "fit_stage", "fuse", "internal_stage",
+           "empty_metrics", "evaluate", "read_truth", "finite_metrics", "fit_stage", "fuse", "internal_stage",
            "merge_metrics", "non_finite_note", "reconstruct_ct", "ct_for_training", "object_inputs",
            "seeded_config", "matte_photos", "train_rgb_stage", "train_xray_stage", "visual_stage"]

@@ -16,7 +16,7 @@ from insideout_jax import evaluation as ev
 from insideout_jax.pipeline import geometry as pg
 from insideout_jax.pipeline.results import EvaluationResult, Truth, XGaussianModel
 
-__all__ = ["CHAMFER_NOTE", "PIQE_NOTE", "alignment_scores", "evaluate"]
+__all__ = ["CHAMFER_NOTE", "PIQE_NOTE", "alignment_scores", "evaluate", "read_truth"]
 
 CHAMFER_NOTE = "Chamfer rises with internal rendering"
 PIQE_NOTE = "PIQE of the CT reference slices themselves"
@@ -100,6 +100,33 @@ def alignment_scores(levels, truth_transform, centre) -> dict:
             picked[kind] = match[-1]
     return {kind: ev.alignment_errors(tr, (t.rotation, t.translation, t.scale), center=centre)
             for kind, tr in picked.items()}
+
+
+def read_truth(object_dir, say=print) -> Truth:
+    """An object folder's ``truth/`` (the evaluation's alone): the true SfM → CT transform (from
+    the true cameras and the COLMAP model, else ``truth/transform.json``), the true volume, outer
+    surface and silhouettes; each None where the folder does not hold it (real data)."""
+    import pathlib
+
+    from insideout_jax import io as iio
+    from insideout_jax.data.objects import (
+        CAMERAS_FILE,
+        SURFACE_FILE,
+        read_true_silhouettes,
+        read_true_surface,
+        true_sfm_transform,
+    )
+
+    d = pathlib.Path(object_dir)
+    transform = None
+    if (d / CAMERAS_FILE).is_file() and (d / iio.COLMAP_DIR).exists():
+        transform, fit = true_sfm_transform(d)
+        say(f"[evaluation] true transform from the true cameras: {fit}")
+    elif (d / iio.TRANSFORM_FILE).is_file():
+        transform = iio.read_transform(d / iio.TRANSFORM_FILE)
+    surface = read_true_surface(d) if (d / SURFACE_FILE).is_file() else None
+    vol = iio.read_volume(d / iio.TRUTH_VOLUME_FILE) if (d / iio.TRUTH_VOLUME_FILE).is_file() else None
+    return Truth(transform, vol, surface, read_true_silhouettes(d))
 
 
 def selection_truth(selected, candidates, truth: Truth, cfg) -> dict:

@@ -105,7 +105,7 @@ def fuse(photos: np.ndarray, cameras, projections: np.ndarray, geometry, *, poin
     visual = visual_stage(internal.rad, internal.rgb, ct_volume, cfg.visual, photos=photos[tr],
                           cameras=[cams_ct[i] for i in tr], heldout_photos=photos[ho],
                           heldout_cameras=[cams_ct[i] for i in ho], background=bg,
-                          progress=progress)
+                          rgb_only=fit.splats, progress=progress)
     evaluation = evaluate(rgb0=rgb.splats, rgb_aligned=fit.splats, rgb_internal=internal.rgb,
                           rad0=xray.splats, rad_internal=internal.rad, xgaussian=xray.xgaussian,
                           unified_density=visual.density, grid=visual.grid, ct_volume=ct_volume,

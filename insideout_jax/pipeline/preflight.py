@@ -51,7 +51,7 @@ def check_object(object_dir, cfg: PipelineConfig, stages) -> iio.ObjectFolder:
     f = cfg.rgb.downscale
     if obj.image_names and photos_used:
         first = d / iio.IMAGES_DIR / obj.image_names[0]
-        h, w = iio.read_image(first).shape[:2]
+        h, w = iio.read_image(first, background=(0.0, 0.0, 0.0)).shape[:2]
         if w % f or h % f:
             raise PipelineInputError(
                 f"{first}: the photos are {w}×{h}, which the preset '{cfg.name}' cannot shrink by"

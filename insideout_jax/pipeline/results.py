@@ -35,7 +35,7 @@ def empty_metrics(obj: str, cfg: str) -> dict:
         "object": obj, "config": cfg, "notes": [],
         "stage_seconds": {s: None for s in STAGE_ORDER},
         "heldout_views": {"rgb": dict(view), "xray": dict(view), "xgaussian": dict(view),
-                          "unified_rgb": dict(view)},
+                          "unified_rgb": dict(view), "rgb_object": dict(view)},
         "cross_sections": {m: {"train": dict(section), "heldout": dict(section)}
                            for m in CROSS_SECTION_METHODS},
         "chamfer_mm": {"none": None, "hierarchical": None, "internal": None},

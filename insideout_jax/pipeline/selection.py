@@ -140,7 +140,11 @@ def visual_hull_membership(points, cameras, masks, *, agree: float = 0.9, distor
                        float(cam.fy) * x[:, 1] / z + float(cam.cy)], 1)
         uv = np.where(front[:, None] & np.isfinite(uv), np.clip(uv, -1e6, 1e6), -1.0)
         if distortion is not None and distortion[k] is not None:
-            uv = distort_points(uv, cam, distortion[k])
+            # the lens polynomial holds over the frame only: far outside it, the point is unseen
+            near = np.all(np.abs(uv - [cam.cx, cam.cy]) <= 2.0 * np.array([cam.width, cam.height]), 1)
+            uv = np.where(near[:, None], distort_points(np.where(near[:, None], uv, 0.0), cam,
+                                                        distortion[k]), -1.0)
+            uv = np.where(np.isfinite(uv), uv, -1.0)
         j, i = np.floor(uv[:, 0]).astype(int), np.floor(uv[:, 1]).astype(int)
         ok = front & (j >= 0) & (j < mask.shape[1]) & (i >= 0) & (i < mask.shape[0])
         seen += ok

@@ -306,11 +306,15 @@ def internal_stage(rad, rgb, ct_volume, cfg: InternalStageConfig, *, projections
 
 
 def visual_stage(rad, rgb, ct_volume, cfg: VisualStageConfig, *, photos, cameras,
-                 heldout_photos, heldout_cameras, background=(0.0, 0.0, 0.0),
+                 heldout_photos, heldout_cameras, background=(0.0, 0.0, 0.0), rgb_only=None,
                  progress: Progress = None) -> VisualResult:
     """Stage 4: colour transfer + detail cloning → the unified model; its colours fitted to the
     training photos (``cfg.colour_iterations``); its density voxelized on the object grid; its
-    held-out photo scores (cameras in the CT frame)."""
+    held-out photo scores (cameras in the CT frame).
+
+    ``rgb_only``: the RGB-only splats in the CT frame (after fitting; the object's only). When
+    given, they are scored on the same held-out photos (``heldout_views.rgb_object``), the like-for-
+    like reference of the unified model where the photos were matted to the object."""
     from insideout_jax.render.slices import voxelize
     from insideout_jax.train.rgb import evaluate_rgb
     from insideout_jax.visual import as_radiative, refine_colours, unify
@@ -323,6 +327,9 @@ def visual_stage(rad, rgb, ct_volume, cfg: VisualStageConfig, *, photos, cameras
                                      progress=_bar(progress))
     grid = pg.object_grid(ct_volume, cfg.volume_size)
     dens = np.asarray(voxelize(as_radiative(model), grid))
-    ev = evaluate_rgb(model.splats, heldout_photos, heldout_cameras, background=background)
-    return VisualResult(model, grid, dens, hist,
-                        {"heldout_views": {"unified_rgb": {"psnr": ev["psnr"], "ssim": ev["ssim"]}}})
+    scored = {"unified_rgb": model.splats, **({"rgb_object": rgb_only} if rgb_only is not None else {})}
+    views = {}
+    for key, sp in scored.items():
+        ev = evaluate_rgb(sp, heldout_photos, heldout_cameras, background=background)
+        views[key] = {"psnr": ev["psnr"], "ssim": ev["ssim"]}
+    return VisualResult(model, grid, dens, hist, {"heldout_views": views})
