@@ -298,6 +298,7 @@ def stage_evaluation(ctx: RunContext) -> None:
     ctx.figures = {
         "cross_sections": rp.plot_cross_sections(*fd["cross_sections"], figs / "cross_sections.png"),
         "alignment": rp.plot_alignment(*fd["alignment"], figs / "alignment.png"),
+        "selection": rp.plot_selection(*fd["selection"][:2], figs / "selection.png", scores=fd["selection"][2]),
         "normals": rp.plot_normal_histograms(fd["normals"], figs / "normals.png"),
         "training": rp.plot_training_curves(rp.load_histories(ctx.stage_dir), figs / "training.png"),
     }

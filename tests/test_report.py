@@ -153,6 +153,25 @@ def test_cross_section_and_alignment_figures(tmp_path):
     assert not (tmp_path / "bad.png").exists()
 
 
+def test_object_selection_figure_and_table(tmp_path):
+    rng = np.random.default_rng(1)
+    pts = rng.normal(size=(400, 3))
+    kept = np.linalg.norm(pts, axis=1) < 1.0
+    img = mpimg.imread(rp.plot_selection(pts, kept, tmp_path / "sel.png",
+                                         scores={"precision": 0.99, "recall": 0.98}))
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    orange = (r > 0.9) & (g < 0.85) & (b < g - 0.1)  # tab:orange, half transparent on white
+    assert orange.sum() > 50  # the kept points are drawn in the object's colour
+    with pytest.raises(ValueError, match="kept"):
+        rp.plot_selection(pts, kept[:-1], tmp_path / "bad.png")
+    m = _filled()
+    m["object_selection"] = {"method": "geometry", "kept": 2150, "total": 18872,
+                             "precision": 0.9921, "recall": 0.9998}
+    text = rp.write_report(m, {"selection": tmp_path / "sel.png"}, tmp_path).read_text()
+    assert "| geometry | 2150 | 18872 | 0.992 | 1.000 |" in text
+    assert "![selection](sel.png)" in text and "kept as the object (orange)" in text
+
+
 def test_normal_histogram_and_training_figures_and_report_links(tmp_path):
     ax = np.arange(24) - 11.5
     zz, yy, xx = np.meshgrid(ax, ax, ax, indexing="ij")

@@ -207,6 +207,9 @@ def evaluate(*, rgb0, rgb_aligned, rgb_internal, rad0, rad_internal, unified_den
 
     if truth.silhouettes is not None and truth.transform is not None:
         metrics["object_selection"] = selection_truth(rgb_aligned, rgb0, truth, cfg)
+    cand = np.asarray(rgb0.active) & (np.asarray(rgb0.opacities) >= cfg.fitting.min_opacity)
+    selection_fig = (np.asarray(rgb0.means)[cand], np.asarray(rgb_aligned.active)[cand],
+                     metrics.get("object_selection"))
     rgb0 = rgb0.replace(active=rgb0.active & rgb_aligned.active)  # the object's (table dropped)
     obj_pts = lambda sp: pg.object_points(sp, min_opacity=cfg.fitting.min_opacity)  # noqa: E731
     p_rgb0, p_rgb_al, p_rgb_in, p_rad0, p_rad_in = map(
@@ -261,6 +264,7 @@ def evaluate(*, rgb0, rgb_aligned, rgb_internal, rad0, rad_internal, unified_den
                            rows["_labels"]),
         "alignment": (act(rgb0), act(rgb_aligned), act(rad0)),
         "normals": {"radiative": meshes["radiative"], "InsideOut": meshes["insideout"]},
+        "selection": selection_fig,
     }
     return EvaluationResult(metrics, tuple(n for n in notes if n), figure_data, meshes["insideout"],
                             volumes)

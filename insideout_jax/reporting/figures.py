@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["load_histories", "plot_alignment", "plot_cross_sections", "plot_normal_histograms",
-           "plot_training_curves", "save_figure"]
+           "plot_selection", "plot_training_curves", "save_figure"]
 
 # ------------------------------------------------------------------------------------- figures
 
@@ -150,6 +150,45 @@ def plot_alignment(rgb_before, rgb_after, rad_points, path, *, max_points: int =
             stage = "before" if i == 0 else "after"
             ax.set_title(f"{stage} alignment, {hx}{vy} (RGB {clouds[key].shape[0]}, "
                          f"radiative {clouds['rad_points'].shape[0]})", fontsize=8)
+    axes[0, 0].legend(loc="upper right", fontsize=8, markerscale=4)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_selection(points, kept, path, *, scores=None, max_points: int = 6000, seed: int = 0) -> Path:
+    """The object selection: stage 1a's splat centres (SfM frame) kept as the object (orange) or
+    dropped as table and room (grey), three orthographic views.
+
+    Args:
+      points: [N, 3] the candidate centres (active, opacity ≥ the fitting's minimum).
+      kept: [N] bool, the selection.
+      path: PNG path.
+      scores: optional ``{"precision", "recall"}`` against the true silhouettes (in the title).
+      max_points: at most this many points of each group are drawn (the titles give the counts).
+
+    Returns:
+      The path written.
+    """
+    p = np.asarray(points, np.float64)
+    kept = np.asarray(kept, bool)
+    if p.ndim != 2 or p.shape[1] != 3 or kept.shape != (p.shape[0],):
+        raise ValueError(f"points must be [N, 3] and kept [N], got {p.shape} and {kept.shape}")
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.5), squeeze=False)
+    groups = (("dropped", _subsample(p[~kept], max_points, seed), "0.6"),
+              ("object", _subsample(p[kept], max_points, seed + 1), "tab:orange"))
+    for j, (hx, vy, a, b) in enumerate((("x", "y", 0, 1), ("x", "z", 0, 2), ("y", "z", 1, 2))):
+        ax = axes[0, j]
+        for label, q, colour in groups:
+            ax.scatter(q[:, a], q[:, b], s=2, c=colour, alpha=0.5, linewidths=0, label=label)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_xlabel(f"{hx} (SfM units)")
+        ax.set_ylabel(f"{vy} (SfM units)")
+    title = f"object selection: {int(kept.sum())} of {len(kept)} splats kept"
+    if scores and all(scores.get(k) is not None for k in ("precision", "recall")):
+        title += (f"; vs the true silhouettes precision {scores['precision']:.3f},"
+                  f" recall {scores['recall']:.3f}")
+    fig.suptitle(title, fontsize=10)
     axes[0, 0].legend(loc="upper right", fontsize=8, markerscale=4)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -37,6 +37,8 @@ _FIG_CAPTIONS = {
     "alignment": "RGB (orange) vs radiative (blue) splat centres before and after alignment, "
                  "three orthographic projections (paper Fig. 7).",
     "normals": "Normal orientation histograms of the density meshes (paper Fig. 5).",
+    "selection": "The object selection before fitting: stage 1a's splat centres (SfM frame) kept as "
+                 "the object (orange) or dropped as table and room (grey).",
     "training": "Training curves (loss per block).",
     "cutaways": "Cut-aways through the object's centre, normal to x, y and z: InsideOut (cut face: "
                 "its density, 1/mm) above the 3DGS-only model (cut face: its opacity field). Each "
@@ -226,6 +228,13 @@ def _section_truth(metrics: Mapping) -> list:
     rows = [[s, _fmt(e.get("rot_deg"), 3), _fmt(e.get("scale_rel"), 4), _fmt(e.get("trans_mm"), 3)]
             for s, e in (metrics.get("alignment") or {}).items()]
     lines += _table(["stage", "rotation (deg)", "relative scale", "translation (mm)"], rows)
+    sel = metrics.get("object_selection") or {}
+    if any(v is not None for v in sel.values()):
+        lines += ["### Object selection", "", "RGB splats kept as the object before fitting (the "
+                  "rest: table and room); precision and recall against the true silhouettes.", ""]
+        lines += _table(["method", "kept", "of", "precision", "recall"],
+                        [[str(sel.get("method") or "—"), _fmt(sel.get("kept"), 0), _fmt(sel.get("total"), 0),
+                          _fmt(sel.get("precision"), 3), _fmt(sel.get("recall"), 3)]])
     lines += ["### Held-out views", ""]
     labels = {"rgb": "RGB photos (3DGS)", "xray": "X-ray projections (radiative)",
               "unified_rgb": "RGB photos (unified model)",
