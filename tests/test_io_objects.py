@@ -317,6 +317,25 @@ def test_cut_out_photos_are_their_own_masks(tmp_path):
     _raises(lambda: read_alpha(img_dir / "c.png"), "c.png", "'alpha'", "fully transparent")
 
 
+def test_exif_orientation_is_read_as_colmap_reads_it(tmp_path):
+    """A phone's portrait photo stored landscape with an EXIF rotation: SfM (pycolmap) poses the
+    stored pixel grid, so our reader must return that grid too (never the rotated view), or the
+    cameras and the pixels disagree by 90°."""
+    import pycolmap
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:60, 0:80]
+    stored = np.stack([xx * 3, yy * 4, 255 - xx * 3], -1).astype(np.uint8)  # no symmetry: a
+    im = Image.fromarray(stored)  # rotated or transposed read cannot match
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    im.save(tmp_path / "p.jpg", exif=exif, quality=100)
+    ours = read_image(tmp_path / "p.jpg", as_uint8=True)
+    colmap = pycolmap.Bitmap.read(str(tmp_path / "p.jpg"), True)
+    assert ours.shape == (60, 80, 3) and (colmap.width, colmap.height) == (80, 60)
+    np.testing.assert_allclose(ours.astype(float), stored.astype(float), atol=8)  # JPEG q100
+
+
 def test_images_reject_malformed(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     _raises(lambda: read_images(tmp_path), "broken.png", "not a readable image")
