@@ -32,7 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="InsideOut: fuse RGB photos and X-ray CT of one object into one Gaussian-splat"
                     " model, and evaluate it.")
     p.add_argument("--object", required=True,
-                   help="object name (a folder under data/; 'skull' is generated when absent) or a"
+                   help="object name (a folder under data/; the built-in 'skull' and 'matryoshka' are"
+                        " generated when absent) or a"
                         " path to an object folder")
     p.add_argument("--config", default="cpu", choices=["cpu", "paper", "tiny"],
                    help="preset: 'cpu' (minutes on 2 cores), 'paper' (the paper's settings, GPU),"

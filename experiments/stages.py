@@ -20,6 +20,7 @@ import numpy as np
 from insideout_jax import io as iio
 from insideout_jax import pipeline as pl
 from insideout_jax.config import PipelineConfig
+from insideout_jax.data.objects import BUILTIN_OBJECTS
 from insideout_jax.io.checkpoint import atomic_write_bytes
 from insideout_jax.io.validate import read_registered_photos
 from insideout_jax.pipeline import geometry as pg
@@ -157,14 +158,14 @@ class RunContext:
 
 
 def stage_data(ctx: RunContext) -> None:
-    """Make sure the object folder exists and is valid (generate the built-in skull if absent)."""
+    """Make sure the object folder exists and is valid (generate a built-in object if absent)."""
     from insideout_jax.data import objects as data_objects
 
     if not ctx.object_dir.exists():
-        if ctx.object_name != "skull":
+        if ctx.object_name not in data_objects.BUILTIN_OBJECTS:
             raise _missing_object(ctx)
-        print(f"[data] generating the built-in skull into {ctx.object_dir}")
-        data_objects.make_skull_object(ctx.object_dir, ctx.cfg.skull, made_by="runner")
+        print(f"[data] generating the built-in {ctx.object_name} into {ctx.object_dir}")
+        data_objects.make_builtin_object(ctx.object_dir, ctx.cfg.skull, name=ctx.object_name, made_by="runner")
     try:
         data_objects.check_generator(ctx.object_dir, ctx.cfg.skull)
         print(f"[data] {data_objects.describe_object(ctx.object_dir)}")
@@ -329,8 +330,8 @@ STAGE_UPSTREAM = {"data": (), "sfm": ("data",), "rgb": ("sfm",), "xray": ("data"
 def _missing_object(ctx: RunContext) -> StageError:
     return StageError(f"object folder {ctx.object_dir} does not exist. Give a path to an object"
                       " folder, or make one with `python -m insideout_jax.data from-ct VOLUME"
-                      " --spacing DZ DY DX --out DIR`" + (" (or run stage 'data' to make the skull)."
-                                                          if ctx.object_name == "skull" else "."))
+                      " --spacing DZ DY DX --out DIR`" + (f" (or run stage 'data' to make the {ctx.object_name})."
+                                                          if ctx.object_name in BUILTIN_OBJECTS else "."))
 
 
 def preflight(ctx: RunContext, wanted: list) -> None:
@@ -340,8 +341,8 @@ def preflight(ctx: RunContext, wanted: list) -> None:
     from insideout_jax.pipeline.preflight import check_object
 
     d, colmap = ctx.object_dir, None
-    if not d.exists() and not (ctx.object_name == "skull" and "data" in wanted):
-        raise _missing_object(ctx)  # (the data stage makes the built-in skull)
+    if not d.exists() and not (ctx.object_name in BUILTIN_OBJECTS and "data" in wanted):
+        raise _missing_object(ctx)  # (the data stage makes the built-in objects)
     if d.exists() and not d.is_dir():
         raise StageError(f"{d} is a file; --object takes an object folder (rgb/, xray/, ct/)")
     try:

@@ -72,12 +72,12 @@ def small_object(tmp_path_factory) -> Path:
 
     from insideout_jax import io as iio
     from insideout_jax.config import preset
-    from insideout_jax.data.objects import make_skull_object, read_true_cameras, read_true_surface
+    from insideout_jax.data.objects import make_builtin_object, read_true_cameras, read_true_surface
 
     cfg = dataclasses.replace(preset("tiny").skull, n_views=8, n_detector=16, volume_size=16,
                               n_rgb_views=4, rgb_size=24, photo_style="clean")
     obj = tmp_path_factory.mktemp("small") / "obj"
-    make_skull_object(obj, cfg, verbose=False)
+    make_builtin_object(obj, cfg, verbose=False)
     cams = read_true_cameras(obj / "truth" / "cameras.json")
     pts = read_true_surface(obj)[0][::50].astype(np.float64)
     names = sorted(cams)
@@ -91,10 +91,10 @@ def tiny_object(tmp_path_factory) -> Path:
     """The skull as the tiny preset makes it. No COLMAP model: the run's own SfM (pycolmap)
     registers the photos, so the tiny preset runs end to end on its own skull, SfM included."""
     from insideout_jax.config import preset
-    from insideout_jax.data.objects import make_skull_object
+    from insideout_jax.data.objects import make_builtin_object
 
     obj = tmp_path_factory.mktemp("obj") / "tiny"
-    make_skull_object(obj, preset("tiny").skull, verbose=False)
+    make_builtin_object(obj, preset("tiny").skull, verbose=False)
     return obj
 
 

@@ -391,7 +391,7 @@ def test_the_data_tool_names_the_path_of_a_full_disk_and_leaves_no_half_object(t
         (Path(out) / "xray").mkdir(parents=True)
         raise OSError(errno.ENOSPC, "No space left on device", str(Path(out) / "xray" / "projections.tif"))
 
-    monkeypatch.setattr(objects, "make_skull_object", full)
+    monkeypatch.setattr(objects, "make_builtin_object", full)
     rc, err = _call(data_cli.main, ["make", "skull", "--out", tmp_path / "obj"], capsys)
     assert rc == 2 and "cannot access" in err and "projections.tif: the disk is full" in err
     assert "Traceback" not in err and list(tmp_path.iterdir()) == []

@@ -206,13 +206,13 @@ def test_densification_counts_the_candidates_left_out_at_the_capacity_cap():
 def test_an_object_from_another_generator_or_preset_is_refused_with_what_to_do(tmp_path):
     import dataclasses
 
-    from insideout_jax.data.objects import make_skull_object
+    from insideout_jax.data.objects import make_builtin_object
     from insideout_jax.data.scanner import ACQUISITION_FILE
 
     small = dataclasses.replace(preset("tiny").skull, n_views=4, n_detector=16, volume_size=16,
                                 n_rgb_views=3, rgb_size=24)
     obj = tmp_path / "skull"
-    make_skull_object(obj, small, made_by="runner", verbose=False)
+    make_builtin_object(obj, small, made_by="runner", verbose=False)
     acq = json.loads((obj / ACQUISITION_FILE).read_text())
     assert acq["generator"]["made_by"] == "runner" and acq["generator"]["config"]["n_views"] == 4
     res = _cmd("experiments/run.py", "--object", str(obj), "--config", "tiny", "--out", str(tmp_path / "o1"),

@@ -10,7 +10,7 @@ from insideout_jax import io as iio
 from insideout_jax.cameras import make_xray_geometry
 from insideout_jax.config import preset
 from insideout_jax.data import scanner
-from insideout_jax.data.objects import make_skull_object
+from insideout_jax.data.objects import make_builtin_object
 
 
 def test_detector_noise_has_the_poisson_plus_read_noise_statistics():
@@ -42,7 +42,7 @@ def test_scanner_grid_uses_the_detector_pixel_at_the_axis():
 
 
 def test_a_generated_objects_ct_is_a_noisy_reconstruction_not_the_truth(tmp_path):
-    make_skull_object(tmp_path / "o", preset("tiny").skull, verbose=False)
+    make_builtin_object(tmp_path / "o", preset("tiny").skull, verbose=False)
     obj = iio.read_object(tmp_path / "o", load_images=False)
     ct, truth = obj.volume, obj.truth_volume
     assert ct.data.shape != truth.data.shape or not np.array_equal(ct.data, truth.data)

@@ -1,6 +1,6 @@
 """Command line for objects with ground truth.
 
-    python -m insideout_jax.data make skull --out DIR [--views 180] [--detector 256] [--photos 60] [--sfm]
+    python -m insideout_jax.data make skull|matryoshka --out DIR [--views 180] [--detector 256] [--photos 60] [--sfm]
     python -m insideout_jax.data from-ct VOLUME [--spacing DZ DY DX] --out DIR [--iso LEVEL]
                                          [--quantity attenuation|HU] [--offset V] [--flip-z]
                                          [--axes xyz] [--shape A B C --dtype T --byteorder little]
@@ -66,11 +66,13 @@ def _volume_args(q, quantities=("attenuation", "HU")) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from insideout_jax.data.objects import BUILTIN_OBJECTS
+
     p = argparse.ArgumentParser(prog="python -m insideout_jax.data",
                                 description="Make object folders with ground truth.")
     sub = p.add_subparsers(dest="command", required=True)
     mk = sub.add_parser("make", help="generate a built-in object")
-    mk.add_argument("name", choices=["skull"])
+    mk.add_argument("name", choices=list(BUILTIN_OBJECTS))
     mk.add_argument("--out", required=True, help="object folder to write")
     d = SkullConfig()
     mk.add_argument("--views", type=int, default=d.n_views, help="X-ray projections over 360°")
@@ -287,7 +289,7 @@ def main(argv=None) -> int:
                                       read_noise=args.read_noise,
                                       ct_source="exact" if args.exact_ct else "fdk")
             print(f"making '{args.name}' in {out}")
-            objects.make_skull_object(build, cfg)
+            objects.make_builtin_object(build, cfg, name=args.name)
         elif args.command == "from-ct":
             import numpy as np
 

@@ -26,8 +26,8 @@ from insideout_jax import io as iio
 from insideout_jax.cameras import PinholeCamera, camera_center, make_pinhole
 from insideout_jax.data import scanner
 
-__all__ = ["make_skull_object", "make_ct_object", "check_generator", "describe_object", "ensure_sfm",
-           "read_true_silhouettes",
+__all__ = ["make_builtin_object", "BUILTIN_OBJECTS", "make_ct_object", "check_generator",
+           "describe_object", "ensure_sfm", "read_true_silhouettes",
            "true_sfm_transform",
            "write_previews", "read_true_cameras", "write_true_cameras", "read_true_surface",
            "CAMERAS_FILE", "SURFACE_FILE", "PREVIEW_DIR"]
@@ -124,8 +124,24 @@ def _scanner_ct(proj, geom, truth, source: str, size: int, say):
     return vol, record
 
 
-def make_skull_object(out_dir: str | Path, cfg=None, *, made_by: str = "python", verbose: bool = True) -> dict:
-    """Generate the built-in procedural skull as an object folder (no download, deterministic).
+BUILTIN_OBJECTS = ("skull", "matryoshka")
+"""The objects the project generates itself (:func:`make_builtin_object`)."""
+
+
+def _builtin_phantom(name: str):
+    from insideout_jax.data.matryoshka import matryoshka_phantom
+    from insideout_jax.data.phantom import skull_phantom
+
+    if name not in BUILTIN_OBJECTS:
+        raise ValueError(f"unknown built-in object {name!r}; choose one of {BUILTIN_OBJECTS}")
+    return {"skull": skull_phantom, "matryoshka": matryoshka_phantom}[name]()
+
+
+def make_builtin_object(out_dir: str | Path, cfg=None, *, name: str = "skull", made_by: str = "python",
+                        verbose: bool = True) -> dict:
+    """Generate a built-in procedural object (:data:`BUILTIN_OBJECTS`: the skull, or the
+    matryoshka of :mod:`insideout_jax.data.matryoshka`) as an object folder, with its exact truth
+    (no download, deterministic). Both use the same scanner, CT grid and photo rings.
 
     Args:
       out_dir: target folder (created; existing files of the layout are replaced).
@@ -146,34 +162,34 @@ def make_skull_object(out_dir: str | Path, cfg=None, *, made_by: str = "python",
     say = print if verbose else (lambda *a, **k: None)
 
     t = time.perf_counter()
-    skull = ph.skull_phantom()
+    phantom = _builtin_phantom(name)
     geom = ph.default_skull_geometry(n_views=cfg.n_views, n_det=cfg.n_detector)
     say(f"  projections: {cfg.n_views} views of {cfg.n_detector}² (closed-form chords)")
-    proj, acquisition = scanner.detector_noise(ph.project_phantom(skull, geom), photons=cfg.photons,
+    proj, acquisition = scanner.detector_noise(ph.project_phantom(phantom, geom), photons=cfg.photons,
                                                read_noise=cfg.read_noise, seed=0)
     times["projections"] = time.perf_counter() - t
 
     t = time.perf_counter()
     shape, spacing, origin = ph.default_skull_grid(cfg.volume_size)
     say(f"  volume: {shape} voxels of {spacing[0]:.2f} mm, {cfg.supersample}³ sub-samples")
-    vol = ph.phantom_volume(skull, shape, spacing, origin, supersample=cfg.supersample)
+    vol = ph.phantom_volume(phantom, shape, spacing, origin, supersample=cfg.supersample)
     times["volume"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    pts, normals = ph.phantom_surface_points(skull, 20000)
+    pts, normals = ph.phantom_surface_points(phantom, 20000)
     if cfg.photo_style == "realistic":
-        images, names, cams = _realistic_photos(skull, cfg, out, float(np.min(np.asarray(pts)[:, 2])), say)
+        images, names, cams = _realistic_photos(phantom, cfg, out, float(np.min(np.asarray(pts)[:, 2])), say)
     else:
         cams = ph.default_skull_cameras(n=cfg.n_rgb_views, size=cfg.rgb_size)
         say(f"  photos: {len(cams)} renders of {cfg.rgb_size}² (analytic ray caster)")
-        images = raycast.render_phantom_rgb(skull, cams)
+        images = raycast.render_phantom_rgb(phantom, cams)
         names = [f"view_{k:03d}.png" for k in range(len(cams))]
     times["photos"] = time.perf_counter() - t
 
     t = time.perf_counter()
     truth = iio.make_volume(vol, spacing, origin, quantity="attenuation")
     ct, acquisition["ct"] = _scanner_ct(proj, geom, truth, cfg.ct_source, cfg.volume_size, say)
-    acquisition["generator"] = {"name": "skull", "version": scanner.GENERATOR_VERSION,
+    acquisition["generator"] = {"name": name, "version": scanner.GENERATOR_VERSION,
                                 "made_by": made_by, "config": dataclasses.asdict(cfg)}
     iio.write_object(out, geometry=geom, projections=np.asarray(proj, np.float32), volume=ct,
                      images=None if images is None else dict(zip(names, images, strict=True)),
@@ -275,7 +291,7 @@ LENS_FILE = "truth/lens.json"
 MASKS_DIR = "truth/masks"
 
 
-def _realistic_photos(skull, cfg, out: Path, table_z: float, say):
+def _realistic_photos(phantom, cfg, out: Path, table_z: float, say):
     """Photos as a phone takes them (:mod:`insideout_jax.data.scene`) written as JPEGs into
     ``rgb/images``; the lens into ``truth/lens.json`` and the object silhouettes into
     ``truth/masks`` (for scoring). Returns (None, names, pinhole cameras)."""
@@ -286,7 +302,7 @@ def _realistic_photos(skull, cfg, out: Path, table_z: float, say):
     cams = scene.photo_cameras(cfg.n_rgb_views, setup)
     say(f"  photos: {len(cams)} realistic photos of {setup.width}×{setup.height} (table, backdrop,"
         f" lens k1 {setup.k1}, k2 {setup.k2}, sensor noise, JPEG {setup.jpeg_quality})")
-    jpegs, masks = scene.take_photos(skull, cams, setup, table_z)
+    jpegs, masks = scene.take_photos(phantom, cams, setup, table_z)
     names = [f"view_{k:03d}.jpg" for k in range(len(cams))]
     (out / iio.IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     (out / MASKS_DIR).mkdir(parents=True, exist_ok=True)
