@@ -188,6 +188,31 @@ def default_iso_level(volume: ArrayLike) -> float:
     return float(threshold_otsu(v[:: max(1, v.shape[0] // 64)]))
 
 
+def outer_isosurface(volume: ArrayLike, spacing_zyx, origin_xyz, level: float, *, n: int = 20000,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(points [n, 3], unit outward normals [n, 3]) on the volume's *outer* isosurface at ``level``
+    (mm, CT frame): the surface the photos show, the true surface of a from-ct object.
+
+    Cavities that do not reach the outside (a brain inside a skull, the air between nested shells)
+    are filled first, so their walls are not counted as outer surface; passages open to the outside
+    stay. Marching cubes (scikit-image) on the filled volume, padded with air so the surface
+    closes at the grid's border; points uniform over the area, normals of their triangles
+    (pointing from high to low density: outwards).
+    """
+    from insideout_jax.metrics.mesh import marching_cubes_mesh, sample_surface
+
+    v = np.asarray(volume, np.float32)
+    top = float(v.max())
+    if not top > level:
+        raise ValueError(f"no voxel exceeds the isosurface level {level:.4g} (max {top:.4g})")
+    enclosed = ndimage.binary_fill_holes(v >= level) & (v < level)
+    v = np.pad(np.where(enclosed, top, v), 1, constant_values=min(float(v.min()), 0.0))
+    origin = np.asarray(origin_xyz, np.float64) - np.asarray(spacing_zyx, np.float64)[::-1]
+    verts, faces = marching_cubes_mesh(v, spacing_zyx, origin, float(level))
+    pts, nrm = sample_surface(verts, faces, n, seed=seed, with_normals=True)
+    return pts.astype(np.float32), nrm.astype(np.float32)
+
+
 def largest_component_mask(volume: ArrayLike, level: float, *, dilate_voxels: int = 2) -> np.ndarray:
     """Mask of the largest connected region ≥ level, dilated (to drop e.g. a CT head rest).
 

@@ -282,6 +282,8 @@ def make_ct_object(volume: np.ndarray, spacing_zyx, out_dir: str | Path, *, orig
                      truth_volume=truth)
     iio.write_json_atomic(out / scanner.ACQUISITION_FILE, acquisition)
     write_true_cameras(out / CAMERAS_FILE, names, cams)
+    np.savez(out / SURFACE_FILE, **dict(zip(("points", "normals"), ctobject.outer_isosurface(
+        att, spacing, origin_xyz, level), strict=True)))  # the photos' surface: internal noise
     write_previews(out)
     times["write"] = time.perf_counter() - t
     return times

@@ -19,6 +19,7 @@ import numpy as np
 from scipy.spatial import ConvexHull
 
 __all__ = [
+    "sample_surface",
     "face_normals_areas",
     "fibonacci_directions",
     "icosphere",
@@ -224,3 +225,26 @@ def spherical_occupancy(normals, areas, directions) -> dict[str, float]:
     total = mass.sum()
     frac = mass / total if total > 0 else mass
     return {"any": float(np.mean(count > 0)), "mean": float(np.mean(frac > 1.0 / nbins))}
+
+
+def sample_surface(vertices, faces, n: int, *, seed: int = 0, with_normals: bool = False):
+    """[n, 3] points uniformly distributed over the area of a triangle mesh; with
+    ``with_normals``, (points, [n, 3] unit normals of their faces, right-hand rule)."""
+    v = np.asarray(vertices, np.float64)
+    f = np.asarray(faces, np.int64)
+    if v.ndim != 2 or v.shape[1] != 3 or f.ndim != 2 or f.shape[1] != 3 or len(f) == 0:
+        raise ValueError(f"need vertices [V, 3] and faces [F >= 1, 3], got {v.shape} and {f.shape}")
+    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    if not area.sum() > 0:
+        raise ValueError("the mesh has zero area")
+    rng = np.random.default_rng(seed)
+    tri = rng.choice(len(f), size=int(n), p=area / area.sum())
+    u, w = rng.random(int(n)), rng.random(int(n))
+    flip = u + w > 1
+    u[flip], w[flip] = 1 - u[flip], 1 - w[flip]
+    p = a[tri] + u[:, None] * (b[tri] - a[tri]) + w[:, None] * (c[tri] - a[tri])
+    if not with_normals:
+        return p
+    nrm = np.cross(b[tri] - a[tri], c[tri] - a[tri])
+    return p, nrm / np.linalg.norm(nrm, axis=1, keepdims=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from insideout_jax.fitting.procrustes import procrustes
-from insideout_jax.metrics.mesh import marching_cubes_mesh
+from insideout_jax.metrics.mesh import marching_cubes_mesh, sample_surface  # noqa: F401 (re-exported)
 
 __all__ = ["mask_surface", "sample_surface", "surface_distances", "rescale_icp", "surface_metrics"]
 
@@ -52,24 +52,6 @@ def mask_surface(volume, spacing_zyx, origin_xyz, *, level: float = 0.5, smooth_
     pad = np.pad(v, 1, mode="constant", constant_values=min(float(v.min()), 0.0))
     origin = np.asarray(origin_xyz, np.float64) - np.asarray(spacing_zyx, np.float64)[::-1]
     return marching_cubes_mesh(pad, spacing_zyx, origin, level)
-
-
-def sample_surface(vertices, faces, n: int, *, seed: int = 0) -> np.ndarray:
-    """[n, 3] points uniformly distributed over the area of a triangle mesh."""
-    v = np.asarray(vertices, np.float64)
-    f = np.asarray(faces, np.int64)
-    if v.ndim != 2 or v.shape[1] != 3 or f.ndim != 2 or f.shape[1] != 3 or len(f) == 0:
-        raise ValueError(f"need vertices [V, 3] and faces [F >= 1, 3], got {v.shape} and {f.shape}")
-    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
-    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
-    if not area.sum() > 0:
-        raise ValueError("the mesh has zero area")
-    rng = np.random.default_rng(seed)
-    tri = rng.choice(len(f), size=int(n), p=area / area.sum())
-    u, w = rng.random(int(n)), rng.random(int(n))
-    flip = u + w > 1
-    u[flip], w[flip] = 1 - u[flip], 1 - w[flip]
-    return a[tri] + u[:, None] * (b[tri] - a[tri]) + w[:, None] * (c[tri] - a[tri])
 
 
 def surface_distances(pred, ref) -> dict[str, float]:
