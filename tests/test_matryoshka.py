@@ -17,17 +17,17 @@ from insideout_jax.data.phantom import phantom_density, project_rays
 
 
 def _dolls():
-    """The dolls as the phantom holds them: [(body centre z, a, c, head centre z, r)]."""
+    """The dolls as the phantom holds them: [(body centre z, a, b, c, head centre y, z, r)]."""
     ph = mt.matryoshka_phantom()
     c, s = np.asarray(ph.centres, np.float64), np.asarray(ph.semi_axes, np.float64)
     outer = [g for g, rho in zip(ph.groups, np.asarray(ph.densities), strict=True) if rho > 0]
-    return [(c[b, 2], s[b, 0], s[b, 2], c[h, 2], s[h, 0]) for b, h in outer]
+    return [(c[b, 2], *s[b], c[h, 1], c[h, 2], s[h, 0]) for b, h in outer]
 
 
-def _half_width(z, bz, a, c, hz, r):
-    """Half-width at height z of the union body ∪ head (both on the z axis), closed form."""
+def _half_width(z, bz, a, c, hy, hz, r):
+    """Half-width at height z, along x through the z axis, of body ∪ head (closed form)."""
     body = a * np.sqrt(max(0.0, 1.0 - ((z - bz) / c) ** 2))
-    head = np.sqrt(max(0.0, r * r - (z - hz) ** 2))
+    head = np.sqrt(max(0.0, r * r - hy * hy - (z - hz) ** 2))
     return max(body, head)
 
 
@@ -35,18 +35,20 @@ def test_three_hollow_shells_and_a_solid_core_with_air_between():
     dolls = _dolls()
     assert len(dolls) == 4 and len(mt.MATRYOSHKA_WALLS_MM) == 3
     assert all(2.0 <= w <= 4.0 for w in mt.MATRYOSHKA_WALLS_MM)
-    # the (r, z) half-plane at 0.1 mm: one wood density, never two dolls in one place, four
-    # separate pieces of wood, at least 1.5 mm of air between neighbours
-    r, z = np.arange(0, 66, 0.1), np.arange(-110, 110, 0.1)
-    rr, zz = np.meshgrid(r, z)
-    pts = np.stack([rr.ravel(), 0 * rr.ravel(), zz.ravel()], 1).astype(np.float32)
-    f = np.asarray(phantom_density(mt.matryoshka_phantom(), jnp.asarray(pts))).reshape(rr.shape)
-    np.testing.assert_allclose(np.unique(np.round(f, 6)), [0.0, mt.MATRYOSHKA_WOOD], atol=1e-6)
-    lab, n = ndimage.label(f > 0.5 * mt.MATRYOSHKA_WOOD)
-    assert n == 4
-    for k in range(1, n):
-        gap = 0.1 * ndimage.distance_transform_edt(lab != k)[lab == k + 1].min()
-        assert gap >= 1.5, (k, gap)
+    # the x–z and y–z planes through the axis at 0.1 mm: one wood density, never two dolls in one
+    # place, four separate rings of wood, at least 2 mm of air between neighbours
+    t, z = np.arange(-66, 66, 0.1), np.arange(-110, 110, 0.1)
+    tt, zz = np.meshgrid(t, z)
+    for axis in (0, 1):
+        pts = np.zeros(tt.shape + (3,), np.float32)
+        pts[..., axis], pts[..., 2] = tt, zz
+        f = np.asarray(phantom_density(mt.matryoshka_phantom(), jnp.asarray(pts.reshape(-1, 3))))
+        np.testing.assert_allclose(np.unique(np.round(f, 6)), [0.0, mt.MATRYOSHKA_WOOD], atol=1e-6)
+        lab, n = ndimage.label(f.reshape(tt.shape) > 0.5 * mt.MATRYOSHKA_WOOD)
+        assert n == 4
+        for k in range(1, n):
+            gap = 0.1 * ndimage.distance_transform_edt(lab != k)[lab == k + 1].min()
+            assert gap >= 2.0, (axis, k, gap)
     # each hollow doll's wall, measured at its body's equator along +x: the stated thickness
     x = np.arange(0.0, 66.0, 0.01)
     for k, (bz, a, *_rest) in enumerate(dolls[:3]):
@@ -68,11 +70,11 @@ def test_horizontal_line_integrals_match_the_closed_form_chords():
     want = []
     for zh in heights:
         total = 0.0
-        for k, (bz, a, c, hz, r) in enumerate(dolls):
-            total += 2 * _half_width(zh, bz, a, c, hz, r)
+        for k, (bz, a, _b, c, hy, hz, r) in enumerate(dolls):
+            total += 2 * _half_width(zh, bz, a, c, hy, hz, r)
             if k < 3:
                 w = mt.MATRYOSHKA_WALLS_MM[k]
-                total -= 2 * _half_width(zh, bz, a - w, c - w, hz, r - w)
+                total -= 2 * _half_width(zh, bz, a - w, c - w, hy, hz, r - w)
         want.append(mt.MATRYOSHKA_WOOD * total)
     chex.assert_shape(got, (len(heights),))
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
@@ -86,9 +88,10 @@ def test_make_matryoshka_writes_an_object_with_its_truth(tmp_path):
     assert acq["generator"]["name"] == "matryoshka"
     pts, nrm = read_true_surface(tmp_path / "m")
     # the true surface is the outer doll's: every point on body ∪ head's boundary
-    bz, a, c, hz, r = _dolls()[0]
-    u_body = np.sqrt((pts[:, 0] / a) ** 2 + (pts[:, 1] / a) ** 2 + ((pts[:, 2] - bz) / c) ** 2)
-    u_head = np.sqrt(pts[:, 0] ** 2 + pts[:, 1] ** 2 + (pts[:, 2] - hz) ** 2) / r
+    bz, a, b, c, hy, hz, r = _dolls()[0]
+    assert b < a and hy < 0  # near-symmetric: flatter front to back, the face forward
+    u_body = np.sqrt((pts[:, 0] / a) ** 2 + (pts[:, 1] / b) ** 2 + ((pts[:, 2] - bz) / c) ** 2)
+    u_head = np.sqrt(pts[:, 0] ** 2 + (pts[:, 1] - hy) ** 2 + (pts[:, 2] - hz) ** 2) / r
     np.testing.assert_allclose(np.minimum(u_body, u_head), 1.0, atol=1e-3)
     assert np.all(np.maximum(u_body, u_head) >= 1.0 - 1e-3)  # never inside the other part
     np.testing.assert_allclose(np.linalg.norm(nrm, axis=1), 1.0, atol=1e-4)
