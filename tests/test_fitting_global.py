@@ -123,3 +123,22 @@ def test_pca_candidates_are_proper_and_align_axes():
         assert np.sum(err < 1e-6) == 1
     with pytest.raises(ValueError, match="candidates"):
         pca_candidates(cov_s, cov_d, kind="all")
+
+
+def test_a_symmetric_object_is_reported_ambiguous_and_an_asymmetric_one_is_not(solid):
+    """A triaxial ellipsoid is its own image under half-turns about its axes: PCA's sign
+    candidates end in poses 180° apart that fit equally well, and the fit says so. The test
+    shape (asymmetric) has one answer."""
+    rng = np.random.default_rng(5)
+    semi = np.array([30.0, 45.0, 60.0])
+    u = rng.normal(size=(3000, 3))
+    shell = u / np.linalg.norm(u, axis=1, keepdims=True) * semi
+    box = rng.uniform(-1, 1, size=(40000, 3))
+    filled = (box[np.sum(box**2, 1) <= 1.0] * semi)[:15000]
+    res = global_fit(shell, filled)
+    ratio, angle = res.rival()
+    assert res.ambiguous and ratio <= 1.1 and angle >= 170.0, (ratio, angle)
+    vol, surf = solid
+    res = global_fit(surface_samples(1500, rng), vol, surface=surf)
+    assert not res.ambiguous, res.rival()
+    assert res.candidate_angles_deg[res.best] == pytest.approx(0.0, abs=0.1)  # float32 arccos

@@ -19,7 +19,10 @@ Decisions (the paper leaves these open):
   R = E_X D E_Cᵀ for the four sign matrices D that make R proper (``candidates="signs"``), or the
   24 signed permutations that do (``"octahedral"``; also covers near-equal eigenvalues). ICP with
   scale runs from every candidate, on normalised coordinates (centroid 0, RMS radius 1); the one
-  with the smallest symmetric trimmed residual is refined on more points.
+  with the smallest symmetric trimmed residual is refined on more points. When a candidate that
+  ended in another pose fits almost as well (:data:`AMBIGUOUS_MARGIN`), the fit is *reported*
+  ambiguous (:attr:`GlobalFitResult.ambiguous`): near-symmetric objects (a matryoshka, a vase)
+  leave the choice to small details, and the user should know it was close.
 * **ICP**: trimmed point-to-plane ICP with scale (Chen & Medioni; surface normals from the
   density gradient) from each candidate on subsamples; the candidate with the smallest symmetric
   trimmed residual is refined against the whole surface. One-sided RGB → surface matching, so
@@ -45,7 +48,13 @@ from insideout_jax.fitting.surface import outer_surface
 from insideout_jax.splats import RadSplats, RGBSplats
 
 __all__ = ["GlobalFitResult", "global_gaussian", "global_fit", "rgb_points", "rad_surface",
-           "symmetric_residual", "pca_candidates"]
+           "symmetric_residual", "pca_candidates", "AMBIGUOUS_MARGIN", "AMBIGUOUS_ANGLE_DEG"]
+
+AMBIGUOUS_MARGIN = 0.10
+"""The global fit is reported ambiguous when a candidate that converged to another pose has a
+residual within this fraction of the chosen one's: the shape does not decide between them."""
+AMBIGUOUS_ANGLE_DEG = 5.0
+"""Candidates whose ICP results differ by less than this rotation ended in the same pose."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +71,8 @@ class GlobalFitResult:
       residual: symmetric trimmed mean distance (CT units, e.g. mm) between the aligned RGB
         centres and the radiative surface, after the final ICP.
       surface: [S, 3] float32 radiative outer-surface samples used as the target (CT frame).
+      candidate_angles_deg: [C] float rotation between each candidate's ICP result and the
+        chosen one's (0 for the chosen one).
     """
 
     transform: Similarity
@@ -70,6 +81,27 @@ class GlobalFitResult:
     best: int
     residual: float
     surface: np.ndarray
+    candidate_angles_deg: np.ndarray | None = None
+
+    def rival(self, min_angle_deg: float = AMBIGUOUS_ANGLE_DEG) -> tuple[float, float] | None:
+        """(residual ratio ≥ 1, angle in degrees) of the best-fitting candidate that ended in a
+        *different* pose (≥ ``min_angle_deg`` from the chosen one); None when every candidate
+        converged to the chosen pose."""
+        if self.candidate_angles_deg is None:
+            return None
+        other = np.flatnonzero(np.asarray(self.candidate_angles_deg) >= min_angle_deg)
+        if other.size == 0:
+            return None
+        k = other[np.argmin(np.asarray(self.candidate_residuals)[other])]
+        best = max(float(self.candidate_residuals[self.best]), 1e-12)
+        return float(self.candidate_residuals[k]) / best, float(self.candidate_angles_deg[k])
+
+    @property
+    def ambiguous(self) -> bool:
+        """Whether another pose fits within :data:`AMBIGUOUS_MARGIN` of the chosen one's residual
+        (a near-symmetric object: the choice between them is not determined by the shape)."""
+        r = self.rival()
+        return r is not None and r[0] <= 1.0 + AMBIGUOUS_MARGIN
 
 
 def global_gaussian(means: ArrayLike, covariances: ArrayLike | None = None,
@@ -251,6 +283,9 @@ def global_fit(rgb: RGBSplats | ArrayLike, rad: RadSplats | ArrayLike, *,
         results.append(r.transform)
         resid.append(symmetric_residual(r.transform.apply(src), dst, trim=trim))
     best = int(np.argmin(resid))
+    rb = np.asarray(results[best].rotation, np.float64)
+    angles = [float(np.degrees(np.arccos(np.clip((np.trace(rb.T @ np.asarray(r.rotation)) - 1) / 2,
+                                                 -1.0, 1.0)))) for r in results]
 
     src = jnp.asarray(_subsample(xn, points, rng), jnp.float32)
     final = icp(src, jnp.asarray(sn, jnp.float32), init=results[best], iters=icp_iters, trim=trim,
@@ -266,4 +301,5 @@ def global_fit(rgb: RGBSplats | ArrayLike, rad: RadSplats | ArrayLike, *,
         best=best,
         residual=symmetric_residual(aligned, surf, trim=trim),
         surface=surf,
+        candidate_angles_deg=np.asarray(angles),
     )

@@ -60,7 +60,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from insideout_jax import sh as sh_lib
-from insideout_jax.fitting.global_fit import global_fit, rad_surface, symmetric_residual
+from insideout_jax.fitting.global_fit import GlobalFitResult, global_fit, rad_surface, symmetric_residual
 from insideout_jax.fitting.icp import icp_batched
 from insideout_jax.fitting.kmeans import kmeans
 from insideout_jax.fitting.procrustes import Similarity, procrustes
@@ -126,12 +126,14 @@ class HierarchicalFitResult:
       transform: the global RGB → CT :class:`Similarity` (move the RGB cameras with this).
       stages: one :class:`StageReport` per stage, in order.
       surface: [S, 3] float32 radiative outer-surface samples (CT frame) used as the target.
+      global_result: the global level's :class:`GlobalFitResult` (its candidates, ambiguity).
     """
 
     splats: RGBSplats
     transform: Similarity
     stages: tuple[StageReport, ...]
     surface: np.ndarray
+    global_result: GlobalFitResult | None = None
 
 
 def neighbor_distortion(before: ArrayLike, after: ArrayLike, *, k: int = 8,
@@ -415,4 +417,5 @@ def hierarchical_fit(rgb: RGBSplats, rad, *, schedule=(0.1, 0.5, 1.0), seed: int
             name, bool(accepted), _effective(p_in, p), res, before, float(disp_all.mean()),
             float(disp_all.max()), neighbor_distortion(p_glob, p), k, time.perf_counter() - t1,
             p.astype(np.float32), dropped, float(coarsening)))
-    return HierarchicalFitResult(splats=splats, transform=tr, stages=tuple(stages), surface=surf)
+    return HierarchicalFitResult(splats=splats, transform=tr, stages=tuple(stages), surface=surf,
+                                 global_result=glob)

@@ -39,6 +39,8 @@ def empty_metrics(obj: str, cfg: str) -> dict:
         "cross_sections": {m: {"train": dict(section), "heldout": dict(section)}
                            for m in CROSS_SECTION_METHODS},
         "chamfer_mm": {"none": None, "hierarchical": None, "internal": None},
+        "fitting_global": {"candidates": None, "rival_residual_ratio": None, "rival_angle_deg": None,
+                           "ambiguous": None},
         "alignment": {s: {"rot_deg": None, "scale_rel": None, "trans_mm": None}
                       for s in ("global", "local", "fine")},
         "volume": {m: {"psnr3d": None, "ssim3d": None} for m in ("fdk", "radiative", "insideout")},

@@ -268,8 +268,18 @@ def fit_stage(rgb, rad, cfg: FittingStageConfig, *, cameras=None, masks=None,
                   " of its ICP" for k, v in dropped.items() if v)
     notes += tuple(f"fitting level {k}: the displacement field's grid was {v:.2f}× coarser than σ/2"
                    " (cell cap per axis)" for k, v in coarse.items() if v > 1.0)
+    glob = res.global_result
+    rival = glob.rival() if glob is not None else None
     metrics = {"coarsened": {"fitting_targets_dropped": dropped, "fitting_grid_coarsening": coarse},
+               "fitting_global": {"candidates": None if glob is None else len(glob.candidate_residuals),
+                                  "rival_residual_ratio": None if rival is None else rival[0],
+                                  "rival_angle_deg": None if rival is None else rival[1],
+                                  "ambiguous": None if glob is None else bool(glob.ambiguous)},
                **sel_metrics}
+    if glob is not None and glob.ambiguous:
+        notes += (f"the global fit was close: a pose {rival[1]:.0f}° from the chosen one fits the"
+                  f" radiative surface within {100 * (rival[0] - 1):.1f}% of its residual (a"
+                  " near-symmetric object); the better one was kept — check figures/alignment.png",)
     return FitResult(res.splats, res.transform, tuple(res.stages), metrics, sel_notes + notes)
 
 
