@@ -62,6 +62,7 @@ from insideout_jax.io.volumes import (  # noqa: F401
 from insideout_jax.io.xrayfiles import (  # noqa: F401
     _read_tiff,
     read_geometry,
+    read_measured_projections,
     read_projections,
     write_geometry,
     write_projections,
@@ -139,7 +140,7 @@ def read_object(path: PathLike, *, load_images: bool = True, images_as_uint8: bo
         if not geom_p.exists():
             raise ObjectFolderError(geom_p, "<file>", f"missing although {PROJECTIONS_FILE} exists")
         geometry = read_geometry(geom_p)
-        projections, conversion = read_projections(
+        projections, conversion = read_measured_projections(
             proj_p, geometry, counts=read_detector_fields(root, _read_tiff))
     vol_p, truth_p = root / VOLUME_FILE, root / TRUTH_VOLUME_FILE
     volume = read_volume(vol_p) if vol_p.exists() else None

@@ -138,16 +138,22 @@ def _read_tiff(path: PathLike) -> np.ndarray:
         raise ObjectFolderError(path, "<file>", f"not a readable TIFF ({type(e).__name__}: {e})") from None
 
 
-def read_projections(path: PathLike, geometry: XrayGeometry | None = None, *, counts=None
-                     ) -> np.ndarray | tuple[np.ndarray, CountsConversion | None]:
-    """``xray/projections.tif`` → [V, nv, nu] float32 line integrals (−ln I/I0, dimensionless).
+def read_projections(path: PathLike, geometry: XrayGeometry | None = None) -> np.ndarray:
+    """``xray/projections.tif`` of line integrals → [V, nv, nu] float32 (−ln I/I0,
+    dimensionless); raw counts are refused (:func:`read_measured_projections` converts them)."""
+    return read_measured_projections(path, geometry)[0]
+
+
+def read_measured_projections(path: PathLike, geometry: XrayGeometry | None = None, *, counts=None
+                              ) -> tuple[np.ndarray, CountsConversion | None]:
+    """``xray/projections.tif`` as measured → ([V, nv, nu] float32 line integrals, the counts'
+    :class:`CountsConversion` or None when the file holds line integrals).
 
     Args:
       geometry: when given, V must equal its number of angles and (nv, nu) its ``n_detector``.
       counts: the detector fields of :func:`insideout_jax.io.detector.read_detector_fields`
         (``flat``/``dark`` or ``i0``/``dark``) when the file holds raw counts; then the counts are
-        converted and ``(line integrals, CountsConversion)`` is returned (``None`` in its place
-        when ``counts`` is an empty dict and the file holds line integrals).
+        converted. None or empty: the file must hold line integrals.
 
     Raises:
       ObjectFolderError: unreadable file, integer data without detector fields, wrong rank,
@@ -175,8 +181,7 @@ def read_projections(path: PathLike, geometry: XrayGeometry | None = None, *, co
                                 f" the unattenuated count as \"i0\" in {DETECTOR_FILE}; or store"
                                 " float line integrals −ln(I/I0)")
     check_line_integrals(p, path)
-    p = p.astype(np.float32, copy=False)
-    return p if counts is None else (p, conversion)
+    return p.astype(np.float32, copy=False), conversion
 
 
 def write_projections(path: PathLike, projections, geometry: XrayGeometry | None = None
