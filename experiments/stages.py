@@ -22,7 +22,7 @@ from insideout_jax import pipeline as pl
 from insideout_jax.config import PipelineConfig
 from insideout_jax.data.objects import BUILTIN_OBJECTS
 from insideout_jax.io.checkpoint import atomic_write_bytes
-from insideout_jax.io.validate import read_registered_photos
+from insideout_jax.io.validate import read_registered_photos, registered_cameras
 from insideout_jax.pipeline import geometry as pg
 from insideout_jax.pipeline import store
 from insideout_jax.train.loop import NonFiniteLossError
@@ -187,8 +187,8 @@ def stage_sfm(ctx: RunContext) -> None:
 def load_photos(ctx: RunContext):
     """(images [V, H, W, 3] float32 at the stage's size, cameras, COLMAP model)."""
     model = iio.read_colmap(ctx.object_dir / iio.COLMAP_DIR)
-    imgs = read_registered_photos(ctx.object_dir, model, ctx.cfg.rgb.train.background)  # sizes, lenses
-    imgs, cams = pg.downscale_photos(imgs, model.cameras, ctx.cfg.rgb.downscale)
+    imgs, cams = read_registered_photos(ctx.object_dir, model, ctx.cfg.rgb.train.background)  # sizes, lenses
+    imgs, cams = pg.downscale_photos(imgs, cams, ctx.cfg.rgb.downscale)
     return imgs, cams, model
 
 
@@ -238,8 +238,9 @@ def stage_xray(ctx: RunContext) -> None:
 def stage_fitting(ctx: RunContext) -> None:
     """Stage 2: hierarchical fitting of the RGB splats onto the radiative splats (CT frame)."""
     model = iio.read_colmap(ctx.object_dir / iio.COLMAP_DIR)  # the photos' cameras and lens
-    res = pl.fit_stage(ctx.splats("rgb_splats"), ctx.splats("xray_splats"), ctx.cfg.fitting,
-                       cameras=model.cameras, masks=iio.read_masks(ctx.object_dir, model.image_names),
+    cams = registered_cameras(model)  # at the photos' common size, with the masks
+    res = pl.fit_stage(ctx.splats("rgb_splats"), ctx.splats("xray_splats"), ctx.cfg.fitting, cameras=cams,
+                       masks=iio.read_masks(ctx.object_dir, model.image_names, (cams[0].width, cams[0].height)),
                        distortion=model.distortion or None)
     ctx.record(res)
     for st in res.stages:

@@ -147,6 +147,18 @@ def scale_camera(camera: PinholeCamera, factor: float) -> PinholeCamera:
                           cy=camera.cy * factor, width=int(round(w)), height=int(round(h)))
 
 
+def resize_camera(camera: PinholeCamera, width: int, height: int) -> PinholeCamera:
+    """The same camera for its image resampled to ``width`` × ``height`` (the aspect may change:
+    a portrait photo on a landscape canvas). Pixel edges stay aligned, u' = u·W'/W and
+    v' = v·H'/H, so fx and cx scale with the width, fy and cy with the height (non-square pixels
+    where the aspect changes: still an exact pinhole)."""
+    if int(width) < 1 or int(height) < 1:
+        raise ValueError(f"width and height must be positive, got {width}×{height}")
+    sx, sy = int(width) / camera.width, int(height) / camera.height
+    return camera.replace(fx=camera.fx * sx, fy=camera.fy * sy, cx=camera.cx * sx,
+                          cy=camera.cy * sy, width=int(width), height=int(height))
+
+
 def look_at(eye: ArrayLike, target: ArrayLike, up: ArrayLike = (0.0, 0.0, 1.0)) -> tuple:
     """World → camera (R, t) of a camera at ``eye`` looking at ``target`` (y down in the image).
 

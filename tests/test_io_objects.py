@@ -336,6 +336,45 @@ def test_exif_orientation_is_read_as_colmap_reads_it(tmp_path):
     np.testing.assert_allclose(ours.astype(float), stored.astype(float), atol=8)  # JPEG q100
 
 
+def test_photos_of_mixed_sizes_are_resampled_with_their_cameras(tmp_path):
+    """Two landscape photos and a portrait one (another camera): all are read at the common size
+    (the most frequent, 64×48), the portrait one resampled with its camera resized, so a 3-D
+    point's blob lands where the resized camera projects it; a folder of mixed sizes validates."""
+    from insideout_jax.cameras import project_points, resize_camera
+    from insideout_jax.io import read_colmap, write_colmap
+    from insideout_jax.io.validate import common_size, read_registered_photos, validate_object
+
+    pts = np.array([[3.0, -2.0, 1.0], [-4.0, 3.0, -1.5], [1.0, 4.0, 2.0]])
+    cams, names = [], []
+    for k, (w, h, f) in enumerate([(64, 48, 60.0), (64, 48, 60.0), (36, 60, 50.0)]):
+        rot, t = look_at([40.0 * np.cos(k), 40.0 * np.sin(k), 10.0], [0.0, 0.0, 0.0])
+        cams.append(make_pinhole(rot, t, f, f, w / 2 + 0.3, h / 2 - 0.2, w, h))
+        names.append(f"v{k}.png")
+    img_dir = tmp_path / "rgb" / "images"
+    img_dir.mkdir(parents=True)
+    yy, xx = np.mgrid[0:60, 0:64] + 0.5
+    for name, cam in zip(names, cams, strict=True):
+        uv, _ = project_points(cam, pts[:1].astype(np.float32))
+        u, v = np.asarray(uv)[0]
+        blob = np.exp(-((xx - u) ** 2 + (yy - v) ** 2) / (2 * 3.0**2))[:cam.height, :cam.width]
+        cv2.imwrite(str(img_dir / name), np.round(np.repeat(blob[..., None], 3, -1) * 255).astype(np.uint8))
+    write_colmap(tmp_path / "rgb" / "sparse" / "0", make_colmap_model(names, cams, pts))
+    validate_object(tmp_path)
+    model = read_colmap(tmp_path / "rgb" / "sparse" / "0")
+    assert common_size([(c.width, c.height) for c in model.cameras]) == (64, 48)
+    photos, out_cams = read_registered_photos(tmp_path, model)
+    chex.assert_shape(photos, (3, 48, 64, 3))
+    k = model.image_names.index("v2.png")
+    want = resize_camera(model.cameras[k], 64, 48)
+    np.testing.assert_allclose([out_cams[k].fx, out_cams[k].fy, out_cams[k].cx, out_cams[k].cy],
+                               [want.fx, want.fy, want.cx, want.cy], rtol=1e-6)
+    np.testing.assert_allclose([want.fx, want.fy], [50.0 * 64 / 36, 50.0 * 48 / 60], rtol=1e-6)
+    wgt = photos[k, ..., 0]
+    got = [np.sum(wgt * (xx[:48, :64])) / wgt.sum(), np.sum(wgt * (yy[:48, :64])) / wgt.sum()]
+    uv, _ = project_points(out_cams[k], pts[:1].astype(np.float32))
+    np.testing.assert_allclose(got, np.asarray(uv)[0], atol=0.35)  # the blob's centroid
+
+
 def test_images_reject_malformed(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     _raises(lambda: read_images(tmp_path), "broken.png", "not a readable image")

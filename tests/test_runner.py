@@ -111,11 +111,12 @@ def test_fuse_in_memory_matches_the_runner(tiny_object, tiny_run):
 
     obj = iio.read_object(tiny_object)
     model = obj.colmap
-    photos = read_registered_photos(tiny_object, model)  # SfM's lens undistorted, as the runner does
+    photos, cams = read_registered_photos(tiny_object, model)  # lens undistorted, as the runner does
     truth = read_truth(tiny_object)  # as the runner's evaluation stage reads it
-    res = fuse(photos, model.cameras, obj.projections, obj.geometry, points=model.points_xyz,
+    res = fuse(photos, cams, obj.projections, obj.geometry, points=model.points_xyz,
                point_colors=model.points_rgb, ct_volume=obj.volume, cfg=preset("tiny"), truth=truth,
-               masks=iio.read_masks(tiny_object, model.image_names), distortion=model.distortion or None,
+               masks=iio.read_masks(tiny_object, model.image_names, (cams[0].width, cams[0].height)),
+               distortion=model.distortion or None,
                object_name=tiny_object.name)
     runner = json.loads((tiny_run / "metrics.json").read_text())
     ours = dict(_leaves(res.metrics))

@@ -66,8 +66,12 @@ def run_sfm(image_dir: str | Path, sparse_dir: str | Path, *, camera_model: str 
             verbose: bool = False) -> SfMResult:
     """Run SfM on a folder of photos and write the largest model to ``sparse_dir/0``.
 
-    All photos share one camera (``CameraMode.SINGLE``). With a distorted camera model the lens is
-    estimated with the poses; the photos stay as taken, and the pipeline undistorts them on reading
+    Photos of one size share one camera (``CameraMode.SINGLE``); photos of mixed sizes (two
+    cameras, portrait and landscape shots) get a camera each (``PER_IMAGE``: each photo's
+    intrinsics and lens are estimated from its own matches, a weaker estimate than a shared one).
+    COLMAP's ``AUTO`` is not used: without EXIF focal lengths it gave each of 58 same-size photos
+    its own camera. With a distorted camera model the lens is estimated with the poses; the photos
+    stay as taken, and the pipeline undistorts them on reading
     (:func:`insideout_jax.io.validate.read_registered_photos`).
 
     Args:
@@ -80,7 +84,7 @@ def run_sfm(image_dir: str | Path, sparse_dir: str | Path, *, camera_model: str 
         parameters (not refined by bundle adjustment).
       min_registered_fraction: raise :class:`SfMError` below this fraction of registered images.
       max_num_features: SIFT features per image.
-      num_threads: -1 = all cores.
+      num_threads: -1 = all cores; 1 makes extraction, matching and mapping deterministic.
       seed: COLMAP's random seed (deterministic RANSAC sampling).
 
     Returns:
@@ -96,6 +100,13 @@ def run_sfm(image_dir: str | Path, sparse_dir: str | Path, *, camera_model: str 
     names = _list_images(image_dir)
     if camera_model not in SFM_CAMERA_MODELS:
         raise ValueError(f"camera_model must be one of {SFM_CAMERA_MODELS}, got {camera_model!r}")
+    from PIL import Image
+
+    sizes = set()
+    for n in names:  # headers only
+        with Image.open(image_dir / n) as im:
+            sizes.add(im.size)
+    mode = pycolmap.CameraMode.SINGLE if len(sizes) == 1 else pycolmap.CameraMode.PER_IMAGE
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = camera_model
     mapper = pycolmap.IncrementalPipelineOptions()
@@ -123,9 +134,11 @@ def run_sfm(image_dir: str | Path, sparse_dir: str | Path, *, camera_model: str 
         out = Path(tmp) / "sparse"
         out.mkdir()
         pycolmap.extract_features(db, image_dir, image_names=names,
-                                  camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
+                                  camera_mode=mode, reader_options=reader,
                                   extraction_options=extraction, device=pycolmap.Device.cpu)
-        pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
+        matching = pycolmap.FeatureMatchingOptions()
+        matching.num_threads = num_threads  # one thread: the same matches every run
+        pycolmap.match_exhaustive(db, matching_options=matching, device=pycolmap.Device.cpu)
         models = pycolmap.incremental_mapping(db, image_dir, out, options=mapper)
         if not models:
             raise SfMError(f"{image_dir}: SfM found no model for {len(names)} images (too few"

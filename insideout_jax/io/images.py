@@ -148,22 +148,29 @@ def read_alpha(path: PathLike) -> np.ndarray | None:
     return alpha.astype(np.float32) / np.float32(full)
 
 
-def read_masks(root: PathLike, names) -> np.ndarray | None:
+def read_masks(root: PathLike, names, size: tuple[int, int] | None = None) -> np.ndarray | None:
     """[V, H, W] bool object masks of the photos ``names``: from ``rgb/masks`` when that folder
     exists; otherwise from the photos' alpha channels (cut-outs: alpha ≥ ½ is the object; a photo
     without transparency among cut-outs is all object, i.e. it constrains nothing); None when
-    there is neither.
+    there is neither. ``size`` (width, height): masks of another size are resampled to it
+    (nearest), as the photos of mixed sizes are (:func:`insideout_jax.io.validate.read_registered_photos`).
 
     Raises:
       ObjectFolderError: a photo without its mask, or a mask that is not a readable image.
     """
+    def fit(m):
+        if size is None or (m.shape[1], m.shape[0]) == tuple(size):
+            return m
+        return cv2.resize(m.astype(np.uint8), tuple(int(v) for v in size),
+                          interpolation=cv2.INTER_NEAREST) > 0
+
     folder = pathlib.Path(root) / MASKS_DIR
     if not folder.is_dir():
         alphas = [read_alpha(pathlib.Path(root) / IMAGES_DIR / n) for n in names]
         if all(a is None for a in alphas):
             return None
-        shape = next(a.shape for a in alphas if a is not None)
-        return np.stack([np.ones(shape, bool) if a is None else a >= 0.5 for a in alphas])
+        shape = next(a.shape for a in alphas if a is not None) if size is None else size[::-1]
+        return np.stack([np.ones(shape, bool) if a is None else fit(a >= 0.5) for a in alphas])
     out = []
     for name in names:
         p = folder / (pathlib.Path(name).stem + ".png")
@@ -173,5 +180,5 @@ def read_masks(root: PathLike, names) -> np.ndarray | None:
         m = cv2.imdecode(np.fromfile(p, np.uint8), cv2.IMREAD_GRAYSCALE)
         if m is None:
             raise ObjectFolderError(p, "<file>", "not a readable image (PNG mask expected)")
-        out.append(m > 0)
+        out.append(fit(m > 0))
     return np.stack(out)

@@ -4,8 +4,9 @@
 values, angles that look like degrees, projections that look like raw counts, shapes against the
 geometry, COLMAP images that are missing). :func:`validate_object` adds what only shows across
 files or in the pixels: every photo decodes, has 1, 3 or 4 channels (a transparent alpha is a
-cut-out, its mask; not all transparent), matches the size of its COLMAP camera and the other
-photos' size; there are enough photos for a held-out split; the CT volume and the projections are
+cut-out, its mask; not all transparent) and matches the size of its COLMAP camera (photos of
+mixed sizes are resampled to their common size on reading: :func:`read_registered_photos`); there
+are enough photos for a held-out split; the CT volume and the projections are
 not empty. It never opens ``truth/`` (that is the evaluation's alone).
 """
 
@@ -26,7 +27,8 @@ from insideout_jax.io.objects import (
     read_object,
 )
 
-__all__ = ["MIN_PHOTOS", "validate_object", "check_photo_size", "read_registered_photos"]
+__all__ = ["MIN_PHOTOS", "validate_object", "check_photo_size", "read_registered_photos",
+           "registered_cameras", "common_size"]
 
 MIN_PHOTOS = 3
 """Fewer photos cannot be split into training and held-out views (nor registered by SfM)."""
@@ -42,16 +44,45 @@ def check_photo_size(path, image: np.ndarray, camera, colmap_dir) -> None:
                                 " or run SfM again (remove rgb/sparse)")
 
 
-def read_registered_photos(root, model, background=(0.0, 0.0, 0.0)) -> np.ndarray:
-    """[V, H, W, 3] float32: the photos of ``model`` (a :class:`ColmapModel`) in its order, each
-    checked against its camera's size (never resized silently) and, where its lens is distorted,
-    undistorted onto its pinhole camera (:func:`insideout_jax.io.undistort.undistort_image`;
-    not where the lens moves no pixel by :data:`~insideout_jax.io.undistort.NEGLIGIBLE_PX`).
-    Cut-outs (a transparent alpha channel, also the object's mask) are composited onto the
-    training ``background``."""
+def common_size(sizes) -> tuple[int, int]:
+    """(width, height) the photos are trained at: the most frequent of ``sizes`` ((w, h) each);
+    among equally frequent ones, the largest."""
+    sizes = [(int(w), int(h)) for w, h in sizes]
+    if not sizes:
+        raise ValueError("no photo sizes")
+    return max(set(sizes), key=lambda s: (sizes.count(s), s[0] * s[1]))
+
+
+def registered_cameras(model) -> list:
+    """The cameras of ``model`` (a :class:`ColmapModel`) at the photos' common size
+    (:func:`common_size`): a camera of another size is resized to it
+    (:func:`insideout_jax.cameras.resize_camera`), as :func:`read_registered_photos` resamples its
+    photo."""
+    from insideout_jax.cameras import resize_camera
+
+    w, h = common_size([(c.width, c.height) for c in model.cameras])
+    return [c if (c.width, c.height) == (w, h) else resize_camera(c, w, h) for c in model.cameras]
+
+
+def read_registered_photos(root, model, background=(0.0, 0.0, 0.0)) -> tuple[np.ndarray, list]:
+    """(photos [V, H, W, 3] float32, their cameras): the photos of ``model`` (a
+    :class:`ColmapModel`) in its order, each checked against its camera's size (never resized
+    silently) and, where its lens is distorted, undistorted onto its pinhole camera
+    (:func:`insideout_jax.io.undistort.undistort_image`; not where the lens moves no pixel by
+    :data:`~insideout_jax.io.undistort.NEGLIGIBLE_PX`). Cut-outs (a transparent alpha channel,
+    also the object's mask) are composited onto the training ``background``.
+
+    Photos of mixed sizes (two cameras, or portrait and landscape shots) are resampled to the
+    common size (:func:`common_size`; area averaging when shrinking, bilinear when enlarging) and
+    their cameras resized with them (:func:`registered_cameras`): the geometry stays exact, at the
+    cost of the resolution the resampling takes away.
+    """
+    import cv2
+
     from insideout_jax.io.undistort import NEGLIGIBLE_PX, max_displacement, undistort_image
 
     root = os.fspath(root)
+    cams = registered_cameras(model)
     imgs = []
     for k, (name, cam) in enumerate(zip(model.image_names, model.cameras, strict=True)):
         path = os.path.join(root, IMAGES_DIR, name)
@@ -60,8 +91,12 @@ def read_registered_photos(root, model, background=(0.0, 0.0, 0.0)) -> np.ndarra
         dist = model.distortion[k] if model.distortion else None
         if dist is not None and max_displacement(cam, dist) >= NEGLIGIBLE_PX:
             img = undistort_image(img, cam, dist)
+        w, h = cams[k].width, cams[k].height
+        if (img.shape[1], img.shape[0]) != (w, h):
+            shrink = w <= img.shape[1] and h <= img.shape[0]
+            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         imgs.append(img)
-    return np.stack(imgs)
+    return np.stack(imgs), cams
 
 
 def validate_object(path: str | os.PathLike, *, check_photos: bool = True) -> ObjectFolder:
@@ -94,17 +129,10 @@ def validate_object(path: str | os.PathLike, *, check_photos: bool = True) -> Ob
                                 f" {MIN_PHOTOS} are needed (training views and held-out views)")
     if check_photos and names:
         cams = dict(zip(obj.colmap.image_names, obj.colmap.cameras, strict=True)) if obj.colmap else {}
-        first = None
         for name in names:
             p = root / IMAGES_DIR / name
             img = read_image(p, background=(0.0, 0.0, 0.0))  # decodes; checks depth and channels
             read_alpha(p)  # a cut-out's alpha is its mask: refused only when nothing is left
             if name in cams:
                 check_photo_size(p, img, cams[name], root / COLMAP_DIR)
-            first = first or (p, img.shape[:2])
-            if img.shape[:2] != first[1]:
-                raise ObjectFolderError(p, "size", f"the photo is {img.shape[1]}×{img.shape[0]}"
-                                        f" but {first[0].name} is {first[1][1]}×{first[1][0]}:"
-                                        " the photos of one object are taken with one camera, so"
-                                        " one size (SfM gives them one camera)")
     return obj

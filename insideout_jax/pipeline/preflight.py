@@ -50,8 +50,16 @@ def check_object(object_dir, cfg: PipelineConfig, stages) -> iio.ObjectFolder:
         raise PipelineInputError(str(e)) from None
     f = cfg.rgb.downscale
     if obj.image_names and photos_used:
-        first = d / iio.IMAGES_DIR / obj.image_names[0]
-        h, w = iio.read_image(first, background=(0.0, 0.0, 0.0)).shape[:2]
+        from PIL import Image
+
+        from insideout_jax.io.validate import common_size
+
+        sizes = {}
+        for n in obj.image_names:  # the headers only (the photos were decoded by validation)
+            with Image.open(d / iio.IMAGES_DIR / n) as im:
+                sizes[n] = im.size
+        w, h = common_size(sizes.values())
+        first = d / iio.IMAGES_DIR / next(n for n, s in sizes.items() if s == (w, h))
         if w % f or h % f:
             raise PipelineInputError(
                 f"{first}: the photos are {w}×{h}, which the preset '{cfg.name}' cannot shrink by"
