@@ -162,7 +162,7 @@ def stage_data(ctx: RunContext) -> None:
     from insideout_jax.data import objects as data_objects
 
     if not ctx.object_dir.exists():
-        if ctx.object_name not in data_objects.BUILTIN_OBJECTS:
+        if ctx.object_name not in BUILTIN_OBJECTS:
             raise _missing_object(ctx)
         print(f"[data] generating the built-in {ctx.object_name} into {ctx.object_dir}")
         data_objects.make_builtin_object(ctx.object_dir, ctx.cfg.skull, name=ctx.object_name, made_by="runner")
