@@ -106,6 +106,16 @@ def _xray_cameras(geometry, n: int = 8) -> dict:
     return out
 
 
+def _clip_range(camera, reach: float) -> None:
+    """Near and far planes for a scene in millimetres: viser's defaults (0.01 to 1000 units) cut
+    away a model seen from a metre or more, and the default view stands 3 extents off."""
+    far = 10.0 * max(reach, 1.0)
+    camera.far = far
+    camera.near = far * 1e-5
+    if hasattr(camera, "max_orbit_distance"):
+        camera.max_orbit_distance = far
+
+
 def _extent(model) -> tuple[np.ndarray, np.ndarray]:
     act = np.asarray(model.splats.active)
     pts = np.asarray(model.splats.means, np.float64)[act]
@@ -261,7 +271,7 @@ class Viewer:
             h.on_update(lambda _: self.refresh())
         self.preset.on_update(lambda _: self.apply_preset(self.preset.value))
         self.shot.on_click(lambda _: self.screenshot())
-        self.server.on_client_connect(lambda client: self._place(client))
+        self._place(self.server.initial_camera)
         self.refresh()
 
     def _read_state(self) -> ViewState:
@@ -295,11 +305,15 @@ class Viewer:
         self.slices.image = np.concatenate([ct_img if ct_img is not None else np.zeros_like(model_img), gap,
                                             model_img], 1)
 
-    def _place(self, client) -> None:
+    def _place(self, camera) -> None:
+        """The default view: the whole model from three extents off, above and in front. Given
+        ``server.initial_camera`` it is where every new browser starts; given a client's camera it
+        moves that view back there."""
         centre, half = _extent(self.data.model)
-        client.camera.up_direction = (0.0, 0.0, 1.0)
-        client.camera.look_at = centre
-        client.camera.position = centre + 3.0 * float(np.linalg.norm(half)) * np.array([0.8, -0.5, 0.45])
+        _clip_range(camera, float(np.linalg.norm(half)))
+        camera.up_direction = (0.0, 0.0, 1.0)
+        camera.position = centre + 3.0 * float(np.linalg.norm(half)) * np.array([0.8, -0.5, 0.45])
+        camera.look_at = centre
 
     def apply_preset(self, name: str) -> None:
         """Move every client's camera to a preset (a PinholeCamera of ``data.cameras``)."""
@@ -308,8 +322,9 @@ class Viewer:
             return
         r = np.asarray(cam.rotation, np.float64)
         eye = camera_centre(cam)
-        centre, _ = _extent(self.data.model)
+        centre, half = _extent(self.data.model)
         for client in self.server.get_clients().values():
+            _clip_range(client.camera, float(np.linalg.norm(half)) + float(np.linalg.norm(centre - eye)))
             client.camera.up_direction = tuple(-r[1])  # image y is down
             client.camera.position = eye
             client.camera.look_at = eye + r[2] * float(np.linalg.norm(centre - eye))
