@@ -18,6 +18,9 @@ with OpenCV's ``remap`` at the closed form's positions.
 
 from __future__ import annotations
 
+import functools
+import types
+
 import cv2
 import numpy as np
 
@@ -85,11 +88,6 @@ def distort_points(uv, camera, dist) -> np.ndarray:
                      yd * float(camera.fy) + float(camera.cy)], axis=1)
 
 
-def _remap(img, map_x, map_y):
-    return cv2.remap(np.ascontiguousarray(img), map_x.astype(np.float32), map_y.astype(np.float32),
-                     cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-
-
 def max_displacement(camera, dist) -> float:
     """Largest shift (px) the lens gives any point of the photo's border (where it is largest for
     a monotonic lens)."""
@@ -118,12 +116,27 @@ def _resample(img, camera, src_uv) -> np.ndarray:
 def undistort_image(img: np.ndarray, camera, dist) -> np.ndarray:
     """A distorted photo [H, W, C] → the pinhole ``camera``'s image (bilinear; the border, where
     the photo holds nothing, repeats its edge)."""
-    h, w = img.shape[:2]
-    return _resample(img, camera, distort_points(_pixel_centres(h, w), camera, dist))
+    return _resample(img, camera, _lens_map("distort", *_lens_key(img, camera, dist)))
 
 
 def distort_image(img: np.ndarray, camera, dist) -> np.ndarray:
     """A pinhole image → the photo a lens with ``dist`` takes (the inverse of
     :func:`undistort_image`; for generating photos as taken)."""
+    return _resample(img, camera, _lens_map("undistort", *_lens_key(img, camera, dist)))
+
+
+def _lens_key(img, camera, dist) -> tuple:
     h, w = img.shape[:2]
-    return _resample(img, camera, undistort_points(_pixel_centres(h, w), camera, dist))
+    return (h, w, float(camera.fx), float(camera.fy), float(camera.cx), float(camera.cy),
+            tuple(float(v) for v in np.asarray(dist).ravel()))
+
+
+@functools.lru_cache(maxsize=16)
+def _lens_map(direction, h, w, fx, fy, cx, cy, dist) -> np.ndarray:
+    """Where each pixel centre of an h×w image samples its source, for one lens and one camera
+    (a photo set shares them: the map is computed once, not per photo)."""
+    cam = types.SimpleNamespace(fx=fx, fy=fy, cx=cx, cy=cy)
+    fn = distort_points if direction == "distort" else undistort_points
+    out = fn(_pixel_centres(h, w), cam, dist)
+    out.setflags(write=False)
+    return out
