@@ -50,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 SWEEPS = {  # (N, S) pairs in the order they run: the diagonal first, then the rest by cost
     "tiny": [(200, 32)],
     "short": [(50_000, 256), (200_000, 512)],
+    "large": [(1_000_000, 1024)],
     "full": [(50_000, 256), (200_000, 512), (1_000_000, 1024), (50_000, 512), (50_000, 1024),
              (200_000, 256), (200_000, 1024), (1_000_000, 256), (1_000_000, 512)],
 }

@@ -215,7 +215,7 @@ def intrinsic_matrix(camera: PinholeCamera) -> jax.Array:
 
 def camera_center(camera: PinholeCamera) -> jax.Array:
     """[3] camera centre in the world frame, −Rᵀ t."""
-    return -camera.rotation.T @ camera.translation
+    return -jnp.dot(camera.rotation.T, camera.translation, precision=jax.lax.Precision.HIGHEST)  # no TF32
 
 
 def world_to_camera(camera: PinholeCamera, points: jax.Array) -> jax.Array:

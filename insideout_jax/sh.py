@@ -84,7 +84,7 @@ def eval_sh(sh: jax.Array, dirs: jax.Array, *, degree: int | None = None) -> jax
     deg = sh_degree_from_coeffs(k_all) if degree is None else degree
     k = (deg + 1) ** 2
     basis = sh_basis(dirs, deg)
-    return jnp.einsum("...k,...kc->...c", basis, sh[..., :k, :])
+    return jnp.einsum("...k,...kc->...c", basis, sh[..., :k, :], precision=jax.lax.Precision.HIGHEST)
 
 
 def rgb_to_sh0(rgb: jax.Array) -> jax.Array:

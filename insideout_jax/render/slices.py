@@ -198,9 +198,9 @@ def _pair_stage(rec12, aux, x0, y0, layer, ts):
     x_t = (x00 + xc[:, None] * step_c + yc[:, None] * step_r
            + layer.astype(jnp.float32)[:, None] * step_l)
     w = rec12[:, 3:12].reshape(-1, 3, 3)
-    o = jnp.einsum("bij,bj->bi", w, x_t - rec12[:, :3])
-    g1 = w @ step_c
-    g2 = w @ step_r
+    o = jnp.einsum("bij,bj->bi", w, x_t - rec12[:, :3], precision=jax.lax.Precision.HIGHEST)
+    g1 = jnp.matmul(w, step_c, precision=jax.lax.Precision.HIGHEST)
+    g2 = jnp.matmul(w, step_r, precision=jax.lax.Precision.HIGHEST)
     return o, g1, g2
 
 
@@ -368,15 +368,15 @@ def _render_slice_jit(splats, plane, cutoff_sigma, *, tile_size, chunk, backend,
     n = plane.normal
     px = plane.pixel_size
     d = jax.lax.stop_gradient(splats.means) - plane.origin
-    g_n = g @ n  # [C, 3]
+    g_n = xla.dot(g, n)  # [C, 3]
     s_nn = jnp.sum(g_n * g_n, -1)  # nᵀΣn
-    delta = d @ n
+    delta = xla.dot(d, n)
     r2 = k2 - delta * delta / s_nn
     ok = (r2 > 0) & splats.active
 
     def axis_bounds(e, size, step):
-        g_e = g @ e
-        centre = (d @ e - delta * jnp.sum(g_e * g_n, -1) / s_nn) / step + size / 2.0 - 0.5
+        g_e = xla.dot(g, e)
+        centre = (xla.dot(d, e) - delta * jnp.sum(g_e * g_n, -1) / s_nn) / step + size / 2.0 - 0.5
         # in-plane conditional variance eᵀΣe − (eᵀΣn)²/nᵀΣn = ‖g_e × g_n‖²/nᵀΣn (no cancellation)
         var = jnp.sum(jnp.square(jnp.cross(g_e, g_n)), -1) / s_nn
         half = jnp.sqrt(jnp.maximum(r2, 0.0) * var) / step

@@ -16,6 +16,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from insideout_jax import xla
 from insideout_jax.cameras import XrayGeometry, view_frame
 from insideout_jax.render.additive import (
     MONO_SHIFT,
@@ -67,7 +68,7 @@ def _view_records(means, rot, scales, rho, geom: XrayGeometry, view, k2):
     dv, du = geom.d_detector[0], geom.d_detector[1]
     cj, ci = (nu - 1) / 2.0, (nv - 1) / 2.0
     p = means - iso
-    pr, pu, pv = p @ e_r, p @ e_u, p @ e_v
+    pr, pu, pv = (xla.dot(p, e) for e in (e_r, e_u, e_v))  # full float32, also on a GPU
 
     def whiten(x):  # [C, 3] → W x = (Rᵀ x) / s
         # explicit sums: XLA:CPU runs [C, 3] x [C, 3, 3] batched dots as C tiny matmuls
