@@ -21,6 +21,7 @@ from insideout_jax import io as iio
 from insideout_jax import pipeline as pl
 from insideout_jax.config import PipelineConfig
 from insideout_jax.data.objects import BUILTIN_OBJECTS
+from insideout_jax.data.scanner import ACQUISITION_FILE
 from insideout_jax.io.checkpoint import atomic_write_bytes
 from insideout_jax.io.validate import read_registered_photos, registered_cameras
 from insideout_jax.pipeline import geometry as pg
@@ -171,6 +172,9 @@ def stage_data(ctx: RunContext) -> None:
         print(f"[data] {data_objects.describe_object(ctx.object_dir)}")
     except ValueError as e:
         raise StageError(str(e)) from e
+    acq = ctx.object_dir / ACQUISITION_FILE  # what was simulated or converted, for the report
+    if acq.is_file():
+        ctx.metrics["acquisition"] = {k: v for k, v in run_json(acq).items() if k != "generator"}
 
 
 def stage_sfm(ctx: RunContext) -> None:

@@ -88,6 +88,19 @@ def test_unified_photo_score_is_compared_on_the_same_photos(tmp_path):
     assert "is **not** within 1 dB of the RGB-only model (28.90 vs 30.00 dB" in text
 
 
+def test_report_states_the_acquisition(tmp_path):
+    """The object's acquisition record (noise, HU conversion, CT reconstruction) is in the report,
+    and a run without one has no such section."""
+    m = _filled()
+    assert "## Acquisition" not in rp.write_report(m, {}, tmp_path).read_text()
+    m["acquisition"] = {"photons_per_pixel": 1e5, "hu_to_attenuation": "mu = 0.02 /mm * (1 + HU/1000)",
+                        "ct": {"reconstruction": "FDK", "views": 180}}
+    text = rp.write_report(m, {}, tmp_path).read_text()
+    assert "## Acquisition" in text and "- photons per pixel: 100000.0" in text
+    assert "- hu to attenuation: mu = 0.02 /mm * (1 + HU/1000)" in text
+    assert "- ct: reconstruction FDK, views 180" in text
+
+
 def test_report_shows_the_truth_referenced_cross_sections(tmp_path):
     m = _filled()
     for i, meth in enumerate(METHODS):

@@ -33,6 +33,14 @@ def test_only_the_evaluation_stage_reads_truth(tiny_run):
     assert {"cameras.json", "volume.tif", "surface.npz"} <= opened
 
 
+def test_the_run_reports_the_acquisition_of_its_object(tiny_object, tiny_run):
+    acq = json.loads((tiny_object / "xray" / "acquisition.json").read_text())
+    got = json.loads((tiny_run / "metrics.json").read_text())["acquisition"]
+    assert got["photons_per_pixel"] == acq["photons_per_pixel"] > 0 and got["ct"] == acq["ct"]
+    assert "generator" not in got
+    assert f"- photons per pixel: {acq['photons_per_pixel']}" in (tiny_run / "report.md").read_text()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_kill_and_resume_matches_uninterrupted(tiny_object, tiny_run, tmp_path, sig):
     """kill -9 loses at most one block; Ctrl-C (SIGINT) stops with a message and exit status 130;

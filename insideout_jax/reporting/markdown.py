@@ -305,6 +305,19 @@ def _caps(c: dict) -> list:
     return ["", "Caps that coarsened a result:", ""] + out + [""] if out else []
 
 
+def _section_acquisition(metrics: Mapping) -> list:
+    acq = metrics.get("acquisition")
+    if not isinstance(acq, Mapping) or not acq:
+        return []
+    lines = ["## Acquisition", "", "As the object folder records it (`xray/acquisition.json`): the noise "
+             "simulated, the conversion to attenuation and the CT reconstruction the pipeline reads.", ""]
+    for k, v in acq.items():
+        if isinstance(v, Mapping):
+            v = ", ".join(f"{a.replace('_', ' ')} {b}" for a, b in v.items())
+        lines.append(f"- {k.replace('_', ' ')}: {v}")
+    return lines + [""]
+
+
 def write_report(metrics: Mapping, figures: Mapping[str, object], out_dir) -> Path:
     """Write ``report.md``: wall times, Tables 2-3, occupancy, ground truth, trends, figures, notes.
 
@@ -336,6 +349,7 @@ def write_report(metrics: Mapping, figures: Mapping[str, object], out_dir) -> Pa
                   + ", ".join(f"{k} {v}" for k, v in skipped.items())
                   + (" (none)" if not any(skipped.values()) else " (raise the cap to keep them)"), ""]
     lines += _caps(metrics.get("coarsened") or {})
+    lines += _section_acquisition(metrics)
     lines += _section_cross(metrics) + _section_chamfer(metrics) + _section_occupancy(metrics)
     lines += _section_truth(metrics) + _section_sparse(out_dir)
     lines += ["## Paper trends", ""]
