@@ -60,6 +60,9 @@ class ViewState:
     opacity: float = 0.8
 
 
+DEFAULT_FOV = float(np.radians(75.0))
+"""The default view's vertical field of view (viser's own opening value), radians."""
+
 def load_run(run_dir, object_dir=None) -> ViewerData:
     """The viewer's data from a run folder (``stages/`` as the runner wrote it) and, when given
     and present, the object folder (CT and cameras; never ``truth/``)."""
@@ -306,14 +309,17 @@ class Viewer:
                                             model_img], 1)
 
     def _place(self, camera) -> None:
-        """The default view: the whole model from three extents off, above and in front. Given
+        """The default view: the whole model framed, from above and in front. Given
         ``server.initial_camera`` it is where every new browser starts; given a client's camera it
         moves that view back there."""
         centre, half = _extent(self.data.model)
         _clip_range(camera, float(np.linalg.norm(half)))
         camera.up_direction = (0.0, 0.0, 1.0)
-        camera.position = centre + 3.0 * float(np.linalg.norm(half)) * np.array([0.8, -0.5, 0.45])
+        # far enough that the model's bounding sphere fills the field of view with 10 % to spare
+        way = np.array([0.8, -0.5, 0.45]) / np.linalg.norm([0.8, -0.5, 0.45])
+        camera.position = centre + 1.1 * float(np.linalg.norm(half)) / np.sin(DEFAULT_FOV / 2) * way
         camera.look_at = centre
+        camera.fov = DEFAULT_FOV  # a photo preset narrows it; back to the opening view's
 
     def apply_preset(self, name: str) -> None:
         """Move every client's camera to a preset (a PinholeCamera of ``data.cameras``)."""

@@ -78,8 +78,10 @@ def test_the_viewer_in_a_browser_draws_cuts_and_reveals_the_inside(tiny_run, tin
     # moving the clip plane across the object removes more of it, where the plane moves
     c = r["drawn_by_position"]
     assert c[0] > c[2] and c[0] - c[2] > 0.1 * r["drawn_full"], c
-    # with the RGB set and the clones off, the interior density remains and the image changes
-    assert r["drawn_inside"] > 0.01 and r["changed_when_rgb_off"] > 0.01, r
-    # a camera preset puts the browser's camera at that camera's centre
-    assert r["preset_offset"] < 1e-3, r
+    # with the RGB set and the clones off, the interior density remains and the image changes, far
+    # more than the same view drawn twice does (measured: 1.8 % of the view against 0)
+    assert r["drawn_inside"] > 0.01, r
+    assert r["changed_when_rgb_off"] > max(0.005, 5 * r["changed_without_toggle"]), r
+    # a camera preset puts the browser's camera at that camera's centre, and the default view back
+    assert r["preset_offset"] < 1e-3 and r["default_view_offset"] < 1e-3, r
     assert r["screenshots"] and all(Path(p).is_file() for p in r["screenshots"])
