@@ -93,3 +93,27 @@ def test_slice_renderer_and_voxelizer_have_no_default_precision_products():
     assert _low_precision_dots(_forward_and_backward(lambda x: render_slice(x, plane), s)) == []
     grid = make_voxel_grid((4, 16, 16), (2.0, 2.0, 2.0), (-16.0, -16.0, -4.0))
     assert _low_precision_dots(_forward_and_backward(lambda x: voxelize(x, grid), s)) == []
+
+
+def test_registration_and_fitting_transforms_have_no_default_precision_products():
+    """The pose algebra of the registration and the similarity / Procrustes of the fitting run on a
+    GPU inside their trainers and ICP: full float32 there too."""
+    from insideout_jax.fitting.procrustes import Similarity, procrustes
+    from insideout_jax.registration.pose import apply_pose, compose_poses, invert_pose
+
+    rng = np.random.default_rng(0)
+    pts = jnp.asarray(rng.normal(size=(20, 3)), jnp.float32)
+    pose = jnp.asarray(rng.normal(size=6) * 0.3, jnp.float32)
+    centre = jnp.ones(3, jnp.float32)
+
+    def pose_algebra(p):
+        q = compose_poses(p, invert_pose(p * 0.5))
+        return jnp.sum(apply_pose(q, centre, pts) ** 2)
+
+    def fit(x):
+        t = procrustes(x, x * 1.5 + 2.0, with_scale=True)
+        return jnp.sum(t.compose(t.inverse()).apply(x) ** 2)
+
+    assert _low_precision_dots(_forward_and_backward(pose_algebra, pose)) == []
+    assert _low_precision_dots(_forward_and_backward(fit, pts)) == []
+    assert isinstance(procrustes(pts, pts), Similarity)

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+_HI = jax.lax.Precision.HIGHEST  # full float32 products: a default one is TF32 on a GPU
+
 __all__ = [
     "Similarity",
     "identity_similarity",
@@ -40,13 +42,13 @@ class Similarity:
 
     def apply(self, points: jax.Array) -> jax.Array:
         """[..., M, 3] source points → [..., M, 3] target points."""
-        return (self.scale[..., None, None] * points @ jnp.swapaxes(self.rotation, -1, -2)
-                + self.translation[..., None, :])
+        rt = jnp.swapaxes(self.rotation, -1, -2)
+        return self.scale[..., None, None] * jnp.matmul(points, rt, precision=_HI) + self.translation[..., None, :]
 
     def compose(self, first: Similarity) -> Similarity:
         """``self ∘ first``: apply ``first`` then ``self``."""
-        rot = self.rotation @ first.rotation
-        t = (self.scale[..., None] * jnp.einsum("...ij,...j->...i", self.rotation, first.translation)
+        rot = jnp.matmul(self.rotation, first.rotation, precision=_HI)
+        t = (self.scale[..., None] * jnp.einsum("...ij,...j->...i", self.rotation, first.translation, precision=_HI)
              + self.translation)
         return Similarity(rot, t, self.scale * first.scale)
 
@@ -54,7 +56,7 @@ class Similarity:
         """The inverse map p ↦ (1/s)·Rᵀ·(p − t)."""
         rt = jnp.swapaxes(self.rotation, -1, -2)
         inv_s = 1.0 / self.scale
-        return Similarity(rt, -inv_s[..., None] * jnp.einsum("...ij,...j->...i", rt, self.translation),
+        return Similarity(rt, -inv_s[..., None] * jnp.einsum("...ij,...j->...i", rt, self.translation, precision=_HI),
                           inv_s)
 
     def as_dict(self) -> dict:
@@ -95,17 +97,17 @@ def procrustes(src: ArrayLike, dst: ArrayLike, weights: ArrayLike | None = None,
     wsum = jnp.sum(w)
     ok = wsum > 0
     wn = w / jnp.where(ok, wsum, 1.0)
-    mu_s = wn @ src
-    mu_d = wn @ dst
+    mu_s = jnp.matmul(wn, src, precision=_HI)
+    mu_d = jnp.matmul(wn, dst, precision=_HI)
     xs = src - mu_s
     xd = dst - mu_d
-    cov = (xd * wn[:, None]).T @ xs  # [3, 3] = Σ w (d − μd)(s − μs)ᵀ / Σ w
+    cov = jnp.matmul((xd * wn[:, None]).T, xs, precision=_HI)  # [3, 3] = Σ w (d − μd)(s − μs)ᵀ / Σ w
     var_s = jnp.sum(wn * jnp.sum(xs * xs, axis=-1))
     u, d, vt = jnp.linalg.svd(cov)
     sign = jnp.sign(jnp.linalg.det(u) * jnp.linalg.det(vt))
     sign = jnp.where(sign == 0, 1.0, sign).astype(src.dtype)
     e = jnp.array([1.0, 1.0, 0.0], src.dtype) + jnp.array([0.0, 0.0, 1.0], src.dtype) * sign
-    rot = (u * e) @ vt
+    rot = jnp.matmul(u * e, vt, precision=_HI)
     degenerate = jnp.logical_or(~ok, var_s <= 1e-30)
     rot = jnp.where(degenerate, jnp.eye(3, dtype=src.dtype), rot)
     if with_scale:
@@ -113,7 +115,7 @@ def procrustes(src: ArrayLike, dst: ArrayLike, weights: ArrayLike | None = None,
         s = jnp.where(degenerate | (s <= 0), 1.0, s)
     else:
         s = jnp.ones((), src.dtype)
-    t = mu_d - s * rot @ mu_s
+    t = mu_d - s * jnp.matmul(rot, mu_s, precision=_HI)
     return Similarity(rot, t, s)
 
 
