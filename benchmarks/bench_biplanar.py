@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from reference_timing import MatmulProbe, paired
 
 from insideout_jax.biplanar import learned as lr
 from insideout_jax.biplanar.cases import BiplanarConfig, make_case, structure_crop
@@ -49,21 +50,6 @@ def load_ct():
     return "synthetic", vol.astype(np.float32), (2.0, 2.0, 2.0), (-95.0, -95.0, -95.0)
 
 
-def _paired(fn, repeats, mm, a):
-    """Median seconds of ``fn()`` after one warm-up call, and the median ratio to the matmul."""
-    jax.block_until_ready(fn())
-    jax.block_until_ready(mm(a))
-    ts, ratios = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        t1 = time.perf_counter()
-        jax.block_until_ready(mm(a))
-        ts.append(t1 - t0)
-        ratios.append((t1 - t0) / (time.perf_counter() - t1))
-    return float(np.median(ts)), float(np.median(ratios))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", action="store_true")
@@ -76,8 +62,7 @@ def main() -> None:
     name, vol, sp, org = load_ct()
     cfg = BiplanarConfig()
     crop = structure_crop(vol, sp, org, cfg=cfg)
-    mm = jax.jit(lambda m: m @ m)
-    a_mm = jnp.ones((1024, 1024), jnp.float32)
+    probe = MatmulProbe()
     lines = []
 
     n_pairs = 2 * lcfg.batch
@@ -105,7 +90,8 @@ def main() -> None:
         t0 = time.perf_counter()
         jax.block_until_ready(f(params, opt_state))
         compile_s = time.perf_counter() - t0
-        sec, ratio = _paired(lambda f=f: f(params, opt_state), a.repeats, mm, a_mm)
+        pr = paired(lambda f=f: f(params, opt_state), a.repeats, probe)
+        sec, ratio = pr.ms_median / 1e3, pr.fields()["ratio_to_matmul"]
         projected += sec * n_steps
         lines.append(dict(bench="biplanar_train_step", stage=stage, object=name, batch=lcfg.batch,
                           anchors=lcfg.anchors_side ** 3, image=lcfg.image, steps=n_steps, seconds=sec,
@@ -114,7 +100,8 @@ def main() -> None:
                       budget_minutes=30.0, n_train=lcfg.n_train))
 
     case = make_case(crop, cfg, 0, 0)
-    sec, ratio = _paired(lambda: lr.predict(params, case, crop, cfg, lcfg, st)["pose"], a.repeats, mm, a_mm)
+    pr = paired(lambda: lr.predict(params, case, crop, cfg, lcfg, st)["pose"], a.repeats, probe)
+    sec, ratio = pr.ms_median / 1e3, pr.fields()["ratio_to_matmul"]
     lines.append(dict(bench="biplanar_predict", object=name, reg_passes=lcfg.reg_passes, seconds=sec,
                       ratio_to_matmul=ratio))
     for line in lines:

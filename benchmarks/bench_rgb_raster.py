@@ -5,7 +5,9 @@
 
 Prints one JSON object per line: N = 10 000 and 50 000 Gaussians (``--sizes``) at 256×256
 (``--image-sizes``) with the keys ``n_gaussians, height, width, fwd_ms_median, fwdbwd_ms_median,
-tile_pairs, max_pairs_per_tile, peak_rss_mb`` and ``benchmark, backend`` (the back end that ran;
+tile_pairs, max_pairs_per_tile, peak_rss_mb``, ``ratio_to_matmul, matmul_gflops, floor_ms,
+ratio_to_floor`` (forward + backward against a float32 matmul run after each repeat and against its
+compute floor: ``benchmarks/reference_timing.py``) and ``benchmark, backend`` (the back end that ran;
 ``auto`` is Pallas on GPU), ``device, device_name, jax_version``, then one line for a 64×64 crop
 that adds ``dense_ms_median`` and
 ``max_abs_diff_vs_dense`` (against the dense every-pixel × every-Gaussian reference): the central
@@ -24,17 +26,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import resource
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from reference_timing import FLOP_PER_PAIR_PIXEL, MatmulProbe, paired
 
 from insideout_jax.cameras import make_pinhole
 from insideout_jax.render import RasterConfig, render_rgb, render_rgb_dense
-from insideout_jax.render.rgb import _resolve_backend, pair_capacity_bucket
+from insideout_jax.render.rgb import _resolve_backend, pair_capacity_bucket, resolve_tile_size
 from insideout_jax.splats import RGBSplats
 
 
@@ -61,14 +64,13 @@ def make_scene(n: int, width: int, height: int, *, seed: int = 0, focal: float =
     return splats, camera
 
 
-def _median_ms(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # warm-up / compile
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
+def _median_ms(fn, repeats: int, probe: MatmulProbe | None = None) -> float:
+    return paired(fn, repeats, probe or _probe()).ms_median
+
+
+@functools.cache
+def _probe() -> MatmulProbe:
+    return MatmulProbe()
 
 
 def _loss(render_fn, splats, weights):
@@ -101,10 +103,13 @@ def bench_one(n: int, size: int, repeats: int, config: RasterConfig, *, crop: in
     fwd = jax.jit(lambda s: fast(s))
     fwdbwd = jax.jit(jax.grad(lambda s: _loss(fast, s, weights), allow_int=True))
     out = render_rgb(splats, camera, config=config)
+    fb = paired(lambda: fwdbwd(splats), repeats, _probe())
+    tile_px = resolve_tile_size(config) ** 2
     row = dict(n_gaussians=n, height=size, width=size,
                fwd_ms_median=round(_median_ms(lambda: fwd(splats), repeats), 2),
-               fwdbwd_ms_median=round(_median_ms(lambda: fwdbwd(splats), repeats), 2),
-               tile_pairs=int(out.n_pairs), max_pairs_per_tile=int(out.max_pairs_per_tile))
+               fwdbwd_ms_median=round(fb.ms_median, 2),
+               tile_pairs=int(out.n_pairs), max_pairs_per_tile=int(out.max_pairs_per_tile),
+               **fb.fields(int(out.n_pairs) * tile_px * FLOP_PER_PAIR_PIXEL))  # fwd+bwd vs its floor
     if dense:
         ref = jax.jit(lambda s: render_rgb_dense(s, camera))
         row["dense_ms_median"] = round(_median_ms(lambda: ref(splats), max(1, repeats // 2)), 2)

@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from reference_timing import MatmulProbe, paired
 
 from insideout_jax.stacks import StackConfig, init_stack_model, render_frame, split_stack, stack_from_volume
 from insideout_jax.stacks.model import _model, _params, stack_loss
@@ -43,22 +43,6 @@ def phantom_stack(size: int = 256, n_frames: int = 48, seed: int = 0):
     labels = ((r > 0.85) & (r < 0.93))[None]
     return stack_from_volume(vol.astype(np.float32), (2.0, 1.0, 1.0), value_range=(0.0, 1.0), labels=labels,
                              label_names=("shell",))
-
-
-def _timed(fn, arg, mm, a, repeats):
-    jax.block_until_ready(fn(arg))
-    jax.block_until_ready(mm(a))
-    ms, ratios, rates = [], [], []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(arg))
-        t1 = time.perf_counter()
-        jax.block_until_ready(mm(a))
-        t2 = time.perf_counter()
-        ms.append(1e3 * (t1 - t))
-        ratios.append((t1 - t) / (t2 - t1))
-        rates.append(2 * 1024 ** 3 / (t2 - t1) / 1e9)
-    return float(np.median(ms)), float(np.median(ratios)), float(np.median(rates))
 
 
 def bench(n: int, repeats: int, size: int) -> list[dict]:
@@ -84,16 +68,13 @@ def bench(n: int, repeats: int, size: int) -> list[dict]:
         return optax.apply_updates(p, u), o
 
     render = jax.jit(lambda m: render_frame(m, kept, 31.0, cutoff_sigma=cfg.cutoff_sigma))
-    mm = jax.jit(lambda a: a @ a)
-    a = jnp.asarray(np.random.default_rng(1).standard_normal((1024, 1024)), jnp.float32)
+    probe = MatmulProbe()
     common = dict(n_splats=n, height=size, width=size, cutoff_sigma=cfg.cutoff_sigma, label_heads=1,
                   load_avg_1min=round(os.getloadavg()[0], 2), device=jax.devices()[0].platform)
-    step_ms, step_ratio, rate1 = _timed(step, state, mm, a, repeats)
-    render_ms, render_ratio, rate2 = _timed(render, model, mm, a, repeats)
-    return [dict(what="train_iteration", ms_median=round(step_ms, 2), iterations_per_s=round(1e3 / step_ms, 2),
-                 ratio_to_matmul=round(step_ratio, 2), matmul_gflops=round(rate1, 1), **common),
-            dict(what="render_frame", ms_median=round(render_ms, 2), ratio_to_matmul=round(render_ratio, 2),
-                 matmul_gflops=round(rate2, 1), **common)]
+    st, rd = paired(lambda: step(state), repeats, probe), paired(lambda: render(model), repeats, probe)
+    return [dict(what="train_iteration", ms_median=round(st.ms_median, 2),
+                 iterations_per_s=round(1e3 / st.ms_median, 2), **st.fields(), **common),
+            dict(what="render_frame", ms_median=round(rd.ms_median, 2), **rd.fields(), **common)]
 
 
 def main():

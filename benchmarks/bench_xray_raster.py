@@ -8,6 +8,9 @@ one view; loss Σ (image − target)².
 
 Besides the wall-clock medians, the process CPU-time medians and the 1-minute load average are
 reported: on a shared machine, wall time above CPU time means other processes held the cores.
+Forward + backward is also measured against a float32 matmul run after each repeat, and against
+its compute floor (``ratio_to_matmul, matmul_gflops, floor_ms, ratio_to_floor``:
+``benchmarks/reference_timing.py``), ratios that survive a change of machine.
 
 ``max_rel_err_vs_closed_form``: on 1024 random pixels plus the central detector row, the float64
 closed-form line integral of every Gaussian (no culling) is compared with the renderer:
@@ -27,11 +30,11 @@ import argparse
 import json
 import os
 import resource
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from reference_timing import FLOP_PER_PAIR_PIXEL, MatmulProbe, paired
 
 from insideout_jax import xla
 from insideout_jax.cameras import make_xray_geometry
@@ -83,18 +86,6 @@ def closed_form_error(splats, geom, img, n_pix: int = 1024, seed: int = 1) -> fl
     return float(np.abs(fast - exact).max() / np.abs(exact).max())
 
 
-def _median_ms(fn, arg, repeats):
-    """Median wall and process-CPU milliseconds after one warm-up call (compilation)."""
-    jax.block_until_ready(fn(arg))
-    wall, cpu = [], []
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        jax.block_until_ready(fn(arg))
-        wall.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
-    return 1e3 * float(np.median(wall)), 1e3 * float(np.median(cpu))
-
-
 def bench(n: int, repeats: int, *, size: int = 256, cutoff_sigma: float = 5.0,
           tile_size: int = 16, chunk: int = 1024, compiler_options: bool = True,
           backend: str = "auto", error_pixels: int = 1024) -> dict:
@@ -113,15 +104,17 @@ def bench(n: int, repeats: int, *, size: int = 256, cutoff_sigma: float = 5.0,
 
     grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)), compiler_options=copts)
     params = (splats.means, splats.log_scales, splats.quats, splats.log_densities)
-    fwd_ms, fwd_cpu = _median_ms(fwd, splats, repeats)
-    fwdbwd_ms, fwdbwd_cpu = _median_ms(lambda p: grad(*p), params, repeats)
+    probe = MatmulProbe()
+    f = paired(lambda: fwd(splats), repeats, probe)
+    fb = paired(lambda: grad(*params), repeats, probe)
+    pairs = xray_tile_stats(splats, geom, cutoff_sigma=cutoff_sigma, tile_size=tile_size)["tile_pairs"]
     img = fwd(splats)
     # peak RSS of the process so far (before the float64 error check below)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    fwd_ms, fwd_cpu, fwdbwd_ms, fwdbwd_cpu = f.ms_median, f.cpu_ms_median, fb.ms_median, fb.cpu_ms_median
     return dict(n_gaussians=n, height=size, width=size, fwd_ms_median=round(fwd_ms, 2),
-                fwdbwd_ms_median=round(fwdbwd_ms, 2),
-                tile_pairs=xray_tile_stats(splats, geom, cutoff_sigma=cutoff_sigma,
-                                           tile_size=tile_size)["tile_pairs"],
+                fwdbwd_ms_median=round(fwdbwd_ms, 2), tile_pairs=pairs,
+                **fb.fields(pairs * tile_size ** 2 * FLOP_PER_PAIR_PIXEL),  # fwd+bwd against its floor
                 peak_rss_mb=round(rss, 1),
                 max_rel_err_vs_closed_form=(closed_form_error(splats, geom, img, error_pixels)
                                             if error_pixels > 0 else None),
