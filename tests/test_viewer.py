@@ -75,9 +75,11 @@ def test_the_viewer_in_a_browser_draws_cuts_and_reveals_the_inside(tiny_run, tin
     r = json.loads(out.read_text())
     assert r["connected"], "the browser did not connect"
     assert r["drawn_full"] > 0.02, "the model is not drawn"
-    # moving the clip plane across the object removes more of it, where the plane moves
+    # moving the clip plane across the object removes a good part of what it drew (measured: 47 %
+    # in CI, 93 % here: the tiny run's model differs between machines, so the criterion is relative
+    # to what the first position draws, not to the whole model with its faint RGB halo)
     c = r["drawn_by_position"]
-    assert c[0] > c[2] and c[0] - c[2] > 0.1 * r["drawn_full"], c
+    assert c[0] - c[2] > 0.25 * c[0], c
     # with the RGB set and the clones off, the interior density remains and the image changes, far
     # more than the same view drawn twice does (measured: 1.8 % of the view against 0)
     assert r["drawn_inside"] > 0.01, r
