@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import resource
 
@@ -64,13 +63,8 @@ def make_scene(n: int, width: int, height: int, *, seed: int = 0, focal: float =
     return splats, camera
 
 
-def _median_ms(fn, repeats: int, probe: MatmulProbe | None = None) -> float:
-    return paired(fn, repeats, probe or _probe()).ms_median
-
-
-@functools.cache
-def _probe() -> MatmulProbe:
-    return MatmulProbe()
+def _median_ms(fn, repeats: int) -> float:
+    return paired(fn, repeats).ms_median
 
 
 def _loss(render_fn, splats, weights):
@@ -103,7 +97,7 @@ def bench_one(n: int, size: int, repeats: int, config: RasterConfig, *, crop: in
     fwd = jax.jit(lambda s: fast(s))
     fwdbwd = jax.jit(jax.grad(lambda s: _loss(fast, s, weights), allow_int=True))
     out = render_rgb(splats, camera, config=config)
-    fb = paired(lambda: fwdbwd(splats), repeats, _probe())
+    fb = paired(lambda: fwdbwd(splats), repeats, MatmulProbe())
     tile_px = resolve_tile_size(config) ** 2
     row = dict(n_gaussians=n, height=size, width=size,
                fwd_ms_median=round(_median_ms(lambda: fwd(splats), repeats), 2),

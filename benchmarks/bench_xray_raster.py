@@ -105,7 +105,7 @@ def bench(n: int, repeats: int, *, size: int = 256, cutoff_sigma: float = 5.0,
     grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)), compiler_options=copts)
     params = (splats.means, splats.log_scales, splats.quats, splats.log_densities)
     probe = MatmulProbe()
-    f = paired(lambda: fwd(splats), repeats, probe)
+    f = paired(lambda: fwd(splats), repeats)  # forward: medians only
     fb = paired(lambda: grad(*params), repeats, probe)
     pairs = xray_tile_stats(splats, geom, cutoff_sigma=cutoff_sigma, tile_size=tile_size)["tile_pairs"]
     img = fwd(splats)

@@ -64,6 +64,8 @@ class Paired:
     def fields(self, flop: float | None = None) -> dict:
         """``ratio_to_matmul``, ``matmul_gflops`` and, given the work's floor in flop,
         ``floor_ms`` and ``ratio_to_floor`` (module doc)."""
+        if not self.matmul_seconds:
+            raise ValueError("timed without a MatmulProbe: no reference to compare with")
         t, m = np.asarray(self.seconds), np.asarray(self.matmul_seconds)
         rate = self.matmul_flop / m  # flop/s at each repeat
         out = dict(ratio_to_matmul=round(float(np.median(t / m)), 3),
@@ -74,9 +76,9 @@ class Paired:
         return out
 
 
-def paired(fn, repeats: int, probe: MatmulProbe) -> Paired:
+def paired(fn, repeats: int, probe: MatmulProbe | None = None) -> Paired:
     """``fn()`` timed ``repeats`` times after one warm-up (compile) call, each run followed by the
-    probe's matmul."""
+    probe's matmul (none without a probe: a plain median, no reference fields)."""
     jax.block_until_ready(fn())
     ts, ms, cpu = [], [], []
     for _ in range(repeats):
@@ -84,5 +86,6 @@ def paired(fn, repeats: int, probe: MatmulProbe) -> Paired:
         jax.block_until_ready(fn())
         ts.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-        ms.append(probe.seconds())
-    return Paired(tuple(ts), tuple(ms), probe.flop, tuple(cpu))
+        if probe is not None:
+            ms.append(probe.seconds())
+    return Paired(tuple(ts), tuple(ms), probe.flop if probe is not None else 0.0, tuple(cpu))

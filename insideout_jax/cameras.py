@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from insideout_jax import xla
 from insideout_jax.xray_geometry import (  # noqa: F401  (re-exported)
     XrayGeometry,
     _finite_array,
@@ -215,7 +216,7 @@ def intrinsic_matrix(camera: PinholeCamera) -> jax.Array:
 
 def camera_center(camera: PinholeCamera) -> jax.Array:
     """[3] camera centre in the world frame, −Rᵀ t."""
-    return -jnp.dot(camera.rotation.T, camera.translation, precision=jax.lax.Precision.HIGHEST)  # no TF32
+    return -jnp.dot(camera.rotation.T, camera.translation, precision=xla.HIGHEST)
 
 
 def world_to_camera(camera: PinholeCamera, points: jax.Array) -> jax.Array:

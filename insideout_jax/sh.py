@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_HI = jax.lax.Precision.HIGHEST  # full float32 products: a default one is TF32 on a GPU
+from insideout_jax import xla
 
 __all__ = ["SH_C0", "num_sh_coeffs", "sh_degree_from_coeffs", "sh_basis", "eval_sh", "rotate_sh",
            "rgb_to_sh0", "sh0_to_rgb"]
@@ -86,7 +86,7 @@ def eval_sh(sh: jax.Array, dirs: jax.Array, *, degree: int | None = None) -> jax
     deg = sh_degree_from_coeffs(k_all) if degree is None else degree
     k = (deg + 1) ** 2
     basis = sh_basis(dirs, deg)
-    return jnp.einsum("...k,...kc->...c", basis, sh[..., :k, :], precision=_HI)
+    return jnp.einsum("...k,...kc->...c", basis, sh[..., :k, :], precision=xla.HIGHEST)
 
 
 def rgb_to_sh0(rgb: jax.Array) -> jax.Array:
@@ -140,5 +140,5 @@ def rotate_sh(sh: jax.Array, rot: jax.Array) -> jax.Array:
     # Zero the (numerically tiny) couplings across bands so band structure is kept exactly.
     band = np.concatenate([np.full(2 * l + 1, l) for l in range(degree + 1)])
     mask = jnp.asarray(band[:, None] == band[None, :], dtype=sh.dtype)
-    rotated = jnp.einsum("jk,nkc->njc", m * mask, sh, precision=_HI)
+    rotated = jnp.einsum("jk,nkc->njc", m * mask, sh, precision=xla.HIGHEST)
     return rotated.at[..., 0, :].set(sh[..., 0, :])  # the DC band is rotation invariant, exactly

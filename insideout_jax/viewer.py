@@ -63,6 +63,7 @@ class ViewState:
 DEFAULT_FOV = float(np.radians(75.0))
 """The default view's vertical field of view (viser's own opening value), radians."""
 
+
 def load_run(run_dir, object_dir=None) -> ViewerData:
     """The viewer's data from a run folder (``stages/`` as the runner wrote it) and, when given
     and present, the object folder (CT and cameras; never ``truth/``)."""

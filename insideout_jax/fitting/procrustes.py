@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-_HI = jax.lax.Precision.HIGHEST  # full float32 products: a default one is TF32 on a GPU
+from insideout_jax import xla
 
 __all__ = [
     "Similarity",
@@ -43,21 +43,22 @@ class Similarity:
     def apply(self, points: jax.Array) -> jax.Array:
         """[..., M, 3] source points → [..., M, 3] target points."""
         rt = jnp.swapaxes(self.rotation, -1, -2)
-        return self.scale[..., None, None] * jnp.matmul(points, rt, precision=_HI) + self.translation[..., None, :]
+        return (self.scale[..., None, None] * jnp.matmul(points, rt, precision=xla.HIGHEST)
+                + self.translation[..., None, :])
 
     def compose(self, first: Similarity) -> Similarity:
         """``self ∘ first``: apply ``first`` then ``self``."""
-        rot = jnp.matmul(self.rotation, first.rotation, precision=_HI)
-        t = (self.scale[..., None] * jnp.einsum("...ij,...j->...i", self.rotation, first.translation, precision=_HI)
-             + self.translation)
+        rot = jnp.matmul(self.rotation, first.rotation, precision=xla.HIGHEST)
+        moved = jnp.einsum("...ij,...j->...i", self.rotation, first.translation, precision=xla.HIGHEST)
+        t = self.scale[..., None] * moved + self.translation
         return Similarity(rot, t, self.scale * first.scale)
 
     def inverse(self) -> Similarity:
         """The inverse map p ↦ (1/s)·Rᵀ·(p − t)."""
         rt = jnp.swapaxes(self.rotation, -1, -2)
         inv_s = 1.0 / self.scale
-        return Similarity(rt, -inv_s[..., None] * jnp.einsum("...ij,...j->...i", rt, self.translation, precision=_HI),
-                          inv_s)
+        t = jnp.einsum("...ij,...j->...i", rt, self.translation, precision=xla.HIGHEST)
+        return Similarity(rt, -inv_s[..., None] * t, inv_s)
 
     def as_dict(self) -> dict:
         """JSON-friendly ``{"rotation", "translation", "scale"}`` (``truth/transform.json`` schema)."""
@@ -97,17 +98,17 @@ def procrustes(src: ArrayLike, dst: ArrayLike, weights: ArrayLike | None = None,
     wsum = jnp.sum(w)
     ok = wsum > 0
     wn = w / jnp.where(ok, wsum, 1.0)
-    mu_s = jnp.matmul(wn, src, precision=_HI)
-    mu_d = jnp.matmul(wn, dst, precision=_HI)
+    mu_s = jnp.matmul(wn, src, precision=xla.HIGHEST)
+    mu_d = jnp.matmul(wn, dst, precision=xla.HIGHEST)
     xs = src - mu_s
     xd = dst - mu_d
-    cov = jnp.matmul((xd * wn[:, None]).T, xs, precision=_HI)  # [3, 3] = Σ w (d − μd)(s − μs)ᵀ / Σ w
+    cov = jnp.matmul((xd * wn[:, None]).T, xs, precision=xla.HIGHEST)  # [3, 3] = Σ w (d − μd)(s − μs)ᵀ / Σ w
     var_s = jnp.sum(wn * jnp.sum(xs * xs, axis=-1))
     u, d, vt = jnp.linalg.svd(cov)
     sign = jnp.sign(jnp.linalg.det(u) * jnp.linalg.det(vt))
     sign = jnp.where(sign == 0, 1.0, sign).astype(src.dtype)
     e = jnp.array([1.0, 1.0, 0.0], src.dtype) + jnp.array([0.0, 0.0, 1.0], src.dtype) * sign
-    rot = jnp.matmul(u * e, vt, precision=_HI)
+    rot = jnp.matmul(u * e, vt, precision=xla.HIGHEST)
     degenerate = jnp.logical_or(~ok, var_s <= 1e-30)
     rot = jnp.where(degenerate, jnp.eye(3, dtype=src.dtype), rot)
     if with_scale:
@@ -115,7 +116,7 @@ def procrustes(src: ArrayLike, dst: ArrayLike, weights: ArrayLike | None = None,
         s = jnp.where(degenerate | (s <= 0), 1.0, s)
     else:
         s = jnp.ones((), src.dtype)
-    t = mu_d - s * jnp.matmul(rot, mu_s, precision=_HI)
+    t = mu_d - s * jnp.matmul(rot, mu_s, precision=xla.HIGHEST)
     return Similarity(rot, t, s)
 
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-_HI = jax.lax.Precision.HIGHEST  # full float32 products: a default one is TF32 on a GPU
+from insideout_jax import xla
 
 __all__ = ["so3_exp", "so3_log", "pose_matrix", "apply_pose", "compose_poses", "invert_pose",
            "rotation_angle", "geodesic_distance", "random_poses", "euler_zyx_to_rotmat"]
@@ -38,7 +38,7 @@ def so3_exp(omega: jax.Array) -> jax.Array:
     b = jnp.where(small, 0.5 - th2 / 24.0, (1.0 - jnp.cos(th)) / th2s)
     k = _hat(w)
     eye = jnp.eye(3, dtype=w.dtype)
-    return eye + a[..., None, None] * k + b[..., None, None] * jnp.matmul(k, k, precision=_HI)
+    return eye + a[..., None, None] * k + b[..., None, None] * jnp.matmul(k, k, precision=xla.HIGHEST)
 
 
 def rotation_angle(rot: jax.Array) -> jax.Array:
@@ -75,27 +75,28 @@ def pose_matrix(pose: jax.Array, centre: jax.Array) -> tuple[jax.Array, jax.Arra
     pose = jnp.asarray(pose)
     rot = so3_exp(pose[..., :3])
     c = jnp.asarray(centre, pose.dtype)
-    return rot, c + pose[..., 3:] - jnp.einsum("...ij,j->...i", rot, c, precision=_HI)
+    return rot, c + pose[..., 3:] - jnp.einsum("...ij,j->...i", rot, c, precision=xla.HIGHEST)
 
 
 def apply_pose(pose: jax.Array, centre: jax.Array, points: jax.Array) -> jax.Array:
     """T(p) for points [..., N, 3] and one pose [6] (or a batch [..., 6] with points [..., N, 3])."""
     rot, b = pose_matrix(pose, centre)
-    return jnp.einsum("...ij,...nj->...ni", rot, points, precision=_HI) + b[..., None, :]
+    return jnp.einsum("...ij,...nj->...ni", rot, points, precision=xla.HIGHEST) + b[..., None, :]
 
 
 def compose_poses(a: jax.Array, b: jax.Array) -> jax.Array:
     """The pose of T_a ∘ T_b (apply b first), both about the same centre: ω = log(R_a R_b),
     t = R_a t_b + t_a."""
     ra, rb = so3_exp(a[..., :3]), so3_exp(b[..., :3])
-    t = jnp.einsum("...ij,...j->...i", ra, b[..., 3:], precision=_HI) + a[..., 3:]
-    return jnp.concatenate([so3_log(jnp.matmul(ra, rb, precision=_HI)), t], -1)
+    t = jnp.einsum("...ij,...j->...i", ra, b[..., 3:], precision=xla.HIGHEST) + a[..., 3:]
+    return jnp.concatenate([so3_log(jnp.matmul(ra, rb, precision=xla.HIGHEST)), t], -1)
 
 
 def invert_pose(pose: jax.Array) -> jax.Array:
     """The pose of T⁻¹ about the same centre: ω' = −ω, t' = −Rᵀ t."""
     rot = so3_exp(pose[..., :3])
-    return jnp.concatenate([-pose[..., :3], -jnp.einsum("...ji,...j->...i", rot, pose[..., 3:], precision=_HI)], -1)
+    t = jnp.einsum("...ji,...j->...i", rot, pose[..., 3:], precision=xla.HIGHEST)
+    return jnp.concatenate([-pose[..., :3], -t], -1)
 
 
 def geodesic_distance(a: jax.Array, b: jax.Array, radius: float) -> jax.Array:

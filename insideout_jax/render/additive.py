@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from insideout_jax import xla
 from insideout_jax.render.tiles import pairs_overflow
 
 __all__ = ["TileLayout", "tile_local_coords", "pixel_bounds_to_boxes", "box_counts",
@@ -349,7 +350,7 @@ def raw_moments(tile_shape, g, n_mono: int = 6) -> jax.Array:
     """
     lx, ly = tile_local_coords(tile_shape, centred=True)
     mono = jnp.stack([lx**i * ly**j for i, j in _MONO[:n_mono]], 1)
-    return jnp.dot(g, mono, precision=jax.lax.Precision.HIGHEST)
+    return xla.dot(g, mono)
 
 
 def shift_moments(m, ox, oy):

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from insideout_jax import xla
 from insideout_jax.render import project as proj
 from insideout_jax.render import tiles as tl
 
@@ -93,8 +94,8 @@ def _reduce_pair_grads(pp, dpow, w, cot_g, ox, oy, grid):
     lx, ly = _local_coords(grid, pp.dtype)
     lx, ly = lx - h, ly - h
     basis = jnp.stack([jnp.ones_like(lx), lx, ly, lx * lx, lx * ly, ly * ly], axis=-1)
-    s = jnp.einsum("bmp,pk->kbm", dpow, basis, precision=jax.lax.Precision.HIGHEST)  # [6, B, M]
-    wg = jnp.einsum("bmp,kmp->kbm", w, cot_g, precision=jax.lax.Precision.HIGHEST)  # [4, B, M]
+    s = jnp.einsum("bmp,pk->kbm", dpow, basis, precision=xla.HIGHEST)  # [6, B, M]
+    wg = jnp.einsum("bmp,kmp->kbm", w, cot_g, precision=xla.HIGHEST)  # [4, B, M]
     mx = pp[:, 0] - (ox + h)
     my = pp[:, 1] - (oy + h)
     a, b, c, o = pp[:, 2], pp[:, 3], pp[:, 4], pp[:, 5]

@@ -198,9 +198,9 @@ def _pair_stage(rec12, aux, x0, y0, layer, ts):
     x_t = (x00 + xc[:, None] * step_c + yc[:, None] * step_r
            + layer.astype(jnp.float32)[:, None] * step_l)
     w = rec12[:, 3:12].reshape(-1, 3, 3)
-    o = jnp.einsum("bij,bj->bi", w, x_t - rec12[:, :3], precision=jax.lax.Precision.HIGHEST)
-    g1 = jnp.matmul(w, step_c, precision=jax.lax.Precision.HIGHEST)
-    g2 = jnp.matmul(w, step_r, precision=jax.lax.Precision.HIGHEST)
+    o = jnp.einsum("bij,bj->bi", w, x_t - rec12[:, :3], precision=xla.HIGHEST)
+    g1 = jnp.matmul(w, step_c, precision=xla.HIGHEST)
+    g2 = jnp.matmul(w, step_r, precision=xla.HIGHEST)
     return o, g1, g2
 
 

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from insideout_jax import xla
 from insideout_jax.cameras import PinholeCamera
 from insideout_jax.render.rgb import render_rgb
 from insideout_jax.sh import SH_C0
@@ -37,8 +38,6 @@ from insideout_jax.splats import RGBSplats, knn_log_scales
 from insideout_jax.stacks.frames import FrameStack
 from insideout_jax.stacks.model import StackConfig, _sample_voxels, frames_loss
 from insideout_jax.stacks.train import _check_training, fit_frames
-
-_HI = jax.lax.Precision.HIGHEST  # full float32 products: a default one is TF32 on a GPU
 
 __all__ = ["FoldedModel", "init_folded_model", "folded_splats", "frame_camera", "render_folded",
            "render_folded_frames", "train_folded"]
@@ -115,7 +114,7 @@ def folded_splats(model: FoldedModel, z) -> RGBSplats:
     t = (jnp.asarray(z, jnp.float32) - model.z0) / model.depth
     dt = jax.nn.sigmoid(model.centre_logits) - t
     powers = dt[:, None] ** jnp.arange(1, model.degree + 1, dtype=jnp.float32)  # [C, D]
-    mu = model.means2d + jnp.einsum("cd,cdk->ck", powers, model.drift, precision=_HI)
+    mu = model.means2d + jnp.einsum("cd,cdk->ck", powers, model.drift, precision=xla.HIGHEST)
     log_delta = -0.5 * dt * dt / jnp.exp(2.0 * model.log_sigmas)
     n = mu.shape[0]
     half = 0.5 * model.angles
