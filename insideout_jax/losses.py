@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from insideout_jax import xla
+
 __all__ = [
     "SSIM_C1",
     "SSIM_C2",
@@ -83,17 +85,29 @@ def l1_loss(pred: ArrayLike, target: ArrayLike) -> jax.Array:
     return jnp.mean(l1(pred, target))
 
 
+_BLUR_BLOCK = 16  # output rows per block of the banded blur (measured fastest on CPU: 16-64)
+
+
 def _blur_axis_zero(x: jax.Array, taps: np.ndarray, axis: int) -> jax.Array:
-    """Correlate ``x`` with ``taps`` along ``axis`` with zero padding ('same' size)."""
+    """Correlate ``x`` with ``taps`` along ``axis`` with zero padding ('same' size).
+
+    A blocked banded matrix product: the axis is cut into blocks of :data:`_BLUR_BLOCK` outputs,
+    each the product of one fixed [b, b + 2r] band of taps with its b + 2r padded inputs. It is
+    the 11-tap sum in another order (equal to round-off) and runs as matrix products, 4-8× faster
+    on a CPU than eleven shifted slices (measured, forward + backward at 256×192 and 960×540).
+    """
     r = len(taps) // 2
     n = x.shape[axis]
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (r, r)
-    xp = jnp.pad(x, pad)
-    out = jnp.zeros_like(x)
-    for k, w in enumerate(taps):
-        out = out + jnp.asarray(w, x.dtype) * jax.lax.slice_in_dim(xp, k, k + n, axis=axis)
-    return out
+    b = min(_BLUR_BLOCK, n)
+    nb = -(-n // b)
+    xm = jnp.moveaxis(x, axis, 0)
+    xp = jnp.pad(xm, [(r, nb * b - n + r)] + [(0, 0)] * (x.ndim - 1))
+    windows = xp[np.arange(nb)[:, None] * b + np.arange(b + 2 * r)[None]]  # [nb, b + 2r, ...]
+    band = np.zeros((b, b + 2 * r), np.float64)
+    for i in range(b):
+        band[i, i:i + 2 * r + 1] = taps
+    out = jnp.einsum("ij,bj...->bi...", jnp.asarray(band, x.dtype), windows, precision=xla.HIGHEST)
+    return jnp.moveaxis(out.reshape((nb * b,) + xm.shape[1:])[:n], 0, axis)
 
 
 def _blur2d_zero(x: jax.Array, taps: np.ndarray) -> jax.Array:

@@ -47,3 +47,33 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path):
     back, _ = load_checkpoint(target, {"x": np.arange(3)})
     np.testing.assert_array_equal(back["x"], np.arange(3))
     assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
+
+
+def test_keep_snapshots_saves_start_middle_end(tmp_path):
+    """Snapshots land at the first block reaching 0, ½ and 1 of the iterations, hold that
+    block's params, and are kept only inside the context."""
+    import jax.numpy as jnp
+
+    from insideout_jax.train.loop import keep_snapshots, load_snapshot, run_training
+
+    def run_block(state, n):  # params count the iterations done
+        p = {"means": state["params"]["means"] + n, "sh": state["params"]["sh"]}
+        return dict(state, params=p), np.zeros(n)
+
+    state = dict(step=0, params={"means": jnp.zeros((4, 3)), "sh": jnp.ones((4, 1, 3))},
+                 active=jnp.asarray([True, True, False, True]))
+    with keep_snapshots(tmp_path / "snap") as folder:
+        run_training(state, n_iters=10, block=3, run_block=run_block, after_block=lambda s: s,
+                     template=None, desc="rgb 3DGS", progress=False)
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["rgb_3dgs.step000003.npz", "rgb_3dgs.step000006.npz", "rgb_3dgs.step000010.npz"]
+    params, active, meta = load_snapshot(folder / names[1])
+    np.testing.assert_array_equal(params["means"], np.full((4, 3), 6.0))
+    np.testing.assert_array_equal(active, [True, True, False, True])
+    assert meta == {"desc": "rgb 3DGS", "step": 6, "n_iters": 10}
+    run_training(state, n_iters=4, block=2, run_block=run_block, after_block=lambda s: s,
+                 template=None, desc="other", progress=False)
+    assert len(list(folder.iterdir())) == 3  # outside the context: nothing kept
+    with pytest.raises(ValueError, match="fractions"):
+        with keep_snapshots(tmp_path / "x", (0.5, 1.5)):
+            pass

@@ -287,6 +287,25 @@ def test_pallas_interpret_matches_xla(scene, main_result, pair_capacity):
     assert _rel(gb2, gb1) <= 1e-5
 
 
+def test_ellipse_culling_changes_nothing_but_the_work(scene, main_result):
+    """The exact ellipse–tile test leaves out only pairs that composite nothing: colour, alpha,
+    depth and every gradient are bit-identical to the axis-aligned boxes' render, with fewer
+    pairs in the longest tile list."""
+    splats, cam, _ = scene
+    box = _fast_value_and_grad(splats, cam, dataclasses.replace(MAIN, cull="box"))
+    (v_e, out_e), g_e = main_result
+    (v_b, out_b), g_b = box
+    assert float(v_e) == float(v_b)
+    for a, b in ((out_e.color, out_b.color), (out_e.alpha, out_b.alpha), (out_e.depth, out_b.depth)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree_util.tree_leaves(g_e), jax.tree_util.tree_leaves(g_b), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(out_e.n_pairs) == int(out_b.n_pairs)  # the box count: the windows' size
+    assert int(out_e.max_pairs_per_tile) < int(out_b.max_pairs_per_tile)
+    with pytest.raises(ValueError, match="cull"):
+        render_rgb(splats, cam, config=RasterConfig(cull="circle"))
+
+
 def test_render_rgb_validates_inputs():
     splats, cam = _scene(n=30)
     with pytest.raises(ValueError, match="sh_degree"):

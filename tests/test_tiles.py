@@ -130,3 +130,77 @@ def test_make_tile_grid_validates():
         tl.make_tile_grid(10, 10, 0)
     with pytest.raises(ValueError, match="width"):
         tl.make_tile_grid(-1, 10, 8)
+
+
+def _random_ellipses(n, grid, seed):
+    """Footprints with elongated, rotated α-ellipses, their boxes and the ellipse rows."""
+    rng = np.random.default_rng(seed)
+    u = rng.uniform(-10, grid.width + 10, n)
+    v = rng.uniform(-10, grid.height + 10, n)
+    sig = rng.uniform(0.5, 9.0, (n, 2))
+    sig[: n // 3, 1] *= 0.1  # thin needles
+    th = rng.uniform(0, np.pi, n)
+    r = np.stack([np.cos(th), -np.sin(th), np.sin(th), np.cos(th)], -1).reshape(n, 2, 2)
+    cov = r @ (sig[:, :, None] ** 2 * np.eye(2)) @ np.swapaxes(r, 1, 2)
+    conic = np.linalg.inv(cov)
+    q_max = rng.uniform(0.5, 11.0, n)
+    q_max[rng.uniform(size=n) < 0.05] = -1.0  # cannot contribute
+    half = np.sqrt(np.maximum(q_max[:, None], 0) * np.stack([cov[:, 0, 0], cov[:, 1, 1]], -1))
+    ext = np.where(q_max[:, None] >= 0, half + 0.01, -1.0)
+    ell = np.stack([u, v, conic[:, 0, 0], conic[:, 0, 1], conic[:, 1, 1], q_max], -1)
+    return np.stack([u, v], -1).astype(np.float32), ext.astype(np.float32), ell.astype(np.float32)
+
+
+def test_tile_touches_is_exact_on_the_pixel_centres():
+    """Every tile with a pixel centre inside the ellipse is kept (float64 brute force), and a kept
+    tile's pixel-centre rectangle reaches the ellipse (fine sampling, tolerance 1e-3 in q)."""
+    grid = tl.make_tile_grid(64, 48, 8)
+    _, _, ell = _random_ellipses(300, grid, 3)
+    g, t = np.meshgrid(np.arange(300), np.arange(grid.n_tiles), indexing="ij")
+    got = np.asarray(tl.tile_touches(jnp.asarray(ell[g.ravel()]), jnp.asarray(t.ravel(), jnp.int32),
+                                     grid)).reshape(300, grid.n_tiles)
+    e = ell.astype(np.float64)
+    fine = np.linspace(0.5, grid.tile_size - 0.5, 57)
+    for gi in range(300):
+        u, v, a, b, c, qm = e[gi]
+        for ti in range(grid.n_tiles):
+            ox, oy = ti % grid.tiles_x * grid.tile_size, ti // grid.tiles_x * grid.tile_size
+            px, py = np.meshgrid(ox + np.arange(grid.tile_size) + 0.5 - u,
+                                 oy + np.arange(grid.tile_size) + 0.5 - v)
+            q_pix = (a * px * px + 2 * b * px * py + c * py * py).min()
+            if qm >= 0 and q_pix <= qm:
+                assert got[gi, ti], (gi, ti)
+            if got[gi, ti]:
+                fx, fy = np.meshgrid(ox + fine - u, oy + fine - v)
+                assert qm >= 0 and (a * fx * fx + 2 * b * fx * fy + c * fy * fy).min() <= qm + 1e-3
+    assert 0 < got.sum() < got.size
+
+
+def test_ellipse_windows_keep_exactly_the_touching_pairs():
+    """With ``ellipses`` the window lists hold the box pairs whose tile the ellipse reaches, in
+    (tile, rank) order, and the slots stay a permutation of the window."""
+    grid = tl.make_tile_grid(64, 48, 8)
+    means, ext, ell = _random_ellipses(200, grid, 4)
+    depths = np.random.default_rng(5).uniform(1, 5, 200).astype(np.float32)
+    layout = tl.pair_layout(jnp.asarray(means), jnp.asarray(ext), jnp.asarray(depths), grid)
+    box = _brute_pairs(means, ext, depths, grid)
+    keep = np.asarray(tl.tile_touches(jnp.asarray(ell[[p[2] for p in box]]),
+                                      jnp.asarray([p[0] for p in box], jnp.int32), grid))
+    want = [(p[0], p[2]) for p, k in zip(box, keep, strict=True) if k]
+    assert len(want) < 0.9 * len(box)  # the corner tiles of the boxes are gone
+    cap = 128
+    got = []
+    for k in range(-(-len(box) // cap)):
+        isect = tl.window_intersections(layout, grid, capacity=cap, start=k * cap,
+                                        ellipses=jnp.asarray(ell))
+        assert sorted(np.asarray(isect.slots).tolist()) == list(range(cap))
+        used = np.asarray(isect.tile_ids) < grid.n_tiles
+        assert np.all(np.asarray(isect.gauss_ids)[~used] == 200)
+        assert np.all(np.diff(np.asarray(isect.tile_ids)) >= 0)  # by tile, sentinels last
+        vals = jnp.asarray(np.where(used[:, None], np.random.default_rng(k).normal(size=(cap, 3)), 0),
+                           jnp.float32)  # the scan reduction (GPU) needs the slot permutation
+        np.testing.assert_allclose(tl._pairs_to_gaussians_scan(vals, isect, 200),
+                                   jax.ops.segment_sum(vals, isect.gauss_ids, 201)[:200], atol=1e-5)
+        got += list(zip(np.asarray(isect.tile_ids)[used].tolist(),
+                        np.asarray(isect.gauss_ids)[used].tolist(), strict=True))
+    assert sorted(got) == sorted(want)

@@ -30,7 +30,7 @@ import optax
 
 from insideout_jax import xla
 from insideout_jax.losses import photometric_loss, xray_reference_loss
-from insideout_jax.render.rgb import render_rgb
+from insideout_jax.render.rgb import RasterConfig, fitted_pair_capacity, render_rgb
 from insideout_jax.render.slices import SlicePlane, render_slice
 from insideout_jax.render.xray import render_xray, resolve_xray_backend
 from insideout_jax.splats import RadSplats, RGBSplats
@@ -117,8 +117,9 @@ def stack_planes(planes) -> SlicePlane:
     return jax.tree_util.tree_map(lambda *x: jnp.stack(x), *planes)
 
 
-@functools.lru_cache(maxsize=8)
-def _make_block(cfg: InternalConfig, kind: str, extent: float, scale: float, p_max: float):
+@functools.lru_cache(maxsize=16)
+def _make_block(cfg: InternalConfig, kind: str, extent: float, scale: float, p_max: float,
+                raster: RasterConfig = RasterConfig()):
     rate = lambda r: cfg.lr if r is None else r  # noqa: E731
     geo = dict(means=cfg.lr * extent, log_scales=rate(cfg.scale_lr), quats=rate(cfg.rotation_lr))
     d_lr = rate(cfg.density_lr)
@@ -136,7 +137,7 @@ def _make_block(cfg: InternalConfig, kind: str, extent: float, scale: float, p_m
             p = render_xray(sp, views, view[None], backend=cfg.backend)[0] / p_max
             return photometric_loss(p, view_target / p_max, lambda_ssim=cfg.lambda_ssim)
         cam = jax.tree_util.tree_map(lambda x: x[view], views)  # 3DGS's photometric loss
-        img = render_rgb(sp, cam, background=background).color
+        img = render_rgb(sp, cam, background=background, config=raster).color
         return photometric_loss(img, view_target, lambda_ssim=cfg.lambda_ssim)
 
     def loss_fn(params, active, plane, target, views, view, view_target, with_view, background):
@@ -223,7 +224,7 @@ def train_internal(splats: RGBSplats | RadSplats, planes, targets: np.ndarray,
     p_max = float(np.max(projections)) if use_proj else 1.0
     if use_proj and not (np.all(np.isfinite(projections)) and p_max > 0):
         raise ValueError("projections must be finite with a positive maximum (line integrals)")
-    optimizer, block_fn = _make_block(cfg, kind, float(scene_extent), scale, p_max)
+    optimizer = _make_block(cfg, kind, float(scene_extent), scale, p_max)[0]
     key = jax.random.key(cfg.seed)
     tgt_j = jnp.asarray(tgt)
     views, view_targets, n_views = None, None, 1
@@ -235,6 +236,7 @@ def train_internal(splats: RGBSplats | RadSplats, planes, targets: np.ndarray,
         if cameras is None or len(cameras) != len(photos):
             raise ValueError(f"{len(photos)} photos need as many cameras")
         views, view_targets = stack_cameras(cameras), jnp.asarray(photos, jnp.float32)
+        probes = [cameras[i] for i in np.unique(np.linspace(0, len(cameras) - 1, 4).astype(int))]
     if view_targets is not None:
         n_views = int(view_targets.shape[0])
     bg = jnp.asarray(background, jnp.float32)
@@ -250,6 +252,12 @@ def train_internal(splats: RGBSplats | RadSplats, planes, targets: np.ndarray,
 
     def run_block(state, n):
         step0 = int(state["step"])
+        block_fn = _make_block(cfg, kind, float(scene_extent), scale, p_max)[1]
+        if use_photo:  # the photo term's pair capacity, fitted to the current splats
+            sp = type(splats)(**state["params"], active=state["active"])
+            raster = RasterConfig(pair_capacity=fitted_pair_capacity(sp, probes))
+            block_fn = _make_block(cfg, kind, float(scene_extent), scale, p_max,
+                                   raster)[1]
         k = jax.random.fold_in(key, step0)
         s_idx = jax.random.randint(k, (n,), 0, len(planes))
         v_idx = jax.random.randint(jax.random.fold_in(k, 1), (n,), 0, n_views)

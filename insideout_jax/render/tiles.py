@@ -4,7 +4,11 @@ Shared by the RGB and the X-ray rasterizers; nothing here knows about colour or 
 
 The image is cut into square tiles of ``tile_size`` px (row-major tile ids,
 ``tile = ty·tiles_x + tx``). A footprint (mean, half-extents) touches the tiles whose pixel centres
-fall inside its axis-aligned box; every (tile, Gaussian) touch is one **pair**.
+fall inside its axis-aligned box; every (tile, Gaussian) touch is one **pair**. Given the
+footprints' ellipses, a window also leaves out the box pairs whose tile the ellipse does not reach
+(:func:`tile_touches`, exact): their slots stay empty, so the compositing loops skip the corner
+tiles of large and elongated footprints, and nothing else changes (the windows, their size and
+the pair count are those of the boxes).
 
 **Pair list and windows.** Gaussians are ranked front to back (stable argsort of depth; ties by
 index; with ``depths=None`` the rank is the index). Pairs are enumerated rank-major: all pairs of
@@ -74,7 +78,7 @@ def raise_on_overflow(overflow, what: str, advice: str) -> None:
 
 __all__ = ["PAIR_LIMIT", "PairCountOverflow", "pairs_overflow", "raise_on_overflow",
            "TileGrid", "make_tile_grid", "tile_rects", "depth_order", "PairLayout", "pair_layout",
-           "TileIntersections", "window_intersections", "intersect_tiles", "tile_ranges",
+           "TileIntersections", "tile_touches", "window_intersections", "intersect_tiles", "tile_ranges",
            "pairs_to_gaussians", "pixel_centers", "tiles_to_image", "image_to_tiles"]
 
 
@@ -266,8 +270,45 @@ def _sort_pairs(tile, rank, used, *, n, n_tiles, packed):
     return s_tile, s_rank, s_tile < n_tiles
 
 
+def tile_touches(ellipses: jax.Array, tile: jax.Array, grid: TileGrid) -> jax.Array:
+    """[P] bool: the ellipse {d : dᵀ A d ≤ q_max} around (u, v) reaches the tile's pixel centres.
+
+    Exact for the continuous rectangle spanned by the tile's pixel centres (a superset of them):
+    its minimum of q(d) = a·dx² + 2b·dx·dy + c·dy² is 0 when the centre lies inside, else the
+    least of the four edge minima (a 1D quadratic on each edge, its minimiser clamped to the edge).
+
+    Args:
+      ellipses: [P, 6] (u, v, a, b, c, q_max) per pair, px (conic A = [[a, b], [b, c]] positive
+        definite; q_max < 0: touches nothing).
+      tile: [P] int32 tile ids.
+      grid: the tiling.
+    """
+    e = jax.lax.stop_gradient(ellipses)
+    u, v, a, b, c, q_max = (e[:, k] for k in range(6))
+    ts = grid.tile_size
+    x0 = (tile % grid.tiles_x * ts).astype(e.dtype) + 0.5 - u  # dx range [x0, x1]
+    y0 = (tile // grid.tiles_x * ts).astype(e.dtype) + 0.5 - v
+    x1, y1 = x0 + (ts - 1), y0 + (ts - 1)
+    safe_a, safe_c = jnp.where(a > 0, a, 1.0), jnp.where(c > 0, c, 1.0)
+
+    def q(dx, dy):
+        return a * dx * dx + 2 * b * dx * dy + c * dy * dy
+
+    def on_x_edge(dx):  # dx fixed, dy free in [y0, y1]
+        return q(dx, jnp.clip(-b * dx / safe_c, y0, y1))
+
+    def on_y_edge(dy):
+        return q(jnp.clip(-b * dy / safe_a, x0, x1), dy)
+
+    inside = (x0 <= 0) & (x1 >= 0) & (y0 <= 0) & (y1 >= 0)
+    q_min = jnp.minimum(jnp.minimum(on_x_edge(x0), on_x_edge(x1)),
+                        jnp.minimum(on_y_edge(y0), on_y_edge(y1)))
+    return (q_max >= 0) & (inside | (q_min <= q_max))
+
+
 def window_intersections(layout: PairLayout, grid: TileGrid, *, capacity: int,
-                         start: jax.Array | int = 0) -> TileIntersections:
+                         start: jax.Array | int = 0, ellipses: jax.Array | None = None
+                         ) -> TileIntersections:
     """Sorted pairs of the window of slots [start, start + capacity).
 
     Args:
@@ -275,6 +316,9 @@ def window_intersections(layout: PairLayout, grid: TileGrid, *, capacity: int,
       grid: the tiling.
       capacity: P, static number of slots in the window.
       start: first global slot of the window (int32 scalar, may be traced).
+      ellipses: optional [N, 6] (u, v, a, b, c, q_max) per Gaussian: the box pairs whose tile the
+        ellipse does not reach (:func:`tile_touches`) are left out of the window's tile lists
+        (their slots stay empty), so the compositing loops never see them.
 
     Returns:
       A :class:`TileIntersections` of length P.
@@ -299,6 +343,8 @@ def window_intersections(layout: PairLayout, grid: TileGrid, *, capacity: int,
     local = slot - layout.offsets[rank]
     wx = jnp.maximum(rect[:, 2] - rect[:, 0], 1)
     tile = (rect[:, 1] + local // wx) * grid.tiles_x + rect[:, 0] + local % wx
+    if ellipses is not None:
+        used = used & tile_touches(ellipses[gauss], tile, grid)
     tile = jnp.where(used, tile, t)
     rank = jnp.where(used, rank, n)
     rank_bits = max(1, int(n - 1).bit_length())
@@ -312,8 +358,14 @@ def window_intersections(layout: PairLayout, grid: TileGrid, *, capacity: int,
     s_wx = s_rect[:, 2] - s_rect[:, 0]
     s_local = (s_tile // grid.tiles_x - s_rect[:, 1]) * s_wx + s_tile % grid.tiles_x - s_rect[:, 0]
     s_slot = layout.offsets[jnp.minimum(s_rank, n - 1)] + s_local - jnp.asarray(start, jnp.int32)
-    # Empty slots occupy the tail of the window in both orders.
-    s_slot = jnp.where(s_used, s_slot, window_slot)
+    # Empty slots: the tail of the sorted order takes the empty window slots in ascending order
+    # (only the tail of the window, too, without ``ellipses``), so s_slot stays a permutation.
+    if ellipses is None:
+        s_slot = jnp.where(s_used, s_slot, window_slot)
+    else:
+        free = jnp.nonzero(~used, size=capacity, fill_value=capacity - 1)[0].astype(jnp.int32)
+        n_used = jnp.sum(used, dtype=jnp.int32)
+        s_slot = jnp.where(s_used, s_slot, free[jnp.clip(window_slot - n_used, 0, capacity - 1)])
     return TileIntersections(s_tile, s_gauss, s_rank, s_slot, layout.n_pairs)
 
 
@@ -376,6 +428,11 @@ def _pairs_to_gaussians_scan(values: jax.Array, isect: TileIntersections, n: int
     rank_major = jnp.zeros_like(values).at[isect.slots].set(values, unique_indices=True)
     ranks = jnp.full((p,), n, jnp.int32).at[isect.slots].set(isect.ranks, unique_indices=True)
     gauss = jnp.full((p,), n, jnp.int32).at[isect.slots].set(isect.gauss_ids, unique_indices=True)
+    # Empty slots (zero values) may sit inside a Gaussian's run (pairs left out by the ellipse
+    # test): they join the run before them, so every run is one Gaussian's, unbroken.
+    src = jax.lax.cummax(jnp.where(ranks < n, jnp.arange(p, dtype=jnp.int32), -1))
+    ranks = jnp.where(src >= 0, ranks[jnp.maximum(src, 0)], n)
+    gauss = jnp.where(src >= 0, gauss[jnp.maximum(src, 0)], n)
     first = jnp.concatenate([jnp.ones(1, bool), ranks[1:] != ranks[:-1]])
     last = jnp.concatenate([ranks[1:] != ranks[:-1], jnp.ones(1, bool)])
 

@@ -14,7 +14,9 @@ moment loses at most one block; :func:`run_training` resumes from the checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,7 +27,51 @@ from tqdm.auto import tqdm
 
 from insideout_jax.io.checkpoint import checkpoint_meta, load_checkpoint, save_checkpoint
 
-__all__ = ["NonFiniteLossError", "run_training"]
+__all__ = ["NonFiniteLossError", "keep_snapshots", "load_snapshot", "run_training"]
+
+_SNAPSHOTS: list = []  # (folder, fractions) of the active keep_snapshots blocks
+
+
+@contextlib.contextmanager
+def keep_snapshots(folder: str | Path, fractions=(0.0, 0.5, 1.0)):
+    """Within this block every :func:`run_training` also keeps its splats (``params`` and
+    ``active``) at the first block that reaches each fraction of its iterations (0: the end of
+    the first block), as ``folder/<label>.step<N>.npz`` with meta ``desc, step, n_iters``;
+    read them with :func:`load_snapshot`. For benchmarks and inspection of training states."""
+    fr = tuple(float(f) for f in fractions)
+    if not fr or min(fr) < 0 or max(fr) > 1:
+        raise ValueError(f"snapshot fractions must lie in [0, 1], got {fractions}")
+    entry = (Path(folder), fr)
+    entry[0].mkdir(parents=True, exist_ok=True)
+    _SNAPSHOTS.append(entry)
+    try:
+        yield entry[0]
+    finally:
+        _SNAPSHOTS.remove(entry)
+
+
+def _label(desc: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", desc).strip("_").lower() or "train"
+
+
+def _save_snapshots(state: dict, before: int, n_iters: int, desc: str) -> None:
+    step = int(state["step"])
+    for folder, fractions in _SNAPSHOTS:
+        if any(before < min(max(1, math.ceil(f * n_iters)), n_iters) <= step for f in fractions):
+            meta = {"desc": desc, "step": step, "n_iters": n_iters}
+            save_checkpoint(folder / f"{_label(desc)}.step{step:06d}.npz",
+                            {"params": state["params"], "active": state["active"]}, meta)
+
+
+def load_snapshot(path: str | Path) -> tuple[dict, np.ndarray, dict]:
+    """(params {field: array}, active, meta) of a :func:`keep_snapshots` file."""
+    path = Path(path)
+    with np.load(path) as z:
+        params = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("params/")}
+        if "active" not in z.files or not params:
+            raise ValueError(f"{path}: not a training snapshot (no 'params/*' and 'active' entries)")
+        active = z["active"]
+    return params, active, checkpoint_meta(path)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -74,7 +120,7 @@ def run_training(state: dict, *, n_iters: int, block: int,
                 bad = int(state["step"]) + int(np.argmin(np.isfinite(losses)))
                 where = f" (last good checkpoint: {ckpt})" if ckpt is not None else ""
                 raise NonFiniteLossError(f"{desc}: non-finite loss at iteration {bad}{where}")
-            new_state["step"] = int(state["step"]) + n
+            before, new_state["step"] = int(state["step"]), int(state["step"]) + n
             state = after_block(new_state)
             history["step"].append(int(state["step"]))
             history["loss"].append(float(losses.mean()))
@@ -82,6 +128,8 @@ def run_training(state: dict, *, n_iters: int, block: int,
             if ckpt is not None:
                 meta = {"step": int(state["step"]), "capacity": _capacity(state), "history": history}
                 save_checkpoint(ckpt, {k: v for k, v in state.items() if k != "step"}, meta)
+            if _SNAPSHOTS:
+                _save_snapshots(state, before, n_iters, desc)
             if "skipped" in state:  # densification candidates left out at the capacity cap
                 history["densify_skipped"] = int(state["skipped"])
             bar.update(n)

@@ -26,7 +26,7 @@ import optax
 from insideout_jax import xla
 from insideout_jax.cameras import PinholeCamera, camera_center
 from insideout_jax.losses import photometric_loss
-from insideout_jax.render.rgb import RasterConfig, render_rgb
+from insideout_jax.render.rgb import RasterConfig, fitted_pair_capacity, render_rgb
 from insideout_jax.splats import RGBSplats, rgb_splats_from_points
 from insideout_jax.train.densify import DensifyConfig, densify_if_due, initial_train_state
 from insideout_jax.train.loop import run_training
@@ -127,7 +127,7 @@ def _optimizer(cfg: RGBTrainConfig, extent: float):
     return make_optimizer(rates)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def _make_block(cfg: RGBTrainConfig, raster: RasterConfig, width: int, height: int, extent: float):
     """(optimizer, jitted block) — cached so repeated or resumed runs reuse compiled code."""
     optimizer = _optimizer(cfg, extent)
@@ -174,7 +174,9 @@ def train_rgb(images: np.ndarray, cameras, points: np.ndarray, colors: np.ndarra
       points: [N, 3] SfM points (initial centres).
       colors: [N, 3] point colours in [0, 1] (default grey).
       cfg: constants.
-      raster: rasterizer options (speed only).
+      raster: rasterizer options (speed only); with ``pair_capacity=None`` the capacity is
+        fitted to the splats before every block (:func:`fitted_pair_capacity` on up to four
+        training views).
       checkpoint_path: ``.npz`` saved after every block; an existing one is resumed.
       desc: the progress bar's label.
 
@@ -194,7 +196,7 @@ def train_rgb(images: np.ndarray, cameras, points: np.ndarray, colors: np.ndarra
     points = np.asarray(points, np.float32)
     cap0 = int(max(len(points), np.ceil(cfg.capacity_factor * len(points))))
     init = rgb_splats_from_points(points, colors, sh_degree=cfg.sh_degree, capacity=cap0)
-    optimizer, block_fn = _make_block(cfg, raster, w, h, extent)
+    optimizer = _make_block(cfg, raster, w, h, extent)[0]
     images_j = jnp.asarray(images)
     key = jax.random.key(cfg.seed)
 
@@ -206,10 +208,17 @@ def train_rgb(images: np.ndarray, cameras, points: np.ndarray, colors: np.ndarra
                                       capacity=capacity)
         return fresh_state(base)
 
+    probes = [cameras[i] for i in np.unique(np.linspace(0, v - 1, min(v, 4)).astype(int))]
+
     def run_block(state, n):
         step0 = int(state["step"])
         order = jax.random.randint(jax.random.fold_in(key, step0), (n,), 0, v)
         degree = min(cfg.sh_degree, step0 // cfg.sh_up_every)
+        fitted = raster
+        if raster.pair_capacity is None:
+            sp = RGBSplats(**state["params"], active=state["active"])
+            fitted = dataclasses.replace(raster, pair_capacity=fitted_pair_capacity(sp, probes, raster))
+        block_fn = _make_block(cfg, fitted, w, h, extent)[1]
         (params, opt_state, acc, cnt), losses = block_fn(
             state["params"], state["opt_state"], state["grad_acc"], state["count"],
             state["active"], order, cams, images_j, degree)
