@@ -201,7 +201,8 @@ def radiative_kit(ctx, params, active, meta) -> Kit:
     return kit
 
 
-def internal_kit(ctx, params, active, meta, kind: str, capacity: str = "fitted") -> Kit:
+def internal_kit(ctx, params, active, meta, kind: str, capacity: str = "fitted",
+                 compact: bool = True) -> Kit:
     from experiments import stages as S
     from insideout_jax.internal import train as T
     from insideout_jax.internal.pseudo_gt import outer_contour_target
@@ -212,6 +213,9 @@ def internal_kit(ctx, params, active, meta, kind: str, capacity: str = "fitted")
 
     icfg = ctx.cfg.internal
     cfg = icfg.rad if kind == "rad" else icfg.rgb
+    if compact:  # as train_internal does: the active slots only
+        keep = np.asarray(active)
+        params, active = {k: np.asarray(v)[keep] for k, v in params.items()}, jnp.ones(int(keep.sum()), bool)
     _, planes, refs = pg.slice_set(ctx.ct, icfg, heldout=False)
     targets = refs if kind == "rad" else np.stack([outer_contour_target(r) for r in refs])
     scale = float(targets.max()) if targets.max() > 0 else 1.0
@@ -371,8 +375,9 @@ def bench_all(out: Path, args):
     cap = args.pair_capacity
     builders = dict(rgb=lambda *a: rgb_kit(*a, cull=args.cull, capacity=cap),
                     radiative=radiative_kit, colour_fit=lambda *a: colour_kit(*a, capacity=cap),
-                    internal_rad=lambda *a: internal_kit(*a, kind="rad"),
-                    internal_rgb=lambda *a: internal_kit(*a, kind="rgb", capacity=cap))
+                    internal_rad=lambda *a: internal_kit(*a, kind="rad", compact=cap == "fitted"),
+                    internal_rgb=lambda *a: internal_kit(*a, kind="rgb", capacity=cap,
+                                                         compact=cap == "fitted"))
     dev = jax.devices()[0]
     for stage in args.stages or STAGES:
         for phase, path in snapshots(folder, STAGES[stage]).items():
@@ -404,7 +409,8 @@ def main() -> None:
                         help="RGB stage: the rasterizer's tile culling (RasterConfig.cull)")
     parser.add_argument("--pair-capacity", default="fitted", choices=["fitted", "default"],
                         help="RGB renders: the pair capacity the trainers fit to the splats, or"
-                             " RasterConfig's default (the trainers' choice before issue 23)")
+                             " RasterConfig's default; 'default' also keeps the internal stage's"
+                             " inactive slots (the trainers before issue 23)")
     parser.add_argument("--phases", nargs="+", default=None, help="default: start middle end")
     args = parser.parse_args()
     out = Path(args.out) if args.out else REPO / "outputs" / f"bench_train_{args.object}"

@@ -306,6 +306,30 @@ def test_ellipse_culling_changes_nothing_but_the_work(scene, main_result):
         render_rgb(splats, cam, config=RasterConfig(cull="circle"))
 
 
+def test_fitted_pair_capacity_is_the_power_of_two_below_the_largest_count(scene):
+    """The capacity the trainers fit: a power of two ≥ 4096, ≤ the largest pair count of the
+    given views and more than half of it; a render at that capacity (several windows) equals the
+    default-capacity render bit for bit."""
+    from insideout_jax.render.rgb import fitted_pair_capacity
+
+    splats, cam, _ = scene
+    many = splats.replace(means=jnp.concatenate([splats.means] * 40),
+                          log_scales=jnp.concatenate([splats.log_scales + 0.7] * 40),
+                          quats=jnp.concatenate([splats.quats] * 40),
+                          opacity_logits=jnp.concatenate([splats.opacity_logits] * 40),
+                          sh=jnp.concatenate([splats.sh] * 40),
+                          active=jnp.concatenate([splats.active] * 40))
+    cam2 = cam.replace(cx=cam.cx + 9.0)
+    counts = [int(render_rgb(many, c).n_pairs) for c in (cam, cam2)]
+    cap = fitted_pair_capacity(many, [cam, cam2])
+    assert cap & (cap - 1) == 0 and cap >= 4096
+    assert max(counts) >= cap > max(counts) / 2, (cap, counts)
+    assert fitted_pair_capacity(splats, [cam]) == 4096  # small scenes: the floor
+    a = render_rgb(many, cam, config=RasterConfig(pair_capacity=cap))
+    b = render_rgb(many, cam)
+    np.testing.assert_array_equal(np.asarray(a.color), np.asarray(b.color))
+
+
 def test_render_rgb_validates_inputs():
     splats, cam = _scene(n=30)
     with pytest.raises(ValueError, match="sh_degree"):

@@ -33,7 +33,7 @@ from insideout_jax.losses import photometric_loss, xray_reference_loss
 from insideout_jax.render.rgb import RasterConfig, fitted_pair_capacity, render_rgb
 from insideout_jax.render.slices import SlicePlane, render_slice
 from insideout_jax.render.xray import render_xray, resolve_xray_backend
-from insideout_jax.splats import RadSplats, RGBSplats
+from insideout_jax.splats import RadSplats, RGBSplats, select_active
 from insideout_jax.train.densify import DensifyConfig, densify_if_due, initial_train_state
 from insideout_jax.train.loop import run_training
 from insideout_jax.train.optim import make_optimizer, mask_gradients, merge_params
@@ -203,7 +203,8 @@ def train_internal(splats: RGBSplats | RadSplats, planes, targets: np.ndarray,
       checkpoint_path: resumable checkpoint.
 
     Returns:
-      (splats, history).
+      (splats, history): the trained splats hold the active slots of ``splats`` only, in their
+      order (plus any that densification adds).
     """
     kind = "rgb" if isinstance(splats, RGBSplats) else "rad"
     resolve_xray_backend(cfg.backend, runnable=True)  # ValueError for a bad back end, before any work
@@ -216,6 +217,11 @@ def train_internal(splats: RGBSplats | RadSplats, planes, targets: np.ndarray,
         raise ValueError(f"targets are {tgt.shape[1:]} but planes are {planes[0].resolution}")
     scale = float(tgt.max()) if tgt.max() > 0 else 1.0  # all-zero targets: "nothing here"
     act = np.asarray(splats.active)
+    if 0 < act.sum() < len(act):
+        # Only the active slots (order kept): the object's selection leaves the RGB set ~10 % full
+        # (skull: 21.9k of 284k slots), and every step projects and updates every slot.
+        splats = select_active(splats)
+        act = np.asarray(splats.active)
     if scene_extent is None:
         m = np.asarray(splats.means)[act]
         scene_extent = float(0.5 * np.linalg.norm(m.max(0) - m.min(0)))
