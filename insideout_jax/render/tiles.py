@@ -5,10 +5,8 @@ Shared by the RGB and the X-ray rasterizers; nothing here knows about colour or 
 The image is cut into square tiles of ``tile_size`` px (row-major tile ids,
 ``tile = ty·tiles_x + tx``). A footprint (mean, half-extents) touches the tiles whose pixel centres
 fall inside its axis-aligned box; every (tile, Gaussian) touch is one **pair**. Given the
-footprints' ellipses, a window also leaves out the box pairs whose tile the ellipse does not reach
-(:func:`tile_touches`, exact): their slots stay empty, so the compositing loops skip the corner
-tiles of large and elongated footprints, and nothing else changes (the windows, their size and
-the pair count are those of the boxes).
+footprints' ellipses, a window leaves out the box pairs whose tile the ellipse does not reach
+(:func:`tile_touches`, exact; their slots stay empty, windows and pair count are the boxes').
 
 **Pair list and windows.** Gaussians are ranked front to back (stable argsort of depth; ties by
 index; with ``depths=None`` the rank is the index). Pairs are enumerated rank-major: all pairs of
@@ -19,12 +17,8 @@ the caller processes the next window (``start += capacity``) and composites it b
 exact, because windows are contiguous in rank, so every tile sees its Gaussians front to back.
 ``n_pairs`` (the total) says how many windows are needed.
 
-**Pair-count bound.** Slots and offsets are int32 (XLA's fast integer width on every device). A
-pair total at or above :data:`PAIR_LIMIT` would wrap, so both tile engines (this one and the
-additive engine of :mod:`insideout_jax.render.additive`) check the total exactly first
-(:func:`pairs_overflow`) and, when it reaches the bound, do no work and return NaN – never a
-plausible image built from wrapped counts. The public renderers turn that into
-:class:`PairCountOverflow`, whose message says how to split the work.
+**Pair-count bound.** Slots and offsets are int32; totals are checked against
+:data:`PAIR_LIMIT` first (:mod:`insideout_jax.render.pair_limit`, re-exported here).
 
 **Sort key bit layout.** Inside a window every pair gets the key
 
@@ -46,35 +40,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-PAIR_LIMIT = 2**31 - 2**28
-"""Pair totals at or above this are refused: int32 holds 2³¹ − 1, and the 2²⁸ margin keeps the
-engines' window arithmetic (a window's first slot plus its capacity) inside int32."""
-
-
-class PairCountOverflow(ValueError):
-    """A render would need more (tile, Gaussian) pairs than int32 counts hold; the message says
-    how many and how to split the work."""
-
-
-def pairs_overflow(counts: jax.Array) -> jax.Array:
-    """[] bool: the total of the per-Gaussian pair ``counts`` (each in [0, 2³¹)) reaches
-    :data:`PAIR_LIMIT`. Exact: their int32 running sum is non-decreasing unless it wraps, and its
-    first wrap is a step down (a true sum in [2³¹, 2³²) wraps to a negative number)."""
-    if counts.shape[0] == 0:
-        return jnp.asarray(False)
-    incl = jnp.cumsum(counts.astype(jnp.int32))
-    wrapped = (incl[0] < 0) | jnp.any(incl[1:] < incl[:-1])
-    return wrapped | (incl[-1] >= PAIR_LIMIT)
-
-
-def raise_on_overflow(overflow, what: str, advice: str) -> None:
-    """Raise :class:`PairCountOverflow` when a concrete ``overflow`` flag is set (under a trace the
-    flag is abstract and the result itself is NaN)."""
-    if isinstance(overflow, jax.core.Tracer) or not bool(overflow):
-        return
-    raise PairCountOverflow(
-        f"{what} needs more than {PAIR_LIMIT:.3g} (tile, Gaussian) pairs, beyond what the int32"
-        f" pair counts of the tile engine hold; nothing was rendered. {advice}")
+from insideout_jax.render.pair_limit import (  # re-exported
+    PAIR_LIMIT,
+    PairCountOverflow,
+    pairs_overflow,
+    raise_on_overflow,
+)
 
 __all__ = ["PAIR_LIMIT", "PairCountOverflow", "pairs_overflow", "raise_on_overflow",
            "TileGrid", "make_tile_grid", "tile_rects", "depth_order", "PairLayout", "pair_layout",
@@ -271,11 +242,9 @@ def _sort_pairs(tile, rank, used, *, n, n_tiles, packed):
 
 
 def tile_touches(ellipses: jax.Array, tile: jax.Array, grid: TileGrid) -> jax.Array:
-    """[P] bool: the ellipse {d : dᵀ A d ≤ q_max} around (u, v) reaches the tile's pixel centres.
-
-    Exact for the continuous rectangle spanned by the tile's pixel centres (a superset of them):
-    its minimum of q(d) = a·dx² + 2b·dx·dy + c·dy² is 0 when the centre lies inside, else the
-    least of the four edge minima (a 1D quadratic on each edge, its minimiser clamped to the edge).
+    """[P] bool: the ellipse {d : dᵀ A d ≤ q_max} around (u, v) reaches the rectangle spanned by
+    the tile's pixel centres (exact: the minimum of q(d) = a·dx² + 2b·dx·dy + c·dy² over it is 0
+    with the centre inside, else the least of the four edges' clamped 1D minima).
 
     Args:
       ellipses: [P, 6] (u, v, a, b, c, q_max) per pair, px (conic A = [[a, b], [b, c]] positive
@@ -358,8 +327,7 @@ def window_intersections(layout: PairLayout, grid: TileGrid, *, capacity: int,
     s_wx = s_rect[:, 2] - s_rect[:, 0]
     s_local = (s_tile // grid.tiles_x - s_rect[:, 1]) * s_wx + s_tile % grid.tiles_x - s_rect[:, 0]
     s_slot = layout.offsets[jnp.minimum(s_rank, n - 1)] + s_local - jnp.asarray(start, jnp.int32)
-    # Empty slots: the tail of the sorted order takes the empty window slots in ascending order
-    # (only the tail of the window, too, without ``ellipses``), so s_slot stays a permutation.
+    # Empty slots: the sorted tail takes the empty window slots in order (a permutation).
     if ellipses is None:
         s_slot = jnp.where(s_used, s_slot, window_slot)
     else:
