@@ -124,15 +124,11 @@ def _densify_fn(like, optimizer, extent, cfg):
     return run
 
 
-def _probes(cams):
-    return [cams[i] for i in np.unique(np.linspace(0, len(cams) - 1, 4).astype(int))]
-
-
 def _raster(splats, cams, capacity: str, **kw) -> RasterConfig:
     """The trainers' rasterizer options: the pair capacity fitted to the splats, or the default."""
     if capacity == "default":
         return RasterConfig(**kw)
-    return RasterConfig(pair_capacity=fitted_pair_capacity(splats, _probes(cams)), **kw)
+    return RasterConfig(pair_capacity=fitted_pair_capacity(splats, cams), **kw)
 
 
 def rgb_kit(ctx, params, active, meta, cull: str = "ellipse", capacity: str = "fitted") -> Kit:

@@ -33,6 +33,7 @@ import numpy as np
 from insideout_jax import sh as sh_lib
 from insideout_jax.fitting.neighbors import nearest_neighbor
 from insideout_jax.internal.train import radiative_opacity_logits
+from insideout_jax.render.rgb import RasterConfig, fitted_pair_capacity
 from insideout_jax.splats import RadSplats, RGBSplats, select_active
 
 __all__ = ["NO_DENSITY", "UnifiedModel", "colour_transfer", "detail_clone_mask", "unify",
@@ -114,19 +115,17 @@ def unify(rad: RadSplats, rgb: RGBSplats, *, percentile: float = 95.0,
 
 
 @functools.lru_cache(maxsize=8)
-def colour_fit_block(lr: float, background: tuple, lambda_ssim: float, raster=None):
+def colour_fit_block(lr: float, background: tuple, lambda_ssim: float,
+                     raster: RasterConfig = RasterConfig()):
     """(optimizer, jitted block) of :func:`refine_colours`: ``run(params, opt_state, active,
     order, cams, photos)`` runs one iteration per index of ``order`` (SH rates only; cached, so
-    repeated fits and benchmarks reuse the compiled code). ``raster``: the rasterizer's
-    :class:`~insideout_jax.render.rgb.RasterConfig` (default: its defaults)."""
+    repeated fits and benchmarks reuse the compiled code). ``raster``: the rasterizer's options."""
     import optax
 
     from insideout_jax.losses import photometric_loss
-    from insideout_jax.render.rgb import RasterConfig, render_rgb
+    from insideout_jax.render.rgb import render_rgb
     from insideout_jax.train.optim import make_optimizer
     from insideout_jax.train.rgb import sh_optimizer
-
-    raster = RasterConfig() if raster is None else raster
 
     optimizer = make_optimizer({"sh": sh_optimizer(lr)},
                                frozen=("means", "log_scales", "quats", "opacity_logits"))
@@ -183,10 +182,7 @@ def refine_colours(model: UnifiedModel, photos, cameras, *, iterations: int = 30
     if (int(cams.width), int(cams.height)) != (imgs.shape[2], imgs.shape[1]):
         raise ValueError(f"cameras are {int(cams.width)}×{int(cams.height)} but photos are"
                          f" {imgs.shape[2]}×{imgs.shape[1]}")
-    from insideout_jax.render.rgb import RasterConfig, fitted_pair_capacity
-
-    probes = [cameras[i] for i in np.unique(np.linspace(0, len(cameras) - 1, 4).astype(int))]
-    raster = RasterConfig(pair_capacity=fitted_pair_capacity(model.splats, probes))  # fixed shapes
+    raster = RasterConfig(pair_capacity=fitted_pair_capacity(model.splats, cameras))  # fixed shapes
     optimizer, run = colour_fit_block(float(lr), tuple(float(b) for b in background),
                                       float(lambda_ssim), raster)
     key = jax.random.key(seed)

@@ -242,7 +242,6 @@ def train_internal(splats: RGBSplats | RadSplats, planes, targets: np.ndarray,
         if cameras is None or len(cameras) != len(photos):
             raise ValueError(f"{len(photos)} photos need as many cameras")
         views, view_targets = stack_cameras(cameras), jnp.asarray(photos, jnp.float32)
-        probes = [cameras[i] for i in np.unique(np.linspace(0, len(cameras) - 1, 4).astype(int))]
     if view_targets is not None:
         n_views = int(view_targets.shape[0])
     bg = jnp.asarray(background, jnp.float32)
@@ -258,12 +257,11 @@ def train_internal(splats: RGBSplats | RadSplats, planes, targets: np.ndarray,
 
     def run_block(state, n):
         step0 = int(state["step"])
-        block_fn = _make_block(cfg, kind, float(scene_extent), scale, p_max)[1]
+        raster = RasterConfig()
         if use_photo:  # the photo term's pair capacity, fitted to the current splats
-            sp = type(splats)(**state["params"], active=state["active"])
-            raster = RasterConfig(pair_capacity=fitted_pair_capacity(sp, probes))
-            block_fn = _make_block(cfg, kind, float(scene_extent), scale, p_max,
-                                   raster)[1]
+            sp = merge_params(splats, state["params"], state["active"])
+            raster = RasterConfig(pair_capacity=fitted_pair_capacity(sp, cameras))
+        block_fn = _make_block(cfg, kind, float(scene_extent), scale, p_max, raster)[1]
         k = jax.random.fold_in(key, step0)
         s_idx = jax.random.randint(k, (n,), 0, len(planes))
         v_idx = jax.random.randint(jax.random.fold_in(k, 1), (n,), 0, n_views)

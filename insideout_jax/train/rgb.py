@@ -208,16 +208,14 @@ def train_rgb(images: np.ndarray, cameras, points: np.ndarray, colors: np.ndarra
                                       capacity=capacity)
         return fresh_state(base)
 
-    probes = [cameras[i] for i in np.unique(np.linspace(0, v - 1, min(v, 4)).astype(int))]
-
     def run_block(state, n):
         step0 = int(state["step"])
         order = jax.random.randint(jax.random.fold_in(key, step0), (n,), 0, v)
         degree = min(cfg.sh_degree, step0 // cfg.sh_up_every)
         fitted = raster
         if raster.pair_capacity is None:
-            sp = RGBSplats(**state["params"], active=state["active"])
-            fitted = dataclasses.replace(raster, pair_capacity=fitted_pair_capacity(sp, probes, raster))
+            sp = merge_params(init, state["params"], state["active"])
+            fitted = dataclasses.replace(raster, pair_capacity=fitted_pair_capacity(sp, cameras, raster))
         block_fn = _make_block(cfg, fitted, w, h, extent)[1]
         (params, opt_state, acc, cnt), losses = block_fn(
             state["params"], state["opt_state"], state["grad_acc"], state["count"],
