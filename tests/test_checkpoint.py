@@ -74,6 +74,13 @@ def test_keep_snapshots_saves_start_middle_end(tmp_path):
     run_training(state, n_iters=4, block=2, run_block=run_block, after_block=lambda s: s,
                  template=None, desc="other", progress=False)
     assert len(list(folder.iterdir())) == 3  # outside the context: nothing kept
+    with keep_snapshots(folder, (1.0,)):  # a second run of one label keeps the first's files
+        for _ in range(2):
+            run_training(state, n_iters=4, block=2, run_block=run_block,
+                         after_block=lambda s: s, template=None, desc="rgb 3DGS", progress=False)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "rgb_3dgs.run2.step000004.npz", "rgb_3dgs.step000003.npz", "rgb_3dgs.step000004.npz",
+        "rgb_3dgs.step000006.npz", "rgb_3dgs.step000010.npz"]
     with pytest.raises(ValueError, match="fractions"):
         with keep_snapshots(tmp_path / "x", (0.5, 1.5)):
             pass

@@ -29,7 +29,7 @@ from insideout_jax.io.checkpoint import checkpoint_meta, load_checkpoint, save_c
 
 __all__ = ["NonFiniteLossError", "keep_snapshots", "load_snapshot", "run_training"]
 
-_SNAPSHOTS: list = []  # (folder, fractions) of the active keep_snapshots blocks
+_SNAPSHOTS: list = []  # (folder, fractions, {label: runs so far}) of the active keep_snapshots
 
 
 @contextlib.contextmanager
@@ -37,11 +37,13 @@ def keep_snapshots(folder: str | Path, fractions=(0.0, 0.5, 1.0)):
     """Within this block every :func:`run_training` also keeps its splats (``params`` and
     ``active``) at the first block that reaches each fraction of its iterations (0: the end of
     the first block), as ``folder/<label>.step<N>.npz`` with meta ``desc, step, n_iters``;
-    read them with :func:`load_snapshot`. For benchmarks and inspection of training states."""
+    read them with :func:`load_snapshot`. A later run with the same label in the same block
+    writes ``<label>.run<k>.step<N>.npz`` (k = 2, 3, …), never over an earlier run's files.
+    For benchmarks and inspection of training states."""
     fr = tuple(float(f) for f in fractions)
     if not fr or min(fr) < 0 or max(fr) > 1:
         raise ValueError(f"snapshot fractions must lie in [0, 1], got {fractions}")
-    entry = (Path(folder), fr)
+    entry = (Path(folder), fr, {})
     entry[0].mkdir(parents=True, exist_ok=True)
     _SNAPSHOTS.append(entry)
     try:
@@ -54,12 +56,22 @@ def _label(desc: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", desc).strip("_").lower() or "train"
 
 
-def _save_snapshots(state: dict, before: int, n_iters: int, desc: str) -> None:
+def _snapshot_names(desc: str) -> list:
+    """One file stem per active :func:`keep_snapshots` block for a run starting now."""
+    stems = []
+    for _, _, runs in _SNAPSHOTS:
+        label = _label(desc)
+        runs[label] = runs.get(label, 0) + 1
+        stems.append(label if runs[label] == 1 else f"{label}.run{runs[label]}")
+    return stems
+
+
+def _save_snapshots(state: dict, before: int, n_iters: int, desc: str, stems: list) -> None:
     step = int(state["step"])
-    for folder, fractions in _SNAPSHOTS:
+    for (folder, fractions, _), stem in zip(_SNAPSHOTS, stems, strict=True):
         if any(before < min(max(1, math.ceil(f * n_iters)), n_iters) <= step for f in fractions):
             meta = {"desc": desc, "step": step, "n_iters": n_iters}
-            save_checkpoint(folder / f"{_label(desc)}.step{step:06d}.npz",
+            save_checkpoint(folder / f"{stem}.step{step:06d}.npz",
                             {"params": state["params"], "active": state["active"]}, meta)
 
 
@@ -107,6 +119,7 @@ def run_training(state: dict, *, n_iters: int, block: int,
         state = jax.tree_util.tree_map(jax.numpy.asarray, loaded) | {"step": int(meta["step"])}
         history = meta.get("history", history)
     t_start = time.perf_counter() - (history["seconds"][-1] if history["seconds"] else 0.0)
+    stems = _snapshot_names(desc) if _SNAPSHOTS else []
     report = progress if callable(progress) else None
     bar = tqdm(total=n_iters, initial=int(state["step"]), desc=desc,
                disable=report is not None or not progress,
@@ -128,8 +141,8 @@ def run_training(state: dict, *, n_iters: int, block: int,
             if ckpt is not None:
                 meta = {"step": int(state["step"]), "capacity": _capacity(state), "history": history}
                 save_checkpoint(ckpt, {k: v for k, v in state.items() if k != "step"}, meta)
-            if _SNAPSHOTS:
-                _save_snapshots(state, before, n_iters, desc)
+            if stems:
+                _save_snapshots(state, before, n_iters, desc, stems)
             if "skipped" in state:  # densification candidates left out at the capacity cap
                 history["densify_skipped"] = int(state["skipped"])
             bar.update(n)
