@@ -6,7 +6,14 @@ import numpy as np
 import optax
 
 from insideout_jax import splats as S
-from insideout_jax.train.densify import DensifyConfig, densify_and_prune, reset_opacity
+from insideout_jax.train.densify import (
+    DensifyConfig,
+    compact_train_state,
+    densify_and_prune,
+    initial_train_state,
+    reset_opacity,
+    slot_bucket,
+)
 from insideout_jax.train.optim import make_optimizer, mask_gradients, merge_params, split_params
 
 RATES = dict(means=1e-2, log_scales=5e-3, quats=1e-3, opacity_logits=5e-2, sh=2.5e-3)
@@ -129,3 +136,37 @@ def test_opacity_reset_caps_opacity_and_restarts_its_moments():
     np.testing.assert_allclose(jax.nn.sigmoid(out.opacity_logits), 0.01, rtol=1e-5)
     assert float(jnp.abs(state2.inner_states["opacity_logits"].inner_state[0].mu["opacity_logits"]).max()) == 0
     assert float(jnp.abs(state2.inner_states["means"].inner_state[0].mu["means"]).max()) > 0
+
+
+def test_slot_bucket_ladder():
+    assert [slot_bucket(n) for n in (0, 64, 65, 100, 1000, 1025, 191_000)] == \
+        [64, 64, 72, 104, 1024, 1152, 196_608]
+    for n in range(1, 5000, 37):
+        assert n <= slot_bucket(n) <= max(64, n * 1.125 + 1)
+
+
+def test_compaction_keeps_active_splats_and_their_moments_in_order():
+    rng = np.random.default_rng(3)
+    sp = _rgb(n=6, cap=8)
+    active = np.zeros(200, bool)
+    active[rng.choice(200, 70, replace=False)] = True
+    sp = S.rgb_splats_from_points(rng.normal(size=(200, 3)), sh_degree=1).replace(
+        active=jnp.asarray(active))
+    params, _ = split_params(sp)
+    opt = make_optimizer(RATES)
+    state = initial_train_state(sp, opt)
+    grads = jax.tree_util.tree_map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), params)
+    _, opt_state = opt.update(grads, state["opt_state"], params)
+    state = dict(state, opt_state=opt_state, grad_acc=jnp.arange(200.0), step=500)
+    out = compact_train_state(state, opt)
+    idx = np.flatnonzero(active)
+    assert out["params"]["means"].shape == (slot_bucket(70), 3) == (72, 3)
+    np.testing.assert_array_equal(np.asarray(out["active"]), np.arange(72) < 70)
+    for k, v in params.items():
+        np.testing.assert_array_equal(np.asarray(out["params"][k])[:70], np.asarray(v)[idx])
+    mu = lambda st: np.asarray(st.inner_states["means"].inner_state[0].mu["means"])  # noqa: E731
+    np.testing.assert_array_equal(mu(out["opt_state"])[:70], mu(opt_state)[idx])
+    np.testing.assert_array_equal(mu(out["opt_state"])[70:], 0.0)
+    np.testing.assert_array_equal(np.asarray(out["grad_acc"])[:70], idx)
+    assert float(jax.nn.sigmoid(out["params"]["opacity_logits"][70:]).max()) < 1e-4  # unused
+    assert compact_train_state(out, opt) is out  # already compact: unchanged

@@ -8,7 +8,8 @@ import pytest
 
 from insideout_jax import cameras as C
 from insideout_jax.render.rgb import render_rgb
-from insideout_jax.splats import rgb_splats_from_points
+from insideout_jax.splats import rgb_splats_from_points, select_active
+from insideout_jax.train.densify import slot_bucket
 from insideout_jax.train.loop import NonFiniteLossError
 from insideout_jax.train.rgb import RGBTrainConfig, evaluate_rgb, holdout_split, scene_extent, train_rgb
 
@@ -50,6 +51,19 @@ def test_training_reduces_loss_and_resume_matches(tmp_path):
     assert hist2["step"] == [20, 40, 60, 80]
     np.testing.assert_allclose(resumed.means, full.means, atol=1e-5)
     np.testing.assert_array_equal(resumed.active, full.active)
+
+
+def test_compaction_after_densification_changes_nothing_but_the_capacity():
+    """The buffers shrink to the active splats after the last densification (speed only)."""
+    pts, imgs, cams = _scene(n_views=4)
+    cfg = dataclasses.replace(CFG, iterations=60, capacity_factor=4.0)
+    off = dataclasses.replace(cfg, densify=dataclasses.replace(cfg.densify, compact=False))
+    a, _ = train_rgb(imgs, cams, pts[::2] + 0.05, None, cfg, progress=False)
+    b, _ = train_rgb(imgs, cams, pts[::2] + 0.05, None, off, progress=False)
+    assert b.capacity == 160 and a.capacity == slot_bucket(int(np.sum(b.active))) < 160
+    sa, sb = select_active(a), select_active(b)
+    for f in ("means", "log_scales", "quats", "opacity_logits", "sh"):
+        np.testing.assert_allclose(getattr(sa, f), getattr(sb, f), atol=2e-5, err_msg=f)
 
 
 def test_holdout_split_and_extent():

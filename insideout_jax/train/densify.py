@@ -2,7 +2,9 @@
 
 Runs on the host between jitted training blocks (every few hundred iterations), so its index
 bookkeeping is NumPy; the arrays it returns keep a static capacity, which grows only in large steps
-(× ``grow_factor``) when the free slots run out, so the training step recompiles rarely.
+(× ``grow_factor``) when the free slots run out, so the training step recompiles rarely. Once the
+densification window is over, :func:`compact_train_state` drops the free slots (once: nothing is
+pruned afterwards), so the last stretch of training does not pay for the slots it never uses.
 
 For :class:`RadSplats` the operations **preserve mass** (∫ρG): a clone halves the density of both
 copies; a split into two children with scales / φ multiplies each child's density by φ³ / 2.
@@ -23,7 +25,7 @@ from insideout_jax.splats import RadSplats, RGBSplats, quat_to_rotmat
 from insideout_jax.train.optim import merge_params, remap_optimizer_state, split_params
 
 __all__ = ["DensifyConfig", "densify_and_prune", "reset_opacity", "densify_train_state",
-           "densify_if_due", "initial_train_state"]
+           "densify_if_due", "initial_train_state", "compact_train_state", "slot_bucket"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +45,8 @@ class DensifyConfig:
       split_factor: φ, scale divisor of split children (3DGS: 1.6).
       grow_factor: capacity multiplier when free slots run out.
       max_capacity: never grow beyond this many slots.
+      compact: after the last densification, shrink the buffers to :func:`slot_bucket` of the
+        active count (speed only: the active splats and their optimizer moments are kept, in order).
     """
 
     grad_threshold: float = 0.0002
@@ -54,6 +58,7 @@ class DensifyConfig:
     split_factor: float = 1.6
     grow_factor: float = 1.5
     max_capacity: int = 2_000_000
+    compact: bool = True
 
 
 def _pad_rows(x: np.ndarray, cap: int, fill) -> np.ndarray:
@@ -61,6 +66,51 @@ def _pad_rows(x: np.ndarray, cap: int, fill) -> np.ndarray:
     out[: len(x)] = x
     out[len(x):] = fill
     return out
+
+
+def _fill_values(params: dict) -> dict:
+    """Per-field values of an unused slot (never rendered: opacity / density far below any floor)."""
+    fill = {k: 0.0 for k in params}
+    fill["quats"] = np.array([1, 0, 0, 0], np.float32)
+    fill["opacity_logits"] = -10.0
+    if "log_densities" in params:
+        fill["log_densities"] = -30.0
+    return {k: v for k, v in fill.items() if k in params}
+
+
+def slot_bucket(n: int) -> int:
+    """Smallest buffer size ≥ n on a ladder of 8 sizes per octave (≥ 64): at most 12.5 % (≥ 16
+    slots) unused, and few distinct sizes, so few recompilations."""
+    n = max(int(n), 64)
+    step = 1 << max(0, n.bit_length() - 4)
+    return -(-n // step) * step
+
+
+def compact_train_state(state: dict, optimizer: optax.GradientTransformation) -> dict:
+    """A trainer's state with its buffers shrunk to :func:`slot_bucket` (number active).
+
+    The active slots move to the front in their order, with their parameters, optimizer moments
+    and gradient statistics; the rest are unused slots. Returns ``state`` itself when that would
+    not shrink it.
+    """
+    act = np.asarray(state["active"])
+    idx = np.flatnonzero(act)
+    cap = slot_bucket(len(idx))
+    if cap >= len(act):
+        return state
+    src = np.zeros(cap, np.int64)
+    src[: len(idx)] = idx
+    unused = np.arange(cap) >= len(idx)
+    params = {}
+    for k, v in state["params"].items():
+        x = np.asarray(v)[src]
+        x[unused] = _fill_values(state["params"])[k]
+        params[k] = jnp.asarray(x)
+    keep = lambda x: jnp.asarray(np.where(unused, 0, np.asarray(x)[src]), jnp.float32)  # noqa: E731
+    return dict(state, params=params, active=jnp.asarray(~unused),
+                opt_state=remap_optimizer_state(optimizer, state["opt_state"], jnp.asarray(src),
+                                                jnp.asarray(unused)),
+                grad_acc=keep(state["grad_acc"]), count=keep(state["count"]))
 
 
 def densify_and_prune(key: jax.Array, splats: RGBSplats | RadSplats, opt_state,
@@ -114,11 +164,7 @@ def densify_and_prune(key: jax.Array, splats: RGBSplats | RadSplats, opt_state,
     skipped = max(0, need - room)
     cand_idx = cand_idx[: need - skipped]
 
-    fill = {k: 0.0 for k in p}
-    fill["quats"] = np.array([1, 0, 0, 0], np.float32)
-    fill["opacity_logits"] = -10.0
-    if radiative:
-        fill["log_densities"] = -30.0
+    fill = _fill_values(p)
     p = {k: _pad_rows(v, new_cap, fill[k]) for k, v in p.items()}
     act = _pad_rows(act, new_cap, False)
     src = np.arange(new_cap)
@@ -215,10 +261,14 @@ def densify_if_due(state: dict, like, key: jax.Array, optimizer: optax.GradientT
 
     With ``reset_every`` the 3DGS opacity reset follows on the densification steps that also
     cross a multiple of it (after ``start``). The split positions use ``key`` folded with the step.
+    With ``cfg.compact``, the first call after which no densification can follow (the next block
+    ends past ``until``) also compacts the buffers (:func:`compact_train_state`).
     """
     step = int(state["step"])
-    if every <= 0 or not start <= step <= until or step % every >= block:
-        return state
-    reset = reset_every is not None and step % reset_every < block and step > start
-    return densify_train_state(state, like, jax.random.fold_in(key, 10_000_000 + step), optimizer,
-                               scene_extent=scene_extent, cfg=cfg, reset=reset)
+    if every > 0 and start <= step <= until and step % every < block:
+        reset = reset_every is not None and step % reset_every < block and step > start
+        state = densify_train_state(state, like, jax.random.fold_in(key, 10_000_000 + step),
+                                    optimizer, scene_extent=scene_extent, cfg=cfg, reset=reset)
+    if cfg.compact and (every <= 0 or step + block > until):
+        state = compact_train_state(state, optimizer)
+    return state
