@@ -8,7 +8,9 @@
 its start (end of the first block), middle and end under ``<out>/snapshots/``. The timing run
 loads them and, for each stage × phase, prints one JSON line with the keys documented below.
 
-Each line is one (stage, phase) on one training view (the first of the stage's training set):
+Each line is one (stage, phase) on one training view (the first of the stage's training set), on
+the buffers the trainer steps on (compacted after the last densification, ``DensifyConfig.compact``,
+unless ``--pair-capacity default``):
 
 * ``benchmark`` ("train_step"), ``stage`` (``rgb`` 3DGS, ``radiative``, ``internal_rad``,
   ``internal_rgb``, ``colour_fit``), ``phase`` (``start``, ``middle``, ``end``), ``step``,
@@ -22,7 +24,8 @@ Each line is one (stage, phase) on one training view (the first of the stage's t
   included, value and gradient), ``extra_ms`` (the stage's other terms: the radiative TV on a
   voxelized patch, the internal stage's projection / photo term, 0 elsewhere), ``optimizer_ms``
   (Adam update and apply), ``densify_ms`` (one densify-and-prune between blocks, host work
-  included; 0 where the stage does not densify) and ``densify_ms_per_step`` (÷ the period);
+  included; 0 where the stage does not densify at this step: after its densification window)
+  and ``densify_ms_per_step`` (÷ the period);
 * ``tile_pairs``, ``tile_pixels`` and, against a float32 matmul timed after every repeat
   (``benchmarks/reference_timing.py``): ``floor_ms`` (pairs × tile pixels × 80 flop),
   ``raster_fwdbwd_ms``, ``raster_ratio_to_floor`` (renderer forward + backward) and
@@ -124,6 +127,24 @@ def _densify_fn(like, optimizer, extent, cfg):
     return run
 
 
+def _compacted(params, active, meta, tcfg, optimizer, on: bool):
+    """The buffers a trainer steps on at this snapshot: compacted once no densification can follow
+    (``DensifyConfig.compact``; ``on`` False: as the trainers before issue 23)."""
+    from insideout_jax.train.densify import compact_train_state
+
+    if not (on and tcfg.densify.compact and int(meta["step"]) + tcfg.block > tcfg.densify_until):
+        return params, active
+    p = {k: jnp.asarray(v) for k, v in params.items()}
+    c = len(active)
+    st = compact_train_state(dict(params=p, active=active, opt_state=optimizer.init(p),
+                                  grad_acc=jnp.zeros(c), count=jnp.zeros(c)), optimizer)
+    return {k: np.asarray(v) for k, v in st["params"].items()}, st["active"]
+
+
+def _densify_due(meta, tcfg) -> bool:
+    return tcfg.densify_every > 0 and int(meta["step"]) <= tcfg.densify_until
+
+
 def _raster(splats, cams, capacity: str, **kw) -> RasterConfig:
     """The trainers' rasterizer options: the pair capacity fitted to the splats, or the default."""
     if capacity == "default":
@@ -141,6 +162,8 @@ def rgb_kit(ctx, params, active, meta, cull: str = "ellipse", capacity: str = "f
     imgs, cams = imgs[tr], [cams[i] for i in tr]
     v, h, w, _ = imgs.shape
     extent = T.scene_extent(cams)
+    optimizer = T._make_block(tcfg, RasterConfig(), w, h, extent)[0]
+    params, active = _compacted(params, active, meta, tcfg, optimizer, capacity == "fitted")
     like = RGBSplats(**params, active=active)
     raster = _raster(like, cams, capacity, cull=cull)
     optimizer, block = T._make_block(tcfg, raster, w, h, extent)
@@ -158,7 +181,8 @@ def rgb_kit(ctx, params, active, meta, cull: str = "ellipse", capacity: str = "f
 
     out = render_rgb(like, cams[0], sh_degree=degree, config=raster)
     kit = Kit(params, active, render, loss, optimizer, run_block,
-              densify=_densify_fn(like, optimizer, extent, tcfg.densify),
+              densify=(_densify_fn(like, optimizer, extent, tcfg.densify)
+                       if _densify_due(meta, tcfg) else None),
               densify_every=tcfg.densify_every, pairs=int(out.n_pairs),
               tile_pixels=resolve_tile_size(raster) ** 2, shape=(h, w))
     return kit
@@ -174,6 +198,7 @@ def radiative_kit(ctx, params, active, meta) -> Kit:
     lo, hi = T.scan_cuboid(geom)
     extent = float(0.5 * np.linalg.norm(hi - lo))
     optimizer, block = T._make_block(xcfg, extent, p_max)
+    params, active = _compacted(params, active, meta, xcfg, optimizer, True)
     proj_j = jnp.asarray(proj)
     vps = min(xcfg.views_per_step, len(proj))
     views0 = jnp.arange(vps)
@@ -191,7 +216,8 @@ def radiative_kit(ctx, params, active, meta) -> Kit:
     like = RadSplats(**params, active=active)
     pairs = xray_tile_stats(like, geom, views0)["tile_pairs"]
     kit = Kit(params, active, render, loss, optimizer, run_block,
-              densify=_densify_fn(like, optimizer, extent, xcfg.densify),
+              densify=(_densify_fn(like, optimizer, extent, xcfg.densify)
+                       if _densify_due(meta, xcfg) else None),
               densify_every=xcfg.densify_every, pairs=int(pairs), tile_pixels=16 ** 2,
               shape=tuple(proj.shape[1:]))
     return kit
@@ -264,7 +290,7 @@ def internal_kit(ctx, params, active, meta, kind: str, capacity: str = "fitted",
     like = cls(**params, active=active)
     kit = Kit(params, active, render, loss, optimizer, run_block, extra=extra,
               densify=(_densify_fn(like, optimizer, extent, cfg.densify)
-                       if cfg.densify_every and int(meta["step"]) <= cfg.densify_until else None),
+                       if _densify_due(meta, cfg) else None),
               densify_every=max(cfg.densify_every, 1), shape=tuple(plane0.resolution))
     return kit
 

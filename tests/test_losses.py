@@ -39,7 +39,7 @@ def _pair(seed, shape):
     return a, b
 
 
-@pytest.mark.parametrize("shape", [(37, 29), (24, 31, 3)])
+@pytest.mark.parametrize("shape", [(37, 29), (24, 31, 3), (9, 70, 2)])
 def test_ssim_matches_float64_reference(shape):
     a, b = _pair(0, shape)
     if len(shape) == 2:
