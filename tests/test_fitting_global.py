@@ -94,6 +94,26 @@ def test_outer_surface_is_unbiased_and_ignores_cavities():
     assert abs(signed.mean()) < 0.005 * SIZE and np.mean(d) < 0.01 * SIZE
 
 
+def test_thin_walls_on_voxel_centres_two_scales_place_the_outer_surface():
+    """A 2-voxel shell (centres at radii 38–40: its voxels end at 40.5) with pinholes around a
+    solid ball (a matryoshka in small), as the fitting stage's voxel centres: one wide kernel puts
+    the surface 0.9 voxel outside the wall (measured); two scales put it within ¼ voxel (0.06),
+    and the pinholes do not let the inner ball's surface count as outer."""
+    g = np.stack(np.meshgrid(*[np.arange(-48, 49.0)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    r = np.linalg.norm(g, axis=1)
+    wall = (r > 38) & (r <= 40)
+    holes = np.zeros(len(g), bool)
+    for axis in range(3):  # six pinholes of about one voxel through the wall, on the axes
+        others = [a for a in range(3) if a != axis]
+        holes |= np.all(np.abs(g[:, others]) < 1.0, axis=1)
+    pts = g[(wall & ~holes) | (r <= 20)]
+    one = np.linalg.norm(outer_surface(pts)[0], axis=1)
+    two = np.linalg.norm(outer_surface(pts, fine=0.5)[0], axis=1)
+    assert np.median(one) - 40.5 > 0.75  # the wide kernel's bias on a thin wall
+    assert abs(np.median(two) - 40.5) < 0.25
+    assert two.min() > 39  # nothing of the inner ball (radius 20), no dent at the pinholes
+
+
 def test_global_gaussian_is_the_moment_matched_mixture():
     mu1, mu2 = np.array([0.0, 0.0, 0.0]), np.array([2.0, 0.0, 1.0])
     c1, c2 = np.diag([1.0, 2.0, 3.0]), np.array([[2.0, 0.5, 0], [0.5, 1.0, 0], [0, 0, 0.5]])

@@ -313,7 +313,8 @@ def hierarchical_fit(rgb: RGBSplats, rad, *, schedule=(0.1, 0.5, 1.0), seed: int
                      smoothing: float = 2.0, min_sigma: float = 0.1, prior_weight: float = 1.0,
                      reach: float = 2.5, trim: float = 0.9, kmeans_iters: int = 20,
                      icp_iters: int = 10, fine_iters: int = 3, min_gain: float = 0.01,
-                     global_kw: dict | None = None) -> HierarchicalFitResult:
+                     global_kw: dict | None = None,
+                     surface_kw: dict | None = None) -> HierarchicalFitResult:
     """Align RGB splats to radiative splats: paper Alg. 1 with the decisions of the module docstring.
 
     Args:
@@ -332,6 +333,8 @@ def hierarchical_fit(rgb: RGBSplats, rad, *, schedule=(0.1, 0.5, 1.0), seed: int
       fine_iters: iterations of the fine stage.
       min_gain: a stage must lower the held-out residual by this relative amount to be kept.
       global_kw: extra keyword arguments for :func:`global_fit`.
+      surface_kw: keyword arguments for the radiative outer surfaces (:func:`rad_surface`, e.g.
+        ``fine`` for voxel centres).
 
     Returns:
       A :class:`HierarchicalFitResult`.
@@ -345,8 +348,8 @@ def hierarchical_fit(rgb: RGBSplats, rad, *, schedule=(0.1, 0.5, 1.0), seed: int
         raise ValueError("smoothing, reach must be > 0; trim in (0, 1]; min_gain, min_sigma >= 0")
     key = jax.random.key(seed)
     t0 = time.perf_counter()
-    surf, normals = rad_surface(rad)
-    halves = [rad_surface(h)[0] for h in _split_rad(rad, seed)]
+    surf, normals = rad_surface(rad, **(surface_kw or {}))
+    halves = [rad_surface(h, **(surface_kw or {}))[0] for h in _split_rad(rad, seed)]
     glob = global_fit(rgb, rad, surface=(surf, normals), seed=seed, **(global_kw or {}))
     tr = glob.transform
     splats = transform_splats(rgb, tr.rotation, tr.translation, tr.scale)

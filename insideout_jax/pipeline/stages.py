@@ -261,7 +261,8 @@ def fit_stage(rgb, rad, cfg: FittingStageConfig, *, cameras=None, masks=None,
                                             "total": int(act.sum())}}
     solid = pg.radiative_solid_points(rad, cfg.grid_size)
     fit_rgb = rgb.replace(active=rgb.active & (rgb.opacities >= cfg.min_opacity))
-    res = pg.apply_to_all(hierarchical_fit(fit_rgb, solid, schedule=cfg.schedule, seed=cfg.seed), rgb)
+    res = pg.apply_to_all(hierarchical_fit(fit_rgb, solid, schedule=cfg.schedule, seed=cfg.seed,
+                                            surface_kw=dict(fine=cfg.surface_fine)), rgb)
     dropped = {st.name: st.targets_dropped for st in res.stages if st.clusters}
     coarse = {st.name: round(st.grid_coarsening, 3) for st in res.stages if st.name != "global"}
     notes = tuple(f"fitting level {k}: {v} surface targets beyond the per-cluster cap were left out"
