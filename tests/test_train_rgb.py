@@ -34,10 +34,14 @@ CFG = RGBTrainConfig(iterations=80, block=20, sh_degree=1, sh_up_every=40, densi
                      capacity_factor=1.5)
 
 
-def test_training_reduces_loss_and_resume_matches(tmp_path):
+def test_training_reduces_loss_resumes_and_compacts(tmp_path):
+    """Learns the scene; a run killed mid-way resumes to the same splats (across the compaction of
+    the buffers after the last densification, step 40); the compaction changes nothing but the
+    capacity (against a run without it)."""
     pts, imgs, cams = _scene()
     init = pts[::2] + 0.05
-    full, hist = train_rgb(imgs, cams, init, None, CFG, progress=False)
+    cfg = dataclasses.replace(CFG, capacity_factor=4.0)
+    full, hist = train_rgb(imgs, cams, init, None, cfg, progress=False)
     assert hist["step"] == [20, 40, 60, 80]
     assert hist["loss"][-1] < hist["loss"][0]
     before = evaluate_rgb(rgb_splats_from_points(init, sh_degree=1), imgs, cams)
@@ -45,23 +49,16 @@ def test_training_reduces_loss_and_resume_matches(tmp_path):
     assert after["psnr"] > before["psnr"] + 2.0  # measured: +2.8 dB after 80 iterations
     # interrupted after 40 iterations (as if killed), then resumed from the checkpoint
     ck = tmp_path / "rgb.npz"
-    train_rgb(imgs, cams, init, None, dataclasses.replace(CFG, iterations=40),
+    train_rgb(imgs, cams, init, None, dataclasses.replace(cfg, iterations=40),
               checkpoint_path=ck, progress=False)
-    resumed, hist2 = train_rgb(imgs, cams, init, None, CFG, checkpoint_path=ck, progress=False)
+    resumed, hist2 = train_rgb(imgs, cams, init, None, cfg, checkpoint_path=ck, progress=False)
     assert hist2["step"] == [20, 40, 60, 80]
     np.testing.assert_allclose(resumed.means, full.means, atol=1e-5)
     np.testing.assert_array_equal(resumed.active, full.active)
-
-
-def test_compaction_after_densification_changes_nothing_but_the_capacity():
-    """The buffers shrink to the active splats after the last densification (speed only)."""
-    pts, imgs, cams = _scene(n_views=4)
-    cfg = dataclasses.replace(CFG, iterations=60, capacity_factor=4.0)
     off = dataclasses.replace(cfg, densify=dataclasses.replace(cfg.densify, compact=False))
-    a, _ = train_rgb(imgs, cams, pts[::2] + 0.05, None, cfg, progress=False)
-    b, _ = train_rgb(imgs, cams, pts[::2] + 0.05, None, off, progress=False)
-    assert b.capacity == 160 and a.capacity == slot_bucket(int(np.sum(b.active))) < 160
-    sa, sb = select_active(a), select_active(b)
+    kept, _ = train_rgb(imgs, cams, init, None, off, progress=False)
+    assert kept.capacity == 160 and full.capacity == slot_bucket(int(np.sum(kept.active))) < 160
+    sa, sb = select_active(full), select_active(kept)
     for f in ("means", "log_scales", "quats", "opacity_logits", "sh"):
         np.testing.assert_allclose(getattr(sa, f), getattr(sb, f), atol=2e-5, err_msg=f)
 
