@@ -63,8 +63,8 @@ from insideout_jax.render.rgb import (  # noqa: E402
     resolve_tile_size,
 )
 from insideout_jax.render.xray import render_xray  # noqa: E402
-from insideout_jax.splats import RadSplats, RGBSplats  # noqa: E402
-from insideout_jax.train.optim import mask_gradients  # noqa: E402
+from insideout_jax.splats import RadSplats, RGBSplats, select_active  # noqa: E402
+from insideout_jax.train.optim import mask_gradients, split_params  # noqa: E402
 
 PREPARE_STAGES = ("data", "sfm", "rgb", "xray", "fitting", "internal", "visual")
 
@@ -130,9 +130,11 @@ def _densify_fn(like, optimizer, extent, cfg):
 def _compacted(params, active, meta, tcfg, optimizer, on: bool):
     """The buffers a trainer steps on at this snapshot: compacted once no densification can follow
     (``DensifyConfig.compact``; ``on`` False: as the trainers before issue 23)."""
-    from insideout_jax.train.densify import compact_train_state
+    from insideout_jax.train.densify import compact_train_state, densification_over
 
-    if not (on and tcfg.densify.compact and int(meta["step"]) + tcfg.block > tcfg.densify_until):
+    over = densification_over(int(meta["step"]), block=tcfg.block, until=tcfg.densify_until,
+                              every=tcfg.densify_every)
+    if not (on and tcfg.densify.compact and over):
         return params, active
     p = {k: jnp.asarray(v) for k, v in params.items()}
     c = len(active)
@@ -235,16 +237,15 @@ def internal_kit(ctx, params, active, meta, kind: str, capacity: str = "fitted",
 
     icfg = ctx.cfg.internal
     cfg = icfg.rad if kind == "rad" else icfg.rgb
+    cls = RadSplats if kind == "rad" else RGBSplats
     if compact:  # as train_internal does: the active slots only
-        keep = np.asarray(active)
-        params, active = {k: np.asarray(v)[keep] for k, v in params.items()}, jnp.ones(int(keep.sum()), bool)
+        params, active = split_params(select_active(cls(**params, active=active)))
     _, planes, refs = pg.slice_set(ctx.ct, icfg, heldout=False)
     targets = refs if kind == "rad" else np.stack([outer_contour_target(r) for r in refs])
     scale = float(targets.max()) if targets.max() > 0 else 1.0
     start = ctx.splats("xray_splats" if kind == "rad" else "rgb_aligned")
     m = np.asarray(start.means)[np.asarray(start.active)]
     extent = float(0.5 * np.linalg.norm(m.max(0) - m.min(0)))
-    cls = RadSplats if kind == "rad" else RGBSplats
     bg = jnp.asarray(ctx.cfg.rgb.train.background, jnp.float32)
     views = view_targets = None
     p_max = 1.0

@@ -97,7 +97,7 @@ def _blur_axis_zero(x: jax.Array, taps: np.ndarray, axis: int) -> jax.Array:
     on a CPU than eleven shifted slices (measured, forward + backward at 256×192 and 960×540).
     The input windows are two reshaped slices of the padded axis (blocks and their next 2r
     entries), not a gather, so the backward has no scatter (fwd + bwd of the photometric loss
-    at 960×540: 172 → 100 ms).
+    at 960×540: 172 → 90 ms).
     """
     r = len(taps) // 2
     n = x.shape[axis]

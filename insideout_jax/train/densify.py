@@ -25,7 +25,8 @@ from insideout_jax.splats import RadSplats, RGBSplats, quat_to_rotmat
 from insideout_jax.train.optim import merge_params, remap_optimizer_state, split_params
 
 __all__ = ["DensifyConfig", "densify_and_prune", "reset_opacity", "densify_train_state",
-           "densify_if_due", "initial_train_state", "compact_train_state", "slot_bucket"]
+           "densify_if_due", "initial_train_state", "compact_train_state", "densification_over",
+           "slot_bucket"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +76,7 @@ def _fill_values(params: dict) -> dict:
     fill["opacity_logits"] = -10.0
     if "log_densities" in params:
         fill["log_densities"] = -30.0
-    return {k: v for k, v in fill.items() if k in params}
+    return fill
 
 
 def slot_bucket(n: int) -> int:
@@ -98,19 +99,23 @@ def compact_train_state(state: dict, optimizer: optax.GradientTransformation) ->
     cap = slot_bucket(len(idx))
     if cap >= len(act):
         return state
-    src = np.zeros(cap, np.int64)
-    src[: len(idx)] = idx
+    fill = _fill_values(state["params"])
+    params = {k: jnp.asarray(_pad_rows(np.asarray(v)[idx], cap, fill[k]))
+              for k, v in state["params"].items()}
+    src = _pad_rows(idx, cap, 0)
     unused = np.arange(cap) >= len(idx)
-    params = {}
-    for k, v in state["params"].items():
-        x = np.asarray(v)[src]
-        x[unused] = _fill_values(state["params"])[k]
-        params[k] = jnp.asarray(x)
-    keep = lambda x: jnp.asarray(np.where(unused, 0, np.asarray(x)[src]), jnp.float32)  # noqa: E731
+    keep = lambda x: jnp.asarray(_pad_rows(np.asarray(x, np.float32)[idx], cap, 0.0))  # noqa: E731
     return dict(state, params=params, active=jnp.asarray(~unused),
                 opt_state=remap_optimizer_state(optimizer, state["opt_state"], jnp.asarray(src),
                                                 jnp.asarray(unused)),
                 grad_acc=keep(state["grad_acc"]), count=keep(state["count"]))
+
+
+def densification_over(step: int, *, block: int, until: int, every: int) -> bool:
+    """Whether no densification can follow the block that ended at ``step`` (the next block
+    ends past ``until``, or the trainer never densifies): from then on the buffers can be
+    compacted (:func:`compact_train_state`)."""
+    return every <= 0 or step + block > until
 
 
 def densify_and_prune(key: jax.Array, splats: RGBSplats | RadSplats, opt_state,
@@ -269,6 +274,6 @@ def densify_if_due(state: dict, like, key: jax.Array, optimizer: optax.GradientT
         reset = reset_every is not None and step % reset_every < block and step > start
         state = densify_train_state(state, like, jax.random.fold_in(key, 10_000_000 + step),
                                     optimizer, scene_extent=scene_extent, cfg=cfg, reset=reset)
-    if cfg.compact and (every <= 0 or step + block > until):
+    if cfg.compact and densification_over(step, block=block, until=until, every=every):
         state = compact_train_state(state, optimizer)
     return state
