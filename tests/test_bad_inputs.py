@@ -272,6 +272,9 @@ COMMAND_CASES = [
     ("from-ct-iso-above-the-volume", data_cli.main, ["from-ct", "{tmp}/vol.npy", "--spacing", "1", "1", "1",
                                                      "--iso", "5", "--out", "{tmp}/new"],
      r"vol\.npy.*no voxel reaches the isosurface level 5.*lower --iso"),
+    ("from-ct-zero-unit-attenuation", data_cli.main, ["from-ct", "{tmp}/vol.npy", "--spacing", "1", "1",
+                                                      "1", "--unit-attenuation", "0", "--out", "{tmp}/new"],
+     r"--unit-attenuation must be a positive attenuation per mm, got 0"),
     ("sfm-missing-folder", data_cli.main, ["sfm", "{tmp}/nowhere"], r"nowhere: no such object folder"),
     ("sfm-without-photos", data_cli.main, ["sfm", "{tmp}/empty"], r"empty"),
     # the slice-stack command (MedGS): frames and label masks

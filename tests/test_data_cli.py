@@ -116,3 +116,21 @@ def test_import_volume_adds_the_scanners_volume_to_an_object_folder(tmp_path, ca
     rc, text = _run(argv, capsys)
     assert rc == 2 and "exists: pass --overwrite" in text
     assert _run(argv + ["--overwrite"], capsys)[0] == 0
+
+
+def test_from_ct_scales_a_normalised_volume_and_refuses_a_starved_detector(tmp_path, capsys):
+    vol = np.zeros((16, 16, 16), np.float32)
+    vol[4:12, 4:12, 4:12] = 0.5  # normalised units: 8 voxels × 4 mm × 0.5 /mm = 16 > ln(1e5)
+    np.save(tmp_path / "norm.npy", vol)
+    small = ["--spacing", "4", "4", "4", "--views", "8", "--detector", "32", "--photos", "3",
+             "--photo-size", "32"]
+    rc, text = _run(["from-ct", str(tmp_path / "norm.npy"), *small, "--out", str(tmp_path / "a")],
+                    capsys)
+    assert rc == 2 and "norm.npy" in text and "receive no photon" in text
+    assert "--unit-attenuation" in text and not (tmp_path / "a").exists()
+    rc, text = _run(["from-ct", str(tmp_path / "norm.npy"), *small, "--unit-attenuation", "0.04",
+                     "--out", str(tmp_path / "b")], capsys)
+    assert rc == 0, text
+    obj = read_object(tmp_path / "b")
+    np.testing.assert_allclose(obj.truth_volume.data, vol * np.float32(0.04))  # 0.02 /mm inside
+    assert 0.0 < float(obj.projections.max()) < 0.02 * 32 * np.sqrt(3)  # the longest chord's integral

@@ -4,7 +4,7 @@
     python -m insideout_jax.data from-ct VOLUME [--spacing DZ DY DX] --out DIR [--iso LEVEL]
                                          [--quantity attenuation|HU] [--offset V] [--flip-z]
                                          [--axes xyz] [--shape A B C --dtype T --byteorder little]
-                                         [--padding V] [--keep-largest] [--sfm]
+                                         [--padding V] [--unit-attenuation MU] [--keep-largest] [--sfm]
     python -m insideout_jax.data import r2gaussian|naf PATH --out DIR [--length-unit-mm L]
     python -m insideout_jax.data import volume VOLUME --out OBJECT [volume options as from-ct]
     python -m insideout_jax.data export OBJECT --out DIR
@@ -90,9 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     ct = sub.add_parser("from-ct", help="an object from a CT volume (npy, tif, mat, raw, DICOM folder)")
     ct.add_argument("path", help="volume file or DICOM folder")
     _volume_args(ct)
+    ct.add_argument("--unit-attenuation", type=float, default=1.0, metavar="MU",
+                    help="attenuation per mm of one unit of the file's values (default 1: the"
+                    " values are 1/mm); for volumes normalised to [0, 1], e.g. 0.045 puts the"
+                    " TIGRE head's soft tissue (0.44) at water's 0.02 /mm")
     ct.add_argument("--out", required=True, help="object folder to write")
     ct.add_argument("--iso", type=float, default=None,
-                    help="isosurface level for the photos, in the volume's units (default: Otsu)")
+                    help="isosurface level for the photos, in the file's units (default: Otsu)")
     ct.add_argument("--keep-largest", action="store_true",
                     help="keep only the largest connected region (drops a table or head rest)")
     ct.add_argument("--views", type=int, default=180)
@@ -151,6 +155,11 @@ def _check_args(args) -> str | None:
     if args.command == "from-ct":
         if not Path(args.path).exists():
             return f"{args.path}: no such file or folder (the CT volume to make the object from)"
+        mu = args.unit_attenuation
+        if not (math.isfinite(mu) and mu > 0):
+            return f"--unit-attenuation must be a positive attenuation per mm, got {mu:g}"
+        if mu != 1.0 and args.quantity == "HU":
+            return "--unit-attenuation is for volumes in attenuation units, not HU"
     if args.command == "import":
         if not Path(args.path).exists():
             return f"{args.path}: no such file or folder (the {args.kind} data set to import)"
@@ -298,10 +307,17 @@ def main(argv=None) -> int:
             data = np.asarray(vol.data, np.float32) - np.float32(args.offset)
             if args.flip_z:
                 data = data[::-1].copy()
+            iso = args.iso  # in the file's units, as the photos' level is given
+            if args.unit_attenuation != 1.0:
+                if vol.quantity != "attenuation":
+                    raise ValueError(f"--unit-attenuation is for attenuation volumes; this one is"
+                                     f" in {vol.quantity}")
+                data = data * np.float32(args.unit_attenuation)
+                iso = None if iso is None else iso * args.unit_attenuation
             print(f"making an object from {args.path} {data.shape} in {out}")
             try:
                 data = _padding_to_air(data, vol.quantity, args)
-                objects.make_ct_object(data, vol.spacing_zyx, build, iso=args.iso,
+                objects.make_ct_object(data, vol.spacing_zyx, build, iso=iso,
                                        quantity=vol.quantity, n_views=args.views,
                                        n_det=args.detector, n_rgb_views=args.photos,
                                        rgb_size=args.photo_size, keep_largest=args.keep_largest,

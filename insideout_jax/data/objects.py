@@ -262,7 +262,7 @@ def make_ct_object(volume: np.ndarray, spacing_zyx, out_dir: str | Path, *, orig
     say(f"  projections: {n_views} views of {n_det}² (ray marching)")
     proj, acquisition = scanner.detector_noise(
         ctobject.ct_volume_projections(att, spacing, origin_xyz, geom), photons=photons,
-        read_noise=read_noise, seed=0)
+        read_noise=read_noise, seed=0, max_starved=scanner.MAX_STARVED)
     if quantity == "HU":
         acquisition["hu_to_attenuation"] = (f"mu = {ctobject.MU_WATER} /mm * (1 + HU/1000),"
                                              " clipped at 0 (water = 0.02 /mm)")

@@ -22,8 +22,18 @@ ACQUISITION_FILE = "xray/acquisition.json"
 GENERATOR_VERSION = 2
 
 
-def detector_noise(projections, *, photons: float, read_noise: float, seed: int):
-    """(noisy line integrals [V, nv, nu] float32, the model's record for acquisition.json)."""
+MAX_STARVED = 0.01  # from-ct refuses a scan whose detector is starved on more pixels than this
+
+
+def detector_noise(projections, *, photons: float, read_noise: float, seed: int,
+                   max_starved: float | None = None):
+    """(noisy line integrals [V, nv, nu] float32, the model's record for acquisition.json).
+
+    Raises:
+      ValueError: for negative photons or read noise, or (with ``max_starved``) when more than
+        that fraction of the pixels receive no photon: the object attenuates more than the
+        source can pass, usually because the volume's values are not attenuation per mm.
+    """
     if not (photons >= 0 and read_noise >= 0 and math.isfinite(photons)):
         raise ValueError(f"photons must be ≥ 0 (0: noise-free) and read_noise ≥ 0, got {photons},"
                          f" {read_noise}")
@@ -37,6 +47,12 @@ def detector_noise(projections, *, photons: float, read_noise: float, seed: int)
     counts = rng.poisson(photons * np.exp(-p)) + read_noise * rng.normal(size=p.shape)
     starved = int(np.count_nonzero(counts < 1.0))
     record["starved_pixels"] = starved
+    if max_starved is not None and starved > max_starved * counts.size:
+        raise ValueError(
+            f"{100 * starved / counts.size:.1f} % of the detector pixels receive no photon: the line"
+            f" integrals reach {float(p.max()):.3g}, above ln(photons) = {math.log(photons):.3g}. Are"
+            " the volume's values attenuation per mm? (a volume normalised to [0, 1]: give"
+            " --unit-attenuation; Hounsfield units: --quantity HU) Otherwise give more --photons")
     return (-np.log(np.maximum(counts, 1.0) / photons)).astype(np.float32), record
 
 
