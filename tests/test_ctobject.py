@@ -204,3 +204,18 @@ def test_a_from_ct_object_has_its_outer_surface_as_truth(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(nrm, axis=1), 1.0, atol=1e-5)
     cos = np.einsum("ij,ij->i", nrm, pts / rad[:, None])  # outward; faceted at 2 mm voxels
     assert cos.min() > 0.8 and cos.mean() > 0.97, (cos.min(), cos.mean())
+
+
+def test_the_skin_level_of_a_two_valued_phantom_is_the_half_level():
+    """Air exactly 0 and tissue a constant: Otsu's criterion is flat across the gap, so its own
+    threshold is arbitrary in it (skimage's: the first bin, just above 0); the level is its middle.
+    On a noisy volume it stays Otsu's (the gap is one bin)."""
+    from skimage.filters import threshold_otsu
+
+    vol = np.zeros((64, 32, 32), np.float32)
+    vol[16:48, 8:24, 8:24] = 0.4
+    vol[28:36, 12:20, 12:20] = 1.0
+    assert threshold_otsu(vol) < 0.01  # skimage's pick in the flat gap
+    assert cto.default_iso_level(vol) == pytest.approx(0.2)
+    noisy = vol + np.random.default_rng(0).normal(0, 0.05, vol.shape).astype(np.float32)
+    assert cto.default_iso_level(noisy) == pytest.approx(threshold_otsu(noisy), abs=0.01)

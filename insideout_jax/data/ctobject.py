@@ -181,11 +181,23 @@ def default_ct_geometry(shape_zyx, spacing_zyx, origin_xyz, *, n_views: int = 18
 
 
 def default_iso_level(volume: ArrayLike) -> float:
-    """Skin level: Otsu's threshold between air and tissue (in the volume's units)."""
+    """Skin level: Otsu's threshold between air and tissue (in the volume's units), moved to the
+    middle of the gap between the values on its two sides.
+
+    Where no value lies between air and tissue (a phantom with air exactly 0 and tissue flattened
+    to a constant, e.g. the TIGRE head) Otsu's criterion is flat over the whole gap and its first
+    bin sits just above the air: an isosurface there is half a voxel outside the half-level one.
+    On a scan with noise the gap is one histogram bin wide and the level does not move.
+    """
     from skimage.filters import threshold_otsu
 
     v = np.asarray(volume, np.float32)
-    return float(threshold_otsu(v[:: max(1, v.shape[0] // 64)]))
+    s = v[:: max(1, v.shape[0] // 64)]
+    t = float(threshold_otsu(s))
+    below, above = s[s <= t], s[s > t]
+    if below.size == 0 or above.size == 0:
+        return t
+    return float(0.5 * (float(below.max()) + float(above.min())))
 
 
 def outer_isosurface(volume: ArrayLike, spacing_zyx, origin_xyz, level: float, *, n: int = 20000,
