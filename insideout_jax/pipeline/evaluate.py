@@ -166,7 +166,6 @@ def evaluate(*, rgb0, rgb_aligned, rgb_internal, rad0, rad_internal, unified_den
       xgaussian: the X-Gaussian baseline (stage 1b); its cross-sections are cut from its density
         view (:func:`insideout_jax.render.xgaussian.density_view`). None: no X-Gaussian row.
     """
-    from insideout_jax.render.slices import voxelize
     from insideout_jax.render.xgaussian import density_view
     from insideout_jax.visual import as_radiative, unify
 
@@ -228,7 +227,7 @@ def evaluate(*, rgb0, rgb_aligned, rgb_internal, rad0, rad_internal, unified_den
         notes.append("no true surface: internal noise is null")
 
     sp_v, org = float(grid.spacing_zyx[0]), np.asarray(grid.origin_xyz)
-    vols = {"radiative": np.asarray(voxelize(rad0, grid)), "insideout": np.asarray(unified_density)}
+    vols = {"radiative": pg.cell_volume(rad0, grid), "insideout": np.asarray(unified_density)}
     meshes = {}
     metrics["occupancy"] = {}
     for name, v in vols.items():

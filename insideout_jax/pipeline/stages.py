@@ -105,18 +105,18 @@ def train_xray_stage(projections: np.ndarray, geometry, cfg: XrayStageConfig, *,
 
 
 def volume_scores(projections, geometry, splats, reference_volume, n: int, *, ct_volume=None):
-    """FDK of ``projections`` and the voxelized ``splats`` on the comparison grid (the reference's
+    """FDK of ``projections`` and the cell means of ``splats`` on the comparison grid (the reference's
     extent at n³), each scored against the reference resampled there: 3D PSNR over the
     reference's maximum and 3D SSIM; with ``ct_volume``, also against the CT sampled on the same
     grid (``vs_ct``, over the CT's maximum). Returns ({"fdk", "radiative"}: volumes, their scores)."""
     from insideout_jax.evaluation import volume_metrics
     from insideout_jax.fdk import fdk
-    from insideout_jax.render.slices import make_voxel_grid, voxelize
+    from insideout_jax.render.slices import make_voxel_grid
 
     sp, org = pg.comparison_grid(reference_volume, n)
     grid = make_voxel_grid((n, n, n), sp, org)
     volumes = {"fdk": np.asarray(fdk(projections, geometry, (n, n, n), sp, org)),
-               "radiative": np.asarray(voxelize(splats, grid))}
+               "radiative": pg.cell_volume(splats, grid)}
     def score(v, ref):
         return {k: float(x) for k, x in volume_metrics(v, ref).items()}
 
@@ -320,13 +320,12 @@ def visual_stage(rad, rgb, ct_volume, cfg: VisualStageConfig, *, photos, cameras
                  heldout_photos, heldout_cameras, background=(0.0, 0.0, 0.0), rgb_only=None,
                  progress: Progress = None) -> VisualResult:
     """Stage 4: colour transfer + detail cloning → the unified model; its colours fitted to the
-    training photos (``cfg.colour_iterations``); its density voxelized on the object grid; its
+    training photos (``cfg.colour_iterations``); its density as cell means on the object grid; its
     held-out photo scores (cameras in the CT frame).
 
     ``rgb_only``: the RGB-only splats in the CT frame (after fitting; the object's only). When
     given, they are scored on the same held-out photos (``heldout_views.rgb_object``), the like-for-
     like reference of the unified model where the photos were matted to the object."""
-    from insideout_jax.render.slices import voxelize
     from insideout_jax.train.rgb import evaluate_rgb
     from insideout_jax.visual import as_radiative, refine_colours, unify
 
@@ -337,7 +336,7 @@ def visual_stage(rad, rgb, ct_volume, cfg: VisualStageConfig, *, photos, cameras
                                      lr=cfg.colour_lr, background=background,
                                      progress=_bar(progress))
     grid = pg.object_grid(ct_volume, cfg.volume_size)
-    dens = np.asarray(voxelize(as_radiative(model), grid))
+    dens = pg.cell_volume(as_radiative(model), grid)
     scored = {"unified_rgb": model.splats, **({"rgb_object": rgb_only} if rgb_only is not None else {})}
     views = {}
     for key, sp in scored.items():
