@@ -109,7 +109,11 @@ def radiative_solid_points(rad: RadSplats, n: int) -> np.ndarray:
     Decision: stage-1 radiative splats are few and large inside the object and many and faint in
     the air around it (ACUI fills the scanned cuboid); fitting the RGB shell to their *centres*
     misjudged the scale by 46 % on the skull. The voxelized density field, thresholded at Otsu's
-    level (air vs tissue), is the solid the RGB shell wraps, whatever the splat sizes.
+    level (air vs tissue), is the solid the RGB shell wraps, whatever the splat sizes. The field
+    is voxelized as cell means (:func:`cell_volume`): point samples of a thin wall's splats hit
+    their peaks or miss them; on the same stage-1 splats the fitted rotation error went 1.29 →
+    0.14° on the matryoshka, 0.37 → 0.30° on the Stanford head, 0.29 → 0.28° on the skull, the
+    scale errors 4.44 → 4.71 %, 0.52 → 0.60 %, 0.25 → 0.23 %.
     """
     from insideout_jax.evaluation import iso_level
 
@@ -119,7 +123,7 @@ def radiative_solid_points(rad: RadSplats, n: int) -> np.ndarray:
     org = lo + 0.5 * sp
     shape = tuple(int(np.ceil((hi[a] - lo[a]) / sp)) for a in (2, 1, 0))
     grid = make_voxel_grid(shape, (sp,) * 3, org)
-    dens = np.asarray(voxelize(rad, grid, cutoff_sigma=4.0))
+    dens = np.asarray(voxelize(cell_averaged(rad, (sp,) * 3), grid, cutoff_sigma=4.0))
     pts = np.asarray(voxel_centers(grid))[dens > iso_level(dens)]
     if len(pts) < 100:
         raise PipelineInputError("the radiative density has no clear object (fewer than 100 voxels"
