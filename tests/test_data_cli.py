@@ -3,6 +3,8 @@ padding recognised, the field-of-view cylinder refused, and the R²-Gaussian / N
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from test_io_importers import _dump, _naf, _r2_folder, _write_series
 
@@ -133,4 +135,5 @@ def test_from_ct_scales_a_normalised_volume_and_refuses_a_starved_detector(tmp_p
     assert rc == 0, text
     obj = read_object(tmp_path / "b")
     np.testing.assert_allclose(obj.truth_volume.data, vol * np.float32(0.04))  # 0.02 /mm inside
+    assert "0.04" in json.loads((tmp_path / "b" / "xray" / "acquisition.json").read_text())["volume_units"]
     assert 0.0 < float(obj.projections.max()) < 0.02 * 32 * np.sqrt(3)  # the longest chord's integral

@@ -325,6 +325,13 @@ def main(argv=None) -> int:
                                        ct_source="exact" if args.exact_ct else "fdk")
             except ValueError as e:
                 raise ValueError(f"{args.path}: {e}") from e
+            if args.unit_attenuation != 1.0:  # said where the acquisition is described
+                from insideout_jax import io as iio
+                from insideout_jax.data.scanner import ACQUISITION_FILE
+
+                rec = iio.read_json(build / ACQUISITION_FILE)
+                rec["volume_units"] = f"the file's values x {args.unit_attenuation:g} = attenuation /mm"
+                iio.write_json_atomic(build / ACQUISITION_FILE, rec)
         elif args.command == "export":
             from insideout_jax.data.export import export_as_acquired
 
