@@ -49,13 +49,21 @@ def test_comparison_grid_spans_the_volume_and_resampling_is_exact_on_its_own_gri
     # the first cell's lower corner is the volume's first voxel's lower corner
     np.testing.assert_allclose(org - 0.5 * sp[::-1], np.asarray(vol.origin_xyz) - 0.5 * np.array([0.5, 1.0, 2.0]))
     rng = np.random.default_rng(0)
-    # linear interpolation is exact on a linear ramp: the value at the n cell centres of each axis
-    z, y, x = np.meshgrid(*[np.arange(k, dtype=np.float32) for k in (6, 7, 8)], indexing="ij")
-    c = [(np.arange(6) + 0.5) * k / 6 - 0.5 for k in (6, 7, 8)]
+    # axes with fewer voxels than cells: linear interpolation, exact on a linear ramp at the n
+    # cell centres of each axis
+    z, y, x = np.meshgrid(*[np.arange(k, dtype=np.float32) for k in (6, 5, 4)], indexing="ij")
+    c = [(np.arange(6) + 0.5) * k / 6 - 0.5 for k in (6, 5, 4)]
+    c = [np.clip(ci, 0, k - 1) for ci, k in zip(c, (6, 5, 4), strict=True)]  # ends held
     want = c[0][:, None, None] + 2 * c[1][None, :, None] + 3 * c[2][None, None, :]
     np.testing.assert_allclose(pg.resample_block(z + 2 * y + 3 * x, 6), want, atol=1e-4)
     assert np.isclose(ndimage.map_coordinates(z + 2 * y + 3 * x, [[c[0][1]], [c[1][2]], [c[2][3]]], order=1)[0],
                       want[1, 2, 3], atol=1e-4)
+    # axes with more: the mean of the voxels each cell covers (by overlap)
+    fine = rng.random((12, 12, 12)).astype(np.float32)
+    np.testing.assert_allclose(pg.resample_block(fine, 6), fine.reshape(6, 2, 6, 2, 6, 2).mean((1, 3, 5)),
+                               atol=1e-6)
+    odd = rng.random((13, 17, 9)).astype(np.float32)
+    assert np.isclose(pg.resample_block(odd, 8).mean(), odd.mean(), rtol=1e-5)  # mass kept
     cube = rng.random((6, 6, 6)).astype(np.float32)
     np.testing.assert_allclose(pg.resample_block(cube, 6), cube, atol=1e-6)
     v = iio.make_volume(cube, (1.0, 2.0, 3.0), (1.0, 2.0, 3.0), quantity="attenuation")

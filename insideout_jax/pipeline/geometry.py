@@ -53,7 +53,7 @@ def cameras_in_ct_frame(cameras, transform) -> list:
 
 def comparison_grid(truth, n: int):
     """(spacing_zyx, origin_xyz) of the volume-comparison grid: the reference volume's extent at
-    n³ voxels (its reference is the interpolation :func:`resample_block`)."""
+    n³ voxels (its reference is :func:`resample_block`)."""
     ext = np.array(np.shape(truth.data)) * np.asarray(truth.spacing_zyx)
     sp = ext / n
     org = np.asarray(truth.origin_xyz) - 0.5 * np.asarray(truth.spacing_zyx)[::-1] + 0.5 * sp[::-1]
@@ -204,10 +204,31 @@ def resample_to(data, vol, grid: VoxelGrid) -> np.ndarray:
     return ndimage.map_coordinates(np.asarray(data, np.float32), idx, order=1, mode="constant")
 
 
-def resample_block(vol, n: int) -> np.ndarray:
-    """Resample [z, y, x] to n³ by linear interpolation at the n³ cell centres of the same extent."""
-    from scipy import ndimage
+def _axis_weights(s: int, n: int) -> np.ndarray:
+    """[n, s] weights taking an axis of s voxels to n cells of the same extent: cell means (the
+    overlap of each voxel with the cell) where n < s, linear interpolation at the cell centres
+    (ends held) where n ≥ s."""
+    w = np.zeros((n, s))
+    if n < s:
+        edges = np.arange(n + 1) * s / n  # cell i covers [edges[i], edges[i + 1]) in voxel units
+        for i in range(n):
+            j = np.arange(int(np.floor(edges[i])), int(np.ceil(edges[i + 1])))
+            w[i, j] = np.minimum(j + 1, edges[i + 1]) - np.maximum(j, edges[i])
+        return w / w.sum(1, keepdims=True)
+    c = np.clip((np.arange(n) + 0.5) * s / n - 0.5, 0, s - 1)
+    j0 = np.minimum(np.floor(c).astype(int), max(s - 2, 0))
+    f = c - j0
+    np.add.at(w, (np.arange(n), j0), 1 - f)
+    np.add.at(w, (np.arange(n), np.minimum(j0 + 1, s - 1)), f)
+    return w
 
-    coords = [(np.arange(n) + 0.5) * s / n - 0.5 for s in np.shape(vol)]
-    grid = np.meshgrid(*coords, indexing="ij")
-    return ndimage.map_coordinates(np.asarray(vol, np.float32), grid, order=1, mode="nearest")
+
+def resample_block(vol, n: int) -> np.ndarray:
+    """[z, y, x] → n³ cells of the same extent: along an axis with more voxels than n, each
+    cell is the mean of the voxels it covers (by overlap), the way a coarser reconstruction and
+    the splats' cell means (:func:`cell_volume`) hold it; along an axis with fewer, linear
+    interpolation at the cell centres."""
+    out = np.asarray(vol, np.float64)
+    for axis, s in enumerate(np.shape(vol)):
+        out = np.moveaxis(np.tensordot(_axis_weights(s, n), out, axes=(1, axis)), 0, axis)
+    return out.astype(np.float32)
