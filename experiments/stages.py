@@ -371,10 +371,24 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
+# The config sections each stage reads (ctx.obj: skull; ctx.ct, training views: xray; photos: rgb;
+# the evaluation: all), with the preset's name; fields that change the speed only are in none.
+STAGE_CONFIG = {"data": ("skull",), "sfm": ("sfm",), "rgb": ("rgb",), "xray": ("skull", "xray"),
+                "fitting": ("fitting",), "internal": ("skull", "xray", "rgb", "internal"),
+                "visual": ("skull", "xray", "rgb", "visual"), "evaluation": None}
+SPEED_ONLY = frozenset({"compact"})  # DensifyConfig.compact: the same splats in smaller buffers
+
+
+def _config_digest(cfg: PipelineConfig, name: str) -> str:
+    strip = lambda d: {k: strip(v) for k, v in d.items() if k not in SPEED_ONLY} if isinstance(d, dict) else d  # noqa: E731
+    d = dataclasses.asdict(cfg)
+    if STAGE_CONFIG[name] is not None:
+        d = {k: d[k] for k in ("name", *STAGE_CONFIG[name])}
+    return _digest(json.dumps(strip(d), sort_keys=True))
+
+
 def fingerprint(ctx: RunContext, name: str) -> dict:
     """{"config", "inputs", "upstream"} digests of a stage (files are listed, never opened)."""
-    from insideout_jax.config import config_to_json
-
     rows = []
     for rel in STAGE_INPUTS[name]:
         p = ctx.object_dir / rel
@@ -386,7 +400,7 @@ def fingerprint(ctx: RunContext, name: str) -> dict:
     for up in STAGE_UPSTREAM[name]:
         m = ctx.done_marker(up)
         ups.append(run_json(m).get("fingerprint", {}).get("all", "") if m.is_file() else "")
-    fp = {"config": _digest(config_to_json(ctx.cfg)), "inputs": _digest(*rows), "upstream": _digest(*ups)}
+    fp = {"config": _config_digest(ctx.cfg, name), "inputs": _digest(*rows), "upstream": _digest(*ups)}
     return dict(fp, all=_digest(*fp.values()))
 
 

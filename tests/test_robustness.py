@@ -145,7 +145,18 @@ def test_resume_reruns_exactly_what_a_change_reaches(tmp_path, monkeypatch, caps
     _run_all(st, obj, out, cfg, resume=True)
     assert ran == ["sfm", "rgb", "fitting", "internal", "visual", "evaluation"]
     ran.clear()
-    # another config: every stage
+    # a speed-only field (DensifyConfig.compact): nothing
+    rgb = dataclasses.replace(cfg.rgb, train=dataclasses.replace(
+        cfg.rgb.train, densify=dataclasses.replace(cfg.rgb.train.densify, compact=False)))
+    _run_all(st, obj, out, dataclasses.replace(cfg, rgb=rgb), resume=True)
+    assert ran == []
+    # a fitting constant: the fitting stage and those after it, not the stage-1 trainings
+    _run_all(st, obj, out, dataclasses.replace(cfg, fitting=dataclasses.replace(cfg.fitting, grid_size=64)),
+             resume=True)
+    assert ran == ["fitting", "internal", "visual", "evaluation"]
+    assert "[fitting] runs again: the config changed" in capsys.readouterr().out
+    ran.clear()
+    # another config (preset): every stage
     _run_all(st, obj, out, dataclasses.replace(cfg, name="other"), resume=True)
     assert ran == list(st.STAGE_ORDER)
     assert "[data] runs again: the config changed" in capsys.readouterr().out
