@@ -381,9 +381,8 @@ SPEED_ONLY = frozenset({"compact"})  # DensifyConfig.compact: the same splats in
 
 def _config_digest(cfg: PipelineConfig, name: str) -> str:
     strip = lambda d: {k: strip(v) for k, v in d.items() if k not in SPEED_ONLY} if isinstance(d, dict) else d  # noqa: E731
-    d = dataclasses.asdict(cfg)
-    if STAGE_CONFIG[name] is not None:
-        d = {k: d[k] for k in ("name", *STAGE_CONFIG[name])}
+    secs = STAGE_CONFIG[name]
+    d = {k: v for k, v in dataclasses.asdict(cfg).items() if secs is None or k in ("name", *secs)}
     return _digest(json.dumps(strip(d), sort_keys=True))
 
 
@@ -399,7 +398,8 @@ def fingerprint(ctx: RunContext, name: str) -> dict:
     ups = []
     for up in STAGE_UPSTREAM[name]:
         m = ctx.done_marker(up)
-        ups.append(run_json(m).get("fingerprint", {}).get("all", "") if m.is_file() else "")
+        done = run_json(m) if m.is_file() else {}  # its run's id: a re-run upstream reaches here
+        ups.append(f"{done.get('fingerprint', {}).get('all', '')}|{done.get('run', '')}")
     fp = {"config": _config_digest(ctx.cfg, name), "inputs": _digest(*rows), "upstream": _digest(*ups)}
     return dict(fp, all=_digest(*fp.values()))
 
@@ -446,6 +446,7 @@ def run_stage(name: str, ctx: RunContext) -> bool:
     seconds = time.perf_counter() - t0
     ctx.metrics["stage_seconds"][name] = seconds
     added = [n for n in ctx.metrics["notes"] if n not in before]
-    atomic_write_bytes(marker, json.dumps({"seconds": seconds, "notes": added, "fingerprint": fp}).encode())
+    atomic_write_bytes(marker, json.dumps({"seconds": seconds, "notes": added, "fingerprint": fp,
+                                           "run": time.time_ns()}).encode())
     ctx.write_metrics()
     return True

@@ -156,6 +156,11 @@ def test_resume_reruns_exactly_what_a_change_reaches(tmp_path, monkeypatch, caps
     assert ran == ["fitting", "internal", "visual", "evaluation"]
     assert "[fitting] runs again: the config changed" in capsys.readouterr().out
     ran.clear()
+    # a stage run again for another reason (its marker removed, new code): every stage after it
+    (out / "stages" / "fitting.done.json").unlink()
+    _run_all(st, obj, out, cfg, resume=True)
+    assert ran == ["fitting", "internal", "visual", "evaluation"]
+    ran.clear()
     # another config (preset): every stage
     _run_all(st, obj, out, dataclasses.replace(cfg, name="other"), resume=True)
     assert ran == list(st.STAGE_ORDER)
