@@ -96,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
                     " TIGRE head's soft tissue (0.44) at water's 0.02 /mm")
     ct.add_argument("--out", required=True, help="object folder to write")
     ct.add_argument("--iso", type=float, default=None,
-                    help="isosurface level for the photos, in the file's units (default: Otsu)")
+                    help="isosurface level for the photos, in the volume's units after --offset"
+                    " (HU, or attenuation before --unit-attenuation; default: Otsu)")
     ct.add_argument("--keep-largest", action="store_true",
                     help="keep only the largest connected region (drops a table or head rest)")
     ct.add_argument("--views", type=int, default=180)
@@ -158,8 +159,6 @@ def _check_args(args) -> str | None:
         mu = args.unit_attenuation
         if not (math.isfinite(mu) and mu > 0):
             return f"--unit-attenuation must be a positive attenuation per mm, got {mu:g}"
-        if mu != 1.0 and args.quantity == "HU":
-            return "--unit-attenuation is for volumes in attenuation units, not HU"
     if args.command == "import":
         if not Path(args.path).exists():
             return f"{args.path}: no such file or folder (the {args.kind} data set to import)"
@@ -307,7 +306,7 @@ def main(argv=None) -> int:
             data = np.asarray(vol.data, np.float32) - np.float32(args.offset)
             if args.flip_z:
                 data = data[::-1].copy()
-            iso = args.iso  # in the file's units, as the photos' level is given
+            iso = args.iso  # in the volume's units: scaled with them below
             if args.unit_attenuation != 1.0:
                 if vol.quantity != "attenuation":
                     raise ValueError(f"--unit-attenuation is for attenuation volumes; this one is"

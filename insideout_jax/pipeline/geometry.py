@@ -60,7 +60,7 @@ def comparison_grid(truth, n: int):
     return sp, org
 
 
-def cell_volume(splats: RadSplats, grid: VoxelGrid) -> np.ndarray:
+def cell_volume(splats: RadSplats, grid: VoxelGrid, *, cutoff_sigma: float = 6.0) -> np.ndarray:
     """[Z, Y, X] density of radiative splats as a CT voxel holds it: the mean over each cell.
 
     Decision: volumes are scored and exported as cell means (:func:`~insideout_jax.splats.cell_averaged`),
@@ -69,7 +69,8 @@ def cell_volume(splats: RadSplats, grid: VoxelGrid) -> np.ndarray:
     scored 22.99 dB point-sampled and 36.37 dB as cell means against its truth; on the skull and
     the Stanford head, whose splats are larger than a voxel, the two differ by < 0.1 dB.
     """
-    return np.asarray(voxelize(cell_averaged(splats, np.asarray(grid.spacing_zyx)[::-1]), grid))
+    sp_xyz = np.asarray(grid.spacing_zyx)[::-1]
+    return np.asarray(voxelize(cell_averaged(splats, sp_xyz), grid, cutoff_sigma=cutoff_sigma))
 
 
 def fov_grid(geometry, n: int) -> VoxelGrid:
@@ -123,7 +124,7 @@ def radiative_solid_points(rad: RadSplats, n: int) -> np.ndarray:
     org = lo + 0.5 * sp
     shape = tuple(int(np.ceil((hi[a] - lo[a]) / sp)) for a in (2, 1, 0))
     grid = make_voxel_grid(shape, (sp,) * 3, org)
-    dens = np.asarray(voxelize(cell_averaged(rad, (sp,) * 3), grid, cutoff_sigma=4.0))
+    dens = cell_volume(rad, grid, cutoff_sigma=4.0)
     pts = np.asarray(voxel_centers(grid))[dens > iso_level(dens)]
     if len(pts) < 100:
         raise PipelineInputError("the radiative density has no clear object (fewer than 100 voxels"
