@@ -29,6 +29,10 @@ def test_forward_matches_xla_and_brute_force():
     vol = voxelize(s, GRID, backend="pallas_interpret", capacity=64)
     assert _rel(vol, _field(s, voxel_centers(GRID))) < 1e-5
     assert _rel(vol, voxelize(s, GRID, backend="xla")) < 1e-6
+    # several fields on one geometry: one single-channel kernel run per field, same boxes
+    vals = jnp.asarray(np.random.default_rng(3).uniform(0.2, 2.0, (s.capacity, 2)), jnp.float32)
+    many = render_slice(s, plane, values=vals, backend="pallas_interpret")
+    assert _rel(many, render_slice(s, plane, values=vals, backend="xla")) < 1e-6
 
 
 def test_gradients_match_xla_and_float64_brute_force():

@@ -26,6 +26,7 @@ from insideout_jax.stacks import (
     interpolate_stack,
     make_stack,
     read_frame_folder,
+    render_frame,
     render_frames,
     sigma_z,
     split_stack,
@@ -208,17 +209,22 @@ def test_sigma_z_matches_the_covariance():
     np.testing.assert_allclose(sigma_z(sp), np.sqrt(np.asarray(splat_covariances(sp))[:, 2, 2]), rtol=1e-5)
 
 
-def test_stack_loss_terms():
-    """Each switch adds exactly its term: IBFR = L1(render at z_j + α·Δ, blend), band, seg."""
+@pytest.mark.parametrize("link", ["saturating", "linear"])
+def test_stack_loss_terms(link):
+    """Each switch adds exactly its term: IBFR = L1(render at z_j + α·Δ, blend), band, seg; a mask
+    head's value is its summed field f through the link (1 − exp(−f), or f)."""
     from insideout_jax.render.slices import render_slice
+
+    def mask(f):
+        return -np.expm1(-np.asarray(f, np.float64)) if link == "saturating" else np.asarray(f)
 
     st = _analytic_stack(nz=9, dz=2.0)
     kept, _ = split_stack(st, 2)
     masks = (kept.frames > 0.3)[None]
     kept = dataclasses.replace(kept, labels=masks, label_names=("m",))
     sp = _true_splats(perturb=1.0)
-    model = StackModel(sp, jnp.log(jnp.full((3, 1), 0.7)))
-    cfg = StackConfig(cutoff_sigma=5.0, lambda_ssim=0.0)
+    model = StackModel(sp, jnp.log(jnp.full((3, 1), 0.7)), link)
+    cfg = StackConfig(cutoff_sigma=5.0, lambda_ssim=0.0, mask_link=link)
     frames, labels = jnp.asarray(kept.frames), jnp.asarray(kept.labels, jnp.float32)
     z = jnp.asarray(kept.z, jnp.float32)
     depth = float(kept.z[-1] - kept.z[0])
@@ -231,7 +237,7 @@ def test_stack_loss_terms():
     zm = kept.z[1] + 0.3 * 4.0
     mid = np.asarray(render_slice(sp, frame_plane(kept, zm), cutoff_sigma=5.0))
     blend = 0.7 * kept.frames[1] + 0.3 * kept.frames[2]
-    mid_seg = np.asarray(render_slice(model.head(0), frame_plane(kept, zm), cutoff_sigma=5.0))
+    mid_seg = mask(render_slice(model.head(0), frame_plane(kept, zm), cutoff_sigma=5.0))
     blend_seg = 0.7 * masks[0, 1] + 0.3 * masks[0, 2]
     expect = cfg.lambda_ibfr * (np.mean(np.abs(mid - blend)) + cfg.lambda_seg * np.mean(np.abs(mid_seg - blend_seg)))
     np.testing.assert_allclose(loss(True, False) - base, expect, rtol=1e-4)
@@ -242,9 +248,11 @@ def test_stack_loss_terms():
     band = float(band_penalty(sigma_z(sp) / 4.0, 1.0, depth / 4.0))
     assert band > 0
     np.testing.assert_allclose(loss(False, True) - base, 0.25 * band, rtol=1e-4, atol=1e-7)
-    no_seg = StackModel(sp, jnp.zeros((3, 0)))
-    seg = render_slice(model.head(0), frame_plane(kept, kept.z[2]), cutoff_sigma=5.0)
-    expect = 2.0 * 2.0 * np.mean(np.abs(np.asarray(seg) - masks[0, 2]))
+    no_seg = StackModel(sp, jnp.zeros((3, 0)), link)
+    seg = mask(render_slice(model.head(0), frame_plane(kept, kept.z[2]), cutoff_sigma=5.0))
+    assert 0.2 < seg.max() < 1.0  # the test reaches the link's non-linear part
+    np.testing.assert_allclose(render_frame(model, kept, kept.z[2], label=0, cutoff_sigma=5.0), seg, atol=1e-6)
+    expect = 2.0 * 2.0 * np.mean(np.abs(seg - masks[0, 2]))
     nolab = float(stack_loss(no_seg, kept, frames, jnp.zeros((0,) + frames.shape), jnp.int32(2), jnp.int32(1),
                              jnp.float32(0.3), jnp.asarray(False), jnp.asarray(False), cfg, z, 4.0, depth))
     np.testing.assert_allclose(base - nolab, expect, rtol=1e-4)

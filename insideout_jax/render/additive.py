@@ -51,7 +51,8 @@ _BOUND_MARGIN_PX = 0.01  # absorbs float32 rounding of exact footprint bounds
 
 @dataclasses.dataclass(frozen=True)
 class TileLayout:
-    """Static description of the tiled output buffer [n_layers · tiles_y · tiles_x, th · tw]."""
+    """Static description of the tiled output buffer [n_layers · tiles_y · tiles_x, channels · th · tw]
+    (a tile's row holds its ``channels`` maps one after the other, each row-major)."""
 
     n_layers: int
     tiles_y: int
@@ -59,6 +60,7 @@ class TileLayout:
     tile_h: int = 16
     tile_w: int = 16
     chunk: int = 1024
+    channels: int = 1
 
     @property
     def n_tiles(self) -> int:
@@ -68,12 +70,19 @@ class TileLayout:
     def tile_pixels(self) -> int:
         return self.tile_h * self.tile_w
 
+    @property
+    def row_width(self) -> int:
+        """Values per tile in the buffer (channels · th · tw)."""
+        return self.channels * self.tile_pixels
+
     def untile(self, buf: jax.Array, height: int, width: int) -> jax.Array:
-        """[T, Pt] → [n_layers, height, width] (crops the partial border tiles)."""
-        x = buf.reshape(self.n_layers, self.tiles_y, self.tiles_x, self.tile_h, self.tile_w)
-        x = x.transpose(0, 1, 3, 2, 4).reshape(self.n_layers, self.tiles_y * self.tile_h,
-                                                self.tiles_x * self.tile_w)
-        return x[:, :height, :width]
+        """[T, channels · Pt] → [n_layers, height, width] ([channels, n_layers, height, width] when
+        channels > 1); crops the partial border tiles."""
+        c = self.channels
+        x = buf.reshape(self.n_layers, self.tiles_y, self.tiles_x, c, self.tile_h, self.tile_w)
+        x = x.transpose(3, 0, 1, 4, 2, 5).reshape(c, self.n_layers, self.tiles_y * self.tile_h,
+                                                   self.tiles_x * self.tile_w)[:, :, :height, :width]
+        return x[0] if c == 1 else x
 
     def tile(self, img: jax.Array) -> jax.Array:
         """[n_layers, H, W] → [T, Pt] (zero-padded), the inverse of :meth:`untile`."""
@@ -174,7 +183,8 @@ class SplatKernel(NamedTuple):
 
     ``eval(records [B, K], aux, x0 [B], y0 [B], layer [B], tile_shape) → [B, Pt]``: the value of
     each pair's record on the pixels of its tile (pixel (x0 + lx, y0 + ly) of layer ``layer``, with
-    (lx, ly) = :func:`tile_local_coords` (tile_shape), tile_shape = (th, tw) static).
+    (lx, ly) = :func:`tile_local_coords` (tile_shape), tile_shape = (th, tw) static); [B, channels ·
+    Pt] (the channels' maps one after the other) for a multi-channel layout, ``ct`` likewise.
     ``vjp(records, aux, x0, y0, layer, tile_shape, ct [B, Pt]) → [B, M]``: per-pair contributions
     that are summed per record; when None, ``jax.vjp`` of ``eval`` is used.
     ``finish(records [R, K], aux, sums [R, M]) → [R, K]``: record cotangents from the per-record
@@ -189,7 +199,8 @@ class SplatKernel(NamedTuple):
     finish: Callable[..., jax.Array] | None = None
 
 
-def vjp_width(kernel: SplatKernel, records: jax.Array, aux, tile_shape, batch: int) -> int:
+def vjp_width(kernel: SplatKernel, records: jax.Array, aux, tile_shape, batch: int, channels: int = 1
+              ) -> int:
     """Static width M of ``kernel.vjp``'s per-pair output (K when the kernel has no ``finish``)."""
     if kernel.finish is None:
         return records.shape[1]
@@ -197,7 +208,7 @@ def vjp_width(kernel: SplatKernel, records: jax.Array, aux, tile_shape, batch: i
     out = jax.eval_shape(
         lambda r, a, x0, y0, la, ct: kernel.vjp(r, a, x0, y0, la, tile_shape, ct),
         jax.ShapeDtypeStruct((batch, records.shape[1]), records.dtype), aux, i32, i32, i32,
-        jax.ShapeDtypeStruct((batch, tile_shape[0] * tile_shape[1]), records.dtype))
+        jax.ShapeDtypeStruct((batch, channels * tile_shape[0] * tile_shape[1]), records.dtype))
     return out.shape[1]
 
 
@@ -214,7 +225,7 @@ def sum_splat(kernel: SplatKernel, layout: TileLayout, records: jax.Array, aux, 
       boxes: [R, 6] int32 tile boxes from :func:`pixel_bounds_to_boxes`.
 
     Returns:
-      [T, Pt] float32 per-tile sums.
+      [T, channels · Pt] float32 per-tile sums.
     """
     return _sum_splat_fwd_impl(kernel, layout, records, aux, _enumerate(boxes, layout.chunk))
 
@@ -293,7 +304,7 @@ def _sum_splat_fwd_impl(kernel, layout, records, aux, en: _Enumeration):
         vals = jnp.where(valid[:, None], vals, 0.0)
         return buf.at[tile].add(vals, mode="drop"), r0
 
-    buf0 = jnp.zeros((layout.n_tiles, layout.tile_pixels), records.dtype)
+    buf0 = jnp.zeros((layout.n_tiles, layout.row_width), records.dtype)
     buf = jax.lax.fori_loop(0, en.n_chunks, body, (buf0, jnp.int32(0)))[0]
     return jnp.where(en.overflow, jnp.nan, buf)  # wrapped counts: NaN, never a partial sum
 
@@ -322,7 +333,7 @@ def _sum_splat_bwd(kernel, layout, res, ct):
         g = jnp.where(valid[:, None], g, 0.0)
         return acc.at[rid].add(g, indices_are_sorted=True), r0
 
-    width = vjp_width(kernel, records, aux, ts, layout.chunk)
+    width = vjp_width(kernel, records, aux, ts, layout.chunk, layout.channels)
     acc0 = jnp.zeros((records.shape[0], width), records.dtype)
     acc = jax.lax.fori_loop(0, en.n_chunks, body, (acc0, jnp.int32(0)))[0]
     acc = jnp.zeros_like(acc).at[en.perm].set(acc, unique_indices=True)  # original record order

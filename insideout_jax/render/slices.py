@@ -184,7 +184,8 @@ def splat_peaks(splats: RadSplats | RGBSplats) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# per-pixel kernel: records [C, 13] = (μ (3), W = S⁻¹Rᵀ row-major (9), peak)
+# per-pixel kernel: records [C, 12 + K] = (μ (3), W = S⁻¹Rᵀ row-major (9), K peaks: one per
+# channel, K = 1 for the density); a pair's values are its K maps one after the other [B, K·Pt]
 # aux = (x00, step_c, step_r, step_l, k²): pixel (x, y) of layer l sits at
 #       x00 + x·step_c + y·step_r + l·step_l
 # ----------------------------------------------------------------------------------------------
@@ -213,99 +214,54 @@ def _pixel_m2(o, g1, g2, ts):
 def _eval_density(rec, aux, x0, y0, layer, ts):
     o, g1, g2 = _pair_stage(rec[:, :12], aux, x0, y0, layer, ts)
     m2 = _pixel_m2(o, g1, g2, ts)
-    return jnp.where(m2 <= aux[4], rec[:, 12:13] * jnp.exp(-0.5 * m2), 0.0)
+    if rec.shape[1] == 13:
+        return jnp.where(m2 <= aux[4], rec[:, 12:13] * jnp.exp(-0.5 * m2), 0.0)
+    e = jnp.where(m2 <= aux[4], jnp.exp(-0.5 * m2), 0.0)
+    return (rec[:, 12:, None] * e[:, None, :]).reshape(rec.shape[0], -1)
 
 
 def _vjp_density(rec, aux, x0, y0, layer, ts, ct):
     (o, g1, g2), pair_vjp = jax.vjp(lambda r: _pair_stage(r, aux, x0, y0, layer, ts), rec[:, :12])
     m2 = _pixel_m2(o, g1, g2, ts)
-    ge = ct * jnp.where(m2 <= aux[4], jnp.exp(-0.5 * m2), 0.0)  # ∂L/∂peak per pixel
-    gm = -0.5 * ge * rec[:, 12:13]  # ∂L/∂m²
-    (p0, *_), (s0, sx, sy, sxx, sxy, syy) = tile_moments(ts, [ge, gm])
+    e = jnp.where(m2 <= aux[4], jnp.exp(-0.5 * m2), 0.0)
+    n_ch = rec.shape[1] - 12
+    ct = ct.reshape(ct.shape[0], n_ch, -1)
+    ge = [ct[:, c] * e for c in range(n_ch)]  # ∂L/∂peak_c per pixel
+    gm = -0.5 * sum(ge[c] * rec[:, 12 + c:13 + c] for c in range(n_ch))  # ∂L/∂m²
+    *peaks, (s0, sx, sy, sxx, sxy, syy) = tile_moments(ts, [*ge, gm])
     col = lambda a: a[:, None]  # noqa: E731
     # m² = ‖o + lx·g1 + ly·g2‖²: Σₚ gm·∂m²/∂(o, g1, g2) from the moments of gm
     go = 2.0 * (o * col(s0) + g1 * col(sx) + g2 * col(sy))
     gg1 = 2.0 * (o * col(sx) + g1 * col(sxx) + g2 * col(sxy))
     gg2 = 2.0 * (o * col(sy) + g1 * col(sxy) + g2 * col(syy))
     (g12,) = pair_vjp((go, gg1, gg2))
-    return jnp.concatenate([g12, p0[:, None]], axis=1)
+    return jnp.concatenate([g12] + [p[0][:, None] for p in peaks], axis=1)
 
 
 DENSITY_KERNEL = SplatKernel(_eval_density, _vjp_density)
 
 
-# The same kernel for the Pallas engine, on record columns r[k] ([Bk]) and scalar constants
-# aux = (x00 (3), step_c (3), step_r (3), step_l (3), k²): every intermediate is a [Bk] or [Bk, Pt]
-# block (no 3-vectors, no 3 × 3 matmul).
-
-
-def _pallas_stage(r, aux, x0, y0, layer, ts):
-    """o = W(x_t − μ), g1 = W·step_c, g2 = W·step_r as three lists of [Bk] columns, and x_t − μ."""
-    th, tw = ts
-    xc = x0 + (tw - 1) / 2.0
-    yc = y0 + (th - 1) / 2.0
-    d = [aux[j] + xc * aux[3 + j] + yc * aux[6 + j] + layer * aux[9 + j] - r[j] for j in range(3)]
-    w = lambda i, j: r[3 + 3 * i + j]  # noqa: E731
-    o = [w(i, 0) * d[0] + w(i, 1) * d[1] + w(i, 2) * d[2] for i in range(3)]
-    g1 = [w(i, 0) * aux[3] + w(i, 1) * aux[4] + w(i, 2) * aux[5] for i in range(3)]
-    g2 = [w(i, 0) * aux[6] + w(i, 1) * aux[7] + w(i, 2) * aux[8] for i in range(3)]
-    return o, g1, g2, d
-
-
-def _pallas_m2(o, g1, g2, ts):
-    lx, ly = tile_local_coords(ts, centred=True)
-    v = [o[k][:, None] + lx[None] * g1[k][:, None] + ly[None] * g2[k][:, None] for k in range(3)]
-    return v[0] * v[0] + v[1] * v[1] + v[2] * v[2], lx, ly
-
-
-def _pallas_value(r, aux, x0, y0, layer, ts):
-    o, g1, g2, _ = _pallas_stage(r, aux, x0, y0, layer, ts)
-    m2, _, _ = _pallas_m2(o, g1, g2, ts)
-    return jnp.where(m2 <= aux[12], r[12][:, None] * jnp.exp(-0.5 * m2), 0.0)
-
-
-def _pallas_sums(r, aux, x0, y0, layer, ts, ct):
-    """Record cotangents of one pair (μ (3), W row-major (9), peak): :func:`_vjp_density`."""
-    o, g1, g2, d = _pallas_stage(r, aux, x0, y0, layer, ts)
-    m2, lx, ly = _pallas_m2(o, g1, g2, ts)
-    ge = ct * jnp.where(m2 <= aux[12], jnp.exp(-0.5 * m2), 0.0)  # ∂L/∂peak per pixel
-    gm = -0.5 * ge * r[12][:, None]  # ∂L/∂m²
-    gx, gy = gm * lx[None], gm * ly[None]
-    s0, sx, sy = jnp.sum(gm, 1), jnp.sum(gx, 1), jnp.sum(gy, 1)
-    sxx, sxy, syy = jnp.sum(gx * lx[None], 1), jnp.sum(gx * ly[None], 1), jnp.sum(gy * ly[None], 1)
-    go = [2.0 * (o[i] * s0 + g1[i] * sx + g2[i] * sy) for i in range(3)]
-    gg1 = [2.0 * (o[i] * sx + g1[i] * sxx + g2[i] * sxy) for i in range(3)]
-    gg2 = [2.0 * (o[i] * sy + g1[i] * sxy + g2[i] * syy) for i in range(3)]
-    w = lambda i, j: r[3 + 3 * i + j]  # noqa: E731
-    g_mu = [-(w(0, j) * go[0] + w(1, j) * go[1] + w(2, j) * go[2]) for j in range(3)]
-    g_w = [go[i] * d[j] + gg1[i] * aux[3 + j] + gg2[i] * aux[6 + j]
-           for i in range(3) for j in range(3)]
-    return (*g_mu, *g_w, jnp.sum(ge, 1))
-
-
-def _density_pallas():
-    from insideout_jax.render import pallas_additive  # noqa: PLC0415 (optional back end)
-
-    return pallas_additive.PallasKernel(13, 13, _pallas_value, _pallas_sums)
-
-
 def _sum_density(layout, rec, aux, boxes, backend, capacity):
-    """The density kernel on the tiles of ``layout`` by the chosen back end ([T, Pt])."""
+    """The density kernel on the tiles of ``layout`` by the chosen back end ([T, channels · Pt]).
+    The Pallas kernel has one channel: it runs once per channel on the same boxes."""
     if backend == "xla":
         return sum_splat(DENSITY_KERNEL, layout, rec, aux, boxes)
-    from insideout_jax.render import pallas_additive  # noqa: PLC0415 (optional back end)
+    from insideout_jax.render import pallas_additive, pallas_slices  # noqa: PLC0415 (optional back end)
 
     flat = jnp.concatenate([aux[0], aux[1], aux[2], aux[3], aux[4][None]])
-    return pallas_additive.integrate(_density_pallas(), layout, rec, flat, boxes,
-                                     interpret=backend == "pallas_interpret", capacity=capacity)
+    one = dataclasses.replace(layout, channels=1)
+    return jnp.concatenate([pallas_additive.integrate(
+        pallas_slices.density_kernel(), one, jnp.concatenate([rec[:, :12], rec[:, 12 + c:13 + c]], 1), flat,
+        boxes, interpret=backend == "pallas_interpret", capacity=capacity) for c in range(layout.channels)], 1)
 
 
-def _records(splats):
+def _records(splats, values=None):
+    """Kernel records [C, 12 + K] (peaks: ``values`` [C, K], else the splats' own [C, 1]) and the
+    rows of G = S Rᵀ (for fixed vectors a, b, aᵀΣb = (G a)·(G b); used for footprint bounds)."""
     rot = quat_to_rotmat(safe_quats(splats))
     w = jnp.swapaxes(rot, -1, -2) * jnp.exp(-splats.log_scales)[:, :, None]
-    peak = splat_peaks(splats)
-    rec = jnp.concatenate([splats.means, w.reshape(-1, 9), peak[:, None]], axis=1)
-    # rows of G = S Rᵀ: for fixed vectors a, b, aᵀΣb = (G a)·(G b) (used for footprint bounds)
+    peak = splat_peaks(splats)[:, None] if values is None else values
+    rec = jnp.concatenate([splats.means, w.reshape(-1, 9), peak], axis=1)
     g = jnp.swapaxes(rot, -1, -2) * jnp.exp(splats.log_scales)[:, :, None]
     return rec, jax.lax.stop_gradient(g)
 
@@ -322,14 +278,17 @@ def _check(splats, cutoff_sigma, tile_size, chunk, backend, capacity) -> str:
     return backend
 
 
-def render_slice(splats: RadSplats | RGBSplats, plane: SlicePlane, *, cutoff_sigma: float = 6.0,
-                 tile_size: int = 16, chunk: int = 1024, backend: str = "auto",
+def render_slice(splats: RadSplats | RGBSplats, plane: SlicePlane, *, values: jax.Array | None = None,
+                 cutoff_sigma: float = 6.0, tile_size: int = 16, chunk: int = 1024, backend: str = "auto",
                  capacity: int | None = None) -> jax.Array:
     """Density field on the pixel centres of a plane (exact plane restriction, additive).
 
     Args:
       splats: RadSplats (density) or RGBSplats (opacity as density); inactive splats ignored.
       plane: :class:`SlicePlane`.
+      values: optional [C, K] float32 peak values of K fields on the splats' one geometry (for
+        example an image and its masks); each field Σᵢ values[i, k]·Gᵢ is rendered in one pass
+        (the footprints are evaluated once), instead of the splats' own density.
       cutoff_sigma: k; contributions beyond Mahalanobis distance k are dropped (module docstring).
       tile_size, chunk: tiling and pairs per loop step of the XLA engine (performance only);
         tile_size a power of two for the Pallas back ends.
@@ -339,7 +298,8 @@ def render_slice(splats: RadSplats | RGBSplats, plane: SlicePlane, *, cutoff_sig
       capacity: Pallas back ends only: static pairs per window (performance and memory only).
 
     Returns:
-      [H, W] float32 density (1/mm for RadSplats; dimensionless for RGBSplats).
+      [H, W] float32 density (1/mm for RadSplats; dimensionless for RGBSplats); [K, H, W] with
+      ``values``.
 
     Raises:
       tiles.PairCountOverflow: when the (splat, tile) pairs would exceed the int32 counts of the
@@ -348,7 +308,10 @@ def render_slice(splats: RadSplats | RGBSplats, plane: SlicePlane, *, cutoff_sig
     backend = _check(splats, cutoff_sigma, tile_size, chunk, backend, capacity)
     if not isinstance(plane, SlicePlane):
         raise ValueError(f"plane must be a SlicePlane, got {type(plane).__name__}")
-    img, overflow = _render_slice_jit(splats, plane, jnp.float32(cutoff_sigma),
+    if values is not None and (jnp.ndim(values) != 2 or jnp.shape(values)[0] != splats.means.shape[0]):
+        raise ValueError(f"values must be [C = {splats.means.shape[0]}, K] (one row per splat), "
+                         f"got shape {jnp.shape(values)}")
+    img, overflow = _render_slice_jit(splats, plane, values, jnp.float32(cutoff_sigma),
                                       tile_size=int(tile_size), chunk=int(chunk), backend=backend,
                                       capacity=None if capacity is None else int(capacity))
     h, w = plane.resolution
@@ -359,12 +322,13 @@ def render_slice(splats: RadSplats | RGBSplats, plane: SlicePlane, *, cutoff_sig
 
 
 @xla.jit(static_argnames=("tile_size", "chunk", "backend", "capacity"))
-def _render_slice_jit(splats, plane, cutoff_sigma, *, tile_size, chunk, backend, capacity):
+def _render_slice_jit(splats, plane, values, cutoff_sigma, *, tile_size, chunk, backend, capacity):
     h, w = plane.resolution
     t = tile_size
-    layout = TileLayout(1, -(-h // t), -(-w // t), t, t, chunk)
+    n_ch = 1 if values is None else values.shape[1]
+    layout = TileLayout(1, -(-h // t), -(-w // t), t, t, chunk, n_ch)
     k2 = jax.lax.stop_gradient(cutoff_sigma) ** 2
-    rec, g = _records(splats)
+    rec, g = _records(splats, None if values is None else jnp.asarray(values, jnp.float32))
     n = plane.normal
     px = plane.pixel_size
     d = jax.lax.stop_gradient(splats.means) - plane.origin
@@ -391,7 +355,8 @@ def _render_slice_jit(splats, plane, cutoff_sigma, *, tile_size, chunk, backend,
     aux = (x00, step_c, step_r, jnp.zeros(3, jnp.float32), k2)
     aux = jax.tree_util.tree_map(jax.lax.stop_gradient, aux)
     buf = _sum_density(layout, rec, aux, boxes, backend, capacity)
-    return layout.untile(buf, h, w)[0], pairs_overflow(box_counts(boxes))
+    img = layout.untile(buf, h, w)  # [n_ch, H, W] when n_ch > 1, else [1, H, W]
+    return img[0] if values is None else img[:, 0] if n_ch > 1 else img, pairs_overflow(box_counts(boxes))
 
 
 def voxelize(splats: RadSplats | RGBSplats, grid: VoxelGrid, *, cutoff_sigma: float = 6.0,

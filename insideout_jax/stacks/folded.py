@@ -169,8 +169,8 @@ def train_folded(key: jax.Array, model: FoldedModel, kept: FrameStack, cfg: Stac
     def loss_fn(p, i, j, alpha, ibfr_on, band_on):
         m = to_model(p)
 
-        def render(zz, label):
-            return render_rgb(folded_splats(m, zz), cam).color[..., 0]
+        def render(zz):  # the image head only: [1, H, W]
+            return render_rgb(folded_splats(m, zz), cam).color[None, ..., 0]
 
         return frames_loss(render, m.sigma_z(), 0, frames, labels, i, j, alpha, ibfr_on, band_on, cfg, z, dz,
                            depth)

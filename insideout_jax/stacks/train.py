@@ -191,6 +191,9 @@ def train_stack(key: jax.Array, model: StackModel, kept: FrameStack, cfg: StackC
       (model, history) with history = dict(step, loss, seconds) per block.
     """
     frames, labels, z, dz, depth = _check_training(kept, model.n_labels)
+    if model.mask_link != cfg.mask_link:
+        raise ValueError(f"the model's mask_link {model.mask_link!r} is not cfg.mask_link {cfg.mask_link!r}: "
+                         "initialise the model with the configuration it is trained with")
 
     def loss_fn(p, i, j, alpha, ibfr_on, band_on):
         return stack_loss(_model(model, p), kept, frames, labels, i, j, alpha, ibfr_on, band_on, cfg, z, dz,
