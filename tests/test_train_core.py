@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from insideout_jax import splats as S
 from insideout_jax.train.densify import (
@@ -106,6 +107,34 @@ def test_radiative_densification_preserves_mass_and_grows_capacity():
                                        cfg=DensifyConfig(grad_threshold=10.5, max_capacity=24))
     assert info2["capacity"] == 24 and info2["skipped"] == 9 - 4
     np.testing.assert_allclose(_mass(out2), m0, rtol=1e-5)
+
+
+def test_quantile_densification_is_unit_free():
+    # grad_quantile 0.9 and no absolute threshold: the top 10 % of the seen splats are densified,
+    # and scaling every statistic by 10⁻⁶ (another object's loss scale) selects the same splats.
+    rng = np.random.default_rng(0)
+    sp = S.rad_splats_from_points(rng.normal(size=(50, 3)) * 20, np.full(50, 0.05), capacity=120,
+                                  log_scales=np.full((50, 3), np.log(0.5)))
+    params, _ = split_params(sp)
+    opt = make_optimizer({k: 1e-3 for k in params})
+    grad = np.zeros(120)
+    grad[:50] = rng.permutation(np.arange(1.0, 51.0))
+    grad[:5] = 0.0  # not seen since the last step: not counted in the quantile, never densified
+    cfg = DensifyConfig(grad_threshold=0.0, grad_quantile=0.9, percent_dense=0.1)
+    chosen = []
+    for scale in (1.0, 1e-6):
+        out, _, info = densify_and_prune(jax.random.key(0), sp, opt.init(params), opt, grad * scale,
+                                         scene_extent=100.0, cfg=cfg)
+        seen = grad[:50][grad[:50] > 0]
+        assert info["cloned"] + info["split"] == int(np.sum(seen >= np.quantile(seen, 0.9))) == 5
+        chosen.append(np.asarray(out.means)[np.asarray(out.active)])
+    np.testing.assert_array_equal(chosen[0], chosen[1])
+    # with an absolute threshold too, a splat must pass both
+    _, _, info = densify_and_prune(jax.random.key(0), sp, opt.init(params), opt, grad, scene_extent=100.0,
+                                   cfg=DensifyConfig(grad_threshold=49.5, grad_quantile=0.9, percent_dense=0.1))
+    assert info["cloned"] + info["split"] == 1
+    with pytest.raises(ValueError, match="grad_quantile"):
+        DensifyConfig(grad_quantile=1.0)
 
 
 def test_relative_density_pruning():

@@ -36,6 +36,10 @@ class DensifyConfig:
     Attributes:
       grad_threshold: average positional-gradient norm above which a splat is densified (units of
         the statistic the trainer accumulates).
+      grad_quantile: when > 0, a unit-free criterion as well: a splat is densified only if its
+        statistic is also at or above this quantile of the statistics of the active splats seen
+        since the last step (0.9: the top 10 %). With ``grad_threshold = 0`` this alone decides,
+        whatever the object's density range or the loss's scale.
       percent_dense: splats with largest scale ≤ percent_dense · extent are cloned, else split.
       min_opacity: prune below this opacity (RGB) or below ``min_density`` (radiative).
       min_density: prune radiative splats whose peak density is below this (1/mm).
@@ -51,6 +55,7 @@ class DensifyConfig:
     """
 
     grad_threshold: float = 0.0002
+    grad_quantile: float = 0.0
     percent_dense: float = 0.01
     min_opacity: float = 0.005
     min_density: float = 1e-5
@@ -60,6 +65,10 @@ class DensifyConfig:
     grow_factor: float = 1.5
     max_capacity: int = 2_000_000
     compact: bool = True
+
+    def __post_init__(self):
+        if not 0.0 <= self.grad_quantile < 1.0:
+            raise ValueError(f"DensifyConfig.grad_quantile must be in [0, 1), got {self.grad_quantile}")
 
 
 def _pad_rows(x: np.ndarray, cap: int, fill) -> np.ndarray:
@@ -153,7 +162,11 @@ def densify_and_prune(key: jax.Array, splats: RGBSplats | RadSplats, opt_state,
         weak = 1.0 / (1.0 + np.exp(-p["opacity_logits"])) < cfg.min_opacity
     prune = act & (weak | (max_scale > cfg.max_scale_fraction * scene_extent))
     act &= ~prune
-    cand = act & (grad >= cfg.grad_threshold)
+    threshold = cfg.grad_threshold
+    seen = act & (grad > 0)
+    if cfg.grad_quantile > 0 and seen.any():
+        threshold = max(threshold, float(np.quantile(grad[seen], cfg.grad_quantile)))
+    cand = act & (grad >= threshold) & (grad > 0 if cfg.grad_quantile > 0 else True)
     small = max_scale <= cfg.percent_dense * scene_extent
     order = np.argsort(-grad[cand], kind="stable")
     cand_idx = np.flatnonzero(cand)[order]  # largest gradient first
