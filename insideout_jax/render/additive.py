@@ -75,14 +75,19 @@ class TileLayout:
         """Values per tile in the buffer (channels · th · tw)."""
         return self.channels * self.tile_pixels
 
-    def untile(self, buf: jax.Array, height: int, width: int) -> jax.Array:
-        """[T, channels · Pt] → [n_layers, height, width] ([channels, n_layers, height, width] when
-        channels > 1); crops the partial border tiles."""
+    def untile_channels(self, buf: jax.Array, height: int, width: int) -> jax.Array:
+        """[T, channels · Pt] → [channels, n_layers, height, width] (crops the partial border tiles)."""
         c = self.channels
         x = buf.reshape(self.n_layers, self.tiles_y, self.tiles_x, c, self.tile_h, self.tile_w)
         x = x.transpose(3, 0, 1, 4, 2, 5).reshape(c, self.n_layers, self.tiles_y * self.tile_h,
-                                                   self.tiles_x * self.tile_w)[:, :, :height, :width]
-        return x[0] if c == 1 else x
+                                                   self.tiles_x * self.tile_w)
+        return x[:, :, :height, :width]
+
+    def untile(self, buf: jax.Array, height: int, width: int) -> jax.Array:
+        """[T, Pt] → [n_layers, height, width] of a one-channel layout (:meth:`untile_channels`)."""
+        if self.channels != 1:
+            raise ValueError(f"untile is for one channel; this layout has {self.channels}: use untile_channels")
+        return self.untile_channels(buf, height, width)[0]
 
     def tile(self, img: jax.Array) -> jax.Array:
         """[n_layers, H, W] → [T, Pt] (zero-padded), the inverse of :meth:`untile`."""

@@ -214,10 +214,8 @@ def _pixel_m2(o, g1, g2, ts):
 def _eval_density(rec, aux, x0, y0, layer, ts):
     o, g1, g2 = _pair_stage(rec[:, :12], aux, x0, y0, layer, ts)
     m2 = _pixel_m2(o, g1, g2, ts)
-    if rec.shape[1] == 13:
-        return jnp.where(m2 <= aux[4], rec[:, 12:13] * jnp.exp(-0.5 * m2), 0.0)
     e = jnp.where(m2 <= aux[4], jnp.exp(-0.5 * m2), 0.0)
-    return (rec[:, 12:, None] * e[:, None, :]).reshape(rec.shape[0], -1)
+    return (rec[:, 12:, None] * e[:, None, :]).reshape(rec.shape[0], -1)  # [B, K·Pt]
 
 
 def _vjp_density(rec, aux, x0, y0, layer, ts, ct):
@@ -355,8 +353,8 @@ def _render_slice_jit(splats, plane, values, cutoff_sigma, *, tile_size, chunk, 
     aux = (x00, step_c, step_r, jnp.zeros(3, jnp.float32), k2)
     aux = jax.tree_util.tree_map(jax.lax.stop_gradient, aux)
     buf = _sum_density(layout, rec, aux, boxes, backend, capacity)
-    img = layout.untile(buf, h, w)  # [n_ch, H, W] when n_ch > 1, else [1, H, W]
-    return img[0] if values is None else img[:, 0] if n_ch > 1 else img, pairs_overflow(box_counts(boxes))
+    img = layout.untile_channels(buf, h, w)[:, 0]  # [n_ch, H, W]
+    return img[0] if values is None else img, pairs_overflow(box_counts(boxes))
 
 
 def voxelize(splats: RadSplats | RGBSplats, grid: VoxelGrid, *, cutoff_sigma: float = 6.0,

@@ -162,11 +162,12 @@ def densify_and_prune(key: jax.Array, splats: RGBSplats | RadSplats, opt_state,
         weak = 1.0 / (1.0 + np.exp(-p["opacity_logits"])) < cfg.min_opacity
     prune = act & (weak | (max_scale > cfg.max_scale_fraction * scene_extent))
     act &= ~prune
-    threshold = cfg.grad_threshold
-    seen = act & (grad > 0)
-    if cfg.grad_quantile > 0 and seen.any():
-        threshold = max(threshold, float(np.quantile(grad[seen], cfg.grad_quantile)))
-    cand = act & (grad >= threshold) & (grad > 0 if cfg.grad_quantile > 0 else True)
+    cand = act & (grad >= cfg.grad_threshold)
+    if cfg.grad_quantile > 0:  # unit-free: also in the top fraction of the splats seen since the last step
+        seen = act & (grad > 0)
+        if seen.any():
+            cand &= grad >= np.quantile(grad[seen], cfg.grad_quantile)
+        cand &= seen
     small = max_scale <= cfg.percent_dense * scene_extent
     order = np.argsort(-grad[cand], kind="stable")
     cand_idx = np.flatnonzero(cand)[order]  # largest gradient first
