@@ -73,16 +73,14 @@ def test_voxelize_refuses_an_overflowing_pair_count_and_says_to_use_slabs():
 
 @pytest.mark.parametrize("n, over", [(6, False), (7, True)])
 def test_the_additive_enumeration_counts_exactly_below_the_bound_and_flags_above(n, over):
-    """n boxes of 2¹⁴ × 2¹⁴ tiles in one layer: n·2²⁸ pairs; no chunk runs above the bound."""
-    from insideout_jax.render import additive as ad
+    """n boxes of 2¹⁴ × 2¹⁴ tiles in one layer: n·2²⁸ pairs; a zero total (no chunk runs) above
+    the bound."""
+    from insideout_jax.render import pairs as pr
 
     boxes = jnp.tile(jnp.array([[0, 0, 0, 2**14, 2**14, 1]], jnp.int32), (n, 1))
-    en = ad._enumerate(boxes, 1024)
+    en = pr.enumerate_pairs(boxes, run=1024)
     assert bool(en.overflow) is over
-    if over:
-        assert int(en.n_chunks) == 0
-    else:
-        assert int(en.total) == n * 2**28 and int(en.n_chunks) == n * 2**28 // 1024
+    assert int(en.total) == (0 if over else n * 2**28)
 
 
 def test_pairs_beyond_two_to_the_thirty_go_to_their_own_records():
@@ -90,17 +88,19 @@ def test_pairs_beyond_two_to_the_thirty_go_to_their_own_records():
     padding marker of 2³⁰ once captured them: boxes of 2²⁸, 2²⁸, 2²⁸, 2²⁸, 1000, 2²⁸, 2²⁸ pairs,
     chunks straddling 2³⁰ and the record that starts 1000 pairs later, against searchsorted."""
     from insideout_jax.render import additive as ad
+    from insideout_jax.render import pairs as pr
 
     big, small = [0, 0, 0, 2**14, 2**14, 1], [0, 0, 0, 1000, 1, 1]
     boxes = jnp.array([big] * 4 + [small] + [big] * 2, jnp.int32)
     layout = ad.TileLayout(1, 2**14, 2**14, 1, 1, 1024)
-    en = ad._enumerate(boxes, layout.chunk)
+    en = pr.enumerate_pairs(boxes, run=layout.chunk)
     counts = np.array([2**28] * 4 + [1000] + [2**28] * 2, np.int64)
     incl = np.cumsum(counts)
     assert not bool(en.overflow) and int(en.total) == incl[-1]
     for k0 in (2**30 - 1024, 2**30, 2**30 + 1024, incl[-1] - 1024):
         c = k0 // 1024
         r0 = int(np.searchsorted(incl, c * 1024, side="right"))
+        assert int(pr.first_position(en, c * 1024)) == r0
         rid, x0, y0, _, tile, valid, _ = ad._decode_chunk(en, layout, jnp.int32(c), jnp.int32(r0))
         k = c * 1024 + np.arange(1024)
         want = np.searchsorted(incl, k, side="right")

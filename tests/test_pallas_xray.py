@@ -11,6 +11,7 @@ import pytest
 from test_render_xray import SHAPE, _geom, _grads, _ref, _rel, _scene
 
 from insideout_jax.render import additive as ad
+from insideout_jax.render import pairs as pr
 from insideout_jax.render import pallas_additive, pallas_xray
 from insideout_jax.render.xray import render_xray, resolve_xray_backend, xray_tile_stats
 from insideout_jax.render.xray_reference import render_xray_reference
@@ -102,9 +103,10 @@ def test_segments_give_every_pair_one_row_of_its_tile():
     layout = xr._layout(g, 2, 16, 1)
     rec, boxes, _ = xr._xray_setup(s, g, g.angles, jnp.float32(5.0), layout)
     bk, cap = 16, 64
-    rid, pos, valid, seg, n_rows, total = pallas_additive.build_segments(boxes, layout, cap, bk, 32)
+    en = pr.enumerate_pairs(boxes, run=cap)
+    rid, pos, valid, seg, n_rows = pallas_additive.build_segments(en, layout, cap, bk, 32)
     rid, pos, valid, seg = map(np.asarray, (rid, pos, valid, seg))
-    assert int(total) > 32 + cap  # the window is full
+    assert int(en.total) > 32 + cap  # the window is full
     assert valid.all() and np.all(np.diff(rid) >= 0)  # record-major order
     assert len(set(pos.tolist())) == cap and pos.max() < n_rows
     # every pair's row lies in the block range of its tile, and the ranges do not overlap
@@ -114,9 +116,13 @@ def test_segments_give_every_pair_one_row_of_its_tile():
         assert start % bk == 0
         assert np.all(tile_of_row[start:start + nblk * bk] == -1)
         tile_of_row[start:start + nblk * bk] = t
-    _, _, _, _, tile, _ = ad.decode_pairs(boxes, jnp.cumsum(ad.box_counts(boxes)),
-                                          32 + jnp.arange(cap), layout)
-    np.testing.assert_array_equal(tile_of_row[pos], np.asarray(tile))
+    pairs, _ = pr.decode_slots(en, 32, cap, pr.first_position(en, 32), tiles_x=layout.tiles_x,
+                               tiles_y=layout.tiles_y, n_tiles=layout.n_tiles)
+    np.testing.assert_array_equal(tile_of_row[pos], np.asarray(pairs.tile))
+    # within a tile the rows keep the slot order (a stable sort by tile)
+    for t in range(layout.n_tiles):
+        rows = pos[np.asarray(pairs.tile) == t]
+        assert np.all(np.diff(rows) == 1)
 
 
 def test_auto_backend_is_xla_off_gpu_and_bad_arguments_are_named():

@@ -230,68 +230,6 @@ def test_additive_engine_generic_kernel_and_autodiff_fallback():
     np.testing.assert_allclose(np.asarray(g)[:, 0], expect_g, rtol=1e-5, atol=1e-4)
 
 
-def _check_chunk_decoding(boxes, layout):
-    """The loop's windowed decoding against the binary-search enumeration of the same boxes."""
-    from insideout_jax.render import additive as ad
-
-    chunk = layout.chunk
-    incl = jnp.cumsum(ad.box_counts(boxes))
-    total = int(incl[-1])
-    en = ad._enumerate(boxes, chunk)
-    assert int(en.total) == total and int(en.n_chunks) == -(-total // chunk)
-    if total == 0:
-        return
-    want = ad.decode_pairs(boxes, incl, jnp.arange(total, dtype=jnp.int32), layout)
-    got, r0 = [], jnp.int32(0)
-    for c in range(int(en.n_chunks)):
-        *out, r0 = ad._decode_chunk(en, layout, jnp.int32(c), r0)
-        got.append([np.asarray(x) for x in out])
-    got = [np.concatenate(x) for x in zip(*got, strict=True)]
-    valid = got[5]
-    assert valid.sum() == total and valid[:total].all()
-    np.testing.assert_array_equal(np.asarray(en.perm)[got[0][:total]], np.asarray(want[0]))
-    for a, b in zip(got[1:5], want[1:5], strict=True):
-        np.testing.assert_array_equal(a[:total], np.asarray(b))
-    assert (got[4][total:] == layout.n_tiles).all()  # padding pairs write nowhere
-
-
-@pytest.mark.parametrize("chunk", [1, 3, 8])
-def test_chunk_decoding_enumerates_every_pair_once(chunk):
-    # Empty records interspersed, multi-layer boxes, chunks below and above the largest box.
-    from insideout_jax.render import additive as ad
-
-    rng = np.random.default_rng(3)
-    r = 40
-    layout = ad.TileLayout(3, 4, 5, 2, 2, chunk=chunk)
-    ntx, nty, nl = rng.integers(1, 4, r), rng.integers(1, 3, r), rng.integers(1, 3, r)
-    boxes = np.stack([rng.integers(0, 5 - ntx + 1), rng.integers(0, 4 - nty + 1),
-                      rng.integers(0, 3 - nl + 1), ntx, nty, nl], 1)
-    boxes[rng.random(r) < 0.3, 3:] = 0  # empty records
-    _check_chunk_decoding(jnp.asarray(boxes, jnp.int32), layout)
-
-
-def test_chunk_decoding_edge_cases():
-    from insideout_jax.render import additive as ad
-    from insideout_jax.render.additive import SplatKernel, sum_splat
-
-    layout = ad.TileLayout(1, 2, 2, 2, 2, chunk=2)
-    # pair counts 2, 0, 2, 0: a total that is a multiple of the chunk, empty records at the end
-    boxes = jnp.asarray([[0, 0, 0, 2, 1, 1], [0, 0, 0, 0, 0, 0], [0, 1, 0, 1, 2, 1],
-                         [1, 1, 0, 0, 0, 0]], jnp.int32)
-    _check_chunk_decoding(boxes, layout)
-    # no pairs at all: nothing is evaluated, the output and the gradients are zero
-    empty = boxes.at[:, 3:].set(0)
-    _check_chunk_decoding(empty, layout)
-
-    def ev(rec, aux, x0, y0, layer, ts):
-        return jnp.broadcast_to(rec[:, :1], (rec.shape[0], ts[0] * ts[1]))
-
-    rec = jnp.ones((4, 1), jnp.float32)
-    out, g = jax.value_and_grad(lambda r: jnp.sum(sum_splat(SplatKernel(ev), layout, r,
-                                                            jnp.float32(1.0), empty)))(rec)
-    assert float(out) == 0.0 and not np.any(np.asarray(g))
-
-
 def test_rsqrt_series_is_within_float32_rounding():
     from insideout_jax.render.xray_records import SERIES_EPS, _rsqrt_1p
 

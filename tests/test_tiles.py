@@ -86,17 +86,6 @@ def test_tile_rects_match_pixel_centres():
         assert got == want
 
 
-def test_two_key_sort_fallback_equals_packed_keys():
-    rng = np.random.default_rng(4)
-    tile = jnp.asarray(rng.integers(0, 50, 500), jnp.int32)
-    rank = jnp.asarray(rng.permutation(5000)[:500], jnp.int32)
-    a = tl._sort_pairs(tile, rank, jnp.ones(500, bool), n=5000, n_tiles=50, packed=True)
-    b = tl._sort_pairs(tile, rank, jnp.ones(500, bool), n=5000, n_tiles=50, packed=False)
-    want = sorted(zip(np.asarray(tile).tolist(), np.asarray(rank).tolist(), strict=True))
-    for got in (a, b):
-        assert list(zip(np.asarray(got[0]).tolist(), np.asarray(got[1]).tolist(), strict=True)) == want
-
-
 def test_pairs_to_gaussians_both_paths_equal_add_at():
     grid = tl.make_tile_grid(45, 30, 8)
     means, ext, depths = _random_footprints(80, grid, 6)

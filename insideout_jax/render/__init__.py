@@ -1,10 +1,21 @@
 """Tile-sorted Gaussian rasterizers as composed, individually public stages.
 
-RGB (3DGS): project (:mod:`.project`) → pair layout / windows / sort / ranges (:mod:`.tiles`) →
-composite (:mod:`.rgb`, XLA loop or Pallas kernels in :mod:`.pallas_rgb`), with a dense reference
-(:mod:`.reference`). X-ray and slices: :mod:`.xray`, :mod:`.slices`.
+One tile engine (:mod:`.pairs`): tile boxes → one pair enumeration → decoded runs of slots →
+(tile, key) sort → per-tile ranges. RGB (3DGS): project (:mod:`.project`) → pair layout / windows
+(:mod:`.tiles`, on :mod:`.pairs`) → composite (:mod:`.rgb`, XLA loop or Pallas kernels in
+:mod:`.pallas_rgb`), with a dense reference (:mod:`.reference`). X-ray, slices and voxels: the
+additive integrator (:mod:`.additive`, XLA; :mod:`.pallas_additive`, Pallas) on the same
+enumeration, in :mod:`.xray` and :mod:`.slices`.
 """
 
+from insideout_jax.render.pairs import (
+    PairEnumeration,
+    PairSlots,
+    decode_slots,
+    enumerate_pairs,
+    first_position,
+    sort_by_tile,
+)
 from insideout_jax.render.project import (
     ALPHA_MAX,
     ALPHA_MIN,
@@ -45,7 +56,8 @@ from insideout_jax.render.tiles import (
 )
 
 __all__ = [
-    "ALPHA_MAX", "ALPHA_MIN", "EPS2D", "NEAR_PLANE", "T_MIN", "PairLayout", "RasterConfig",
+    "ALPHA_MAX", "ALPHA_MIN", "EPS2D", "NEAR_PLANE", "T_MIN", "PairEnumeration", "PairLayout",
+    "PairSlots", "RasterConfig", "decode_slots", "enumerate_pairs", "first_position", "sort_by_tile",
     "RGBRender", "TileGrid", "TileIntersections", "composite_rgb", "cov2d_to_conic",
     "default_pair_capacity", "depth_order", "footprint_extents", "image_to_tiles",
     "intersect_tiles", "make_tile_grid", "pack_gaussians", "pair_capacity_bucket", "pair_layout",

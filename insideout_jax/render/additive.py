@@ -6,21 +6,19 @@ a box of tiles (tx0, ty0, layer0, ntx, nty, n_layers); every (record, tile) pair
 tile's pixels by a :class:`SplatKernel` and the values are summed per tile. No depth order exists or
 is needed (the quantities are sums).
 
-Pairs are enumerated on the fly in record-major order, ``chunk`` pairs per step of a
-``while_loop`` whose trip count is the dynamic number of pairs: nothing is ever truncated and no
-pair capacity has to be guessed or synchronised to the host. The records that have pairs are
-moved to the front (a stable partition), so the pairs of one chunk belong to at most ``chunk``
-consecutive records, found with one scatter and one prefix sum over ``chunk`` slots
-(:func:`_decode_chunk`; :func:`decode_pairs` is the binary-search form of the same enumeration).
-Each step adds its pairs' rows into the per-tile buffer. The
-backward pass (``jax.custom_vjp``) replays the same chunks: it reads each pair's tile cotangent
-row, computes the pair's contribution with the kernel's hand-written VJP (or ``jax.vjp`` of its
-``eval``) and adds it to its record (segment sum, indices sorted); an optional per-record
-``finish`` turns the summed contributions into record cotangents once, after the loop. Both
-loops run in a fixed order, so results are bitwise reproducible on CPU. On a GPU, XLA lowers the
-scatter-adds with atomics, so sums may be reordered from run to run (float32 round-off; tested
-tolerance 1e-6 relative in ``tests/test_gpu.py``); the Pallas engine
-(:mod:`insideout_jax.render.pallas_additive`, the default there) is deterministic.
+Pairs come from the tile engine's shared enumeration (:mod:`insideout_jax.render.pairs`, the
+records in their own order with those that have pairs first), decoded ``chunk`` slots per step of
+a ``while_loop`` whose trip count is the dynamic number of pairs: nothing is ever truncated and no
+pair capacity has to be guessed or synchronised to the host. The sums need no order, so the chunks
+are not sorted by tile (the Pallas engine sorts them, for its per-tile programs). Each step adds
+its pairs' rows into the per-tile buffer. The backward pass (``jax.custom_vjp``) replays the same
+chunks: it reads each pair's tile cotangent row, computes the pair's contribution with the
+kernel's hand-written VJP (or ``jax.vjp`` of its ``eval``) and adds it to its record (segment
+sum, indices sorted); an optional per-record ``finish`` turns the summed contributions into
+record cotangents once, after the loop. Both loops run in a fixed order, so results are bitwise
+reproducible on CPU. On a GPU, XLA lowers the scatter-adds with atomics, so sums may be reordered
+from run to run (float32 round-off; tested tolerance 1e-6 relative in ``tests/test_gpu.py``); the
+Pallas engine (:mod:`insideout_jax.render.pallas_additive`, the default there) is deterministic.
 
 Hand-written VJPs reduce pixel sums to *moments* Σₚ g·lx^i·ly^j of one map g per pair, computed
 with one matmul against pair-independent monomials of the tile-centred pixel offsets
@@ -41,10 +39,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from insideout_jax import xla
-from insideout_jax.render.tiles import pairs_overflow
+from insideout_jax.render import pairs as pr
+from insideout_jax.render.pairs import box_counts  # noqa: F401  (re-exported)
 
 __all__ = ["TileLayout", "tile_local_coords", "pixel_bounds_to_boxes", "box_counts",
-           "decode_pairs", "SplatKernel", "vjp_width", "sum_splat", "raw_moments", "shift_moments",
+           "SplatKernel", "vjp_width", "sum_splat", "raw_moments", "shift_moments",
            "tile_moments"]
 
 _BOUND_MARGIN_PX = 0.01  # absorbs float32 rounding of exact footprint bounds
@@ -145,44 +144,6 @@ def pixel_bounds_to_boxes(lo_x, hi_x, lo_y, hi_y, layer0, n_layer, ok, layout: T
                       ntx, nty, nl], axis=-1).astype(jnp.int32)
 
 
-def box_counts(boxes: jax.Array) -> jax.Array:
-    """[R] int32 number of (record, tile) pairs of each box."""
-    return boxes[:, 3] * boxes[:, 4] * boxes[:, 5]
-
-
-def decode_pairs(boxes: jax.Array, incl: jax.Array, k: jax.Array, layout: TileLayout):
-    """Pairs k of the record-major enumeration → record, tile origin, layer, tile and validity.
-
-    Args:
-      boxes: [R, 6] int32 tile boxes; incl: [R] int32 inclusive prefix sum of their counts.
-      k: [B] int32 pair indices (k ≥ total pairs are flagged invalid).
-
-    Returns:
-      rid [B], x0 [B], y0 [B] (tile origin, pixels), layer [B], tile [B] (flat index; n_tiles
-      for invalid pairs), valid [B] bool.
-    """
-    total = incl[-1]
-    valid = k < total
-    rid = jnp.searchsorted(incl, k, side="right").astype(jnp.int32)
-    rid = jnp.minimum(rid, boxes.shape[0] - 1)
-    box = boxes[rid]
-    local = k - (incl[rid] - box_counts(box))
-    return (rid, *_pair_tile(box, local, valid, layout), valid)
-
-
-def _pair_tile(box: jax.Array, local: jax.Array, valid: jax.Array, layout: TileLayout):
-    """Tile of pair ``local`` of each box [B, 6]: origin x0, y0 (pixels), layer, flat tile index
-    (n_tiles where not ``valid``)."""
-    ntx = jnp.maximum(box[:, 3], 1)
-    nty = jnp.maximum(box[:, 4], 1)
-    tx = box[:, 0] + local % ntx
-    ty = box[:, 1] + (local // ntx) % nty
-    layer = box[:, 2] + local // (ntx * nty)
-    tile = (layer * layout.tiles_y + ty) * layout.tiles_x + tx
-    tile = jnp.where(valid, tile, layout.n_tiles)
-    return tx * layout.tile_w, ty * layout.tile_h, layer, tile
-
-
 class SplatKernel(NamedTuple):
     """Per-pixel evaluation of records on tiles, and optionally its hand-written VJP.
 
@@ -235,71 +196,26 @@ def sum_splat(kernel: SplatKernel, layout: TileLayout, records: jax.Array, aux, 
     return _sum_splat_fwd_impl(kernel, layout, records, aux, _enumerate(boxes, layout.chunk))
 
 
-class _Enumeration(NamedTuple):
-    """Record-major pair enumeration over the records that have pairs (see :func:`_enumerate`)."""
-
-    perm: jax.Array  # [R] int32: record at each compacted position (records with pairs first)
-    boxes: jax.Array  # [R, 6] int32 boxes in compacted order
-    starts: jax.Array  # [R + chunk + 1] int32 first pair of each compacted record, padded
-    total: jax.Array  # [] int32 number of pairs
-    n_chunks: jax.Array  # [] int32 (0 when overflow)
-    overflow: jax.Array  # [] bool: the total reaches tiles.PAIR_LIMIT (nothing is summed: NaN)
+def _enumerate(boxes: jax.Array, chunk: int) -> pr.PairEnumeration:
+    """The shared pair enumeration in the records' own order (records with pairs first), padded
+    for runs of ``chunk`` slots."""
+    return pr.enumerate_pairs(boxes, run=chunk)
 
 
-_NO_START = np.iinfo(np.int32).max  # padding: beyond every pair index (< tiles.PAIR_LIMIT)
+def _decode_chunk(en: pr.PairEnumeration, layout: TileLayout, c, p0):
+    """Pairs of chunk c: (position, tile origin x0, y0 in pixels, layer, tile, valid), next p0."""
+    pairs, p1 = pr.decode_slots(en, c * layout.chunk, layout.chunk, p0, tiles_x=layout.tiles_x,
+                                tiles_y=layout.tiles_y, n_tiles=layout.n_tiles)
+    return (pairs.position, pairs.tx * layout.tile_w, pairs.ty * layout.tile_h, pairs.layer,
+            pairs.tile, pairs.valid, p1)
 
 
-def _enumerate(boxes: jax.Array, chunk: int) -> _Enumeration:
-    """Stable partition of the records (those with pairs first) and their first pair indices.
-
-    Every compacted record before the first one without pairs owns at least one pair, so the records of the pairs
-    [c·B, (c+1)·B) are at most B consecutive compacted records from the one that owns pair c·B:
-    :func:`_decode_chunk` finds them with one scatter and one prefix sum over B slots instead of a
-    binary search over all R records per pair (which cost XLA:CPU ~16 small loop steps per chunk).
-    """
-    counts = box_counts(boxes)
-    nz = counts > 0
-    before_nz = jnp.cumsum(nz.astype(jnp.int32))
-    before_z = jnp.cumsum((~nz).astype(jnp.int32))
-    pos = jnp.where(nz, before_nz - 1, before_nz[-1] + before_z - 1)
-    perm = jnp.zeros_like(pos).at[pos].set(jnp.arange(pos.shape[0], dtype=pos.dtype),
-                                           unique_indices=True)
-    cboxes = boxes[perm]
-    ccounts = counts[perm]
-    incl = jnp.cumsum(ccounts)
-    starts = jnp.concatenate([incl - ccounts, jnp.full((chunk + 1,), _NO_START, jnp.int32)])
-    total = incl[-1]
-    overflow = pairs_overflow(counts)
-    n_chunks = jnp.where(overflow, 0, (total + chunk - 1) // chunk)
-    return _Enumeration(perm, cboxes, starts, total, n_chunks, overflow)
+def _n_chunks(en: pr.PairEnumeration, chunk: int) -> jax.Array:
+    return (en.total + chunk - 1) // chunk  # total is 0 on overflow: no chunk runs
 
 
-def _decode_chunk(en: _Enumeration, layout: TileLayout, c, r0):
-    """Pairs of chunk c → compacted record, tile origin, layer, tile, validity; and the next r0.
-
-    Args:
-      en: the :func:`_enumerate` result; c: [] int32 chunk index; r0: [] int32 compacted record
-        that owns pair c·B (0 for the first chunk; the loop carries it).
-
-    Returns:
-      rid [B] (compacted), x0 [B], y0 [B], layer [B], tile [B] (n_tiles for invalid pairs),
-      valid [B], and r0 of chunk c + 1.
-    """
-    b = layout.chunk
-    k0 = c * b
-    win = jax.lax.dynamic_slice(en.starts, (r0,), (b + 1,))  # starts of records r0 .. r0 + B
-    # record r0 + j (j ≥ 1) starts after k0; mark its first pair (offsets > B are dropped)
-    marks = jnp.zeros((b + 1,), jnp.int32).at[win[1:] - k0].add(1, mode="drop")
-    csum = jnp.cumsum(marks)
-    rloc = csum[:b]
-    rid = jnp.minimum(r0 + rloc, en.boxes.shape[0] - 1)
-    k = k0 + jnp.arange(b, dtype=jnp.int32)
-    valid = k < en.total
-    return (rid, *_pair_tile(en.boxes[rid], k - win[rloc], valid, layout), valid, r0 + csum[b])
-
-
-def _sum_splat_fwd_impl(kernel, layout, records, aux, en: _Enumeration):
-    crec = records[en.perm]
+def _sum_splat_fwd_impl(kernel, layout, records, aux, en: pr.PairEnumeration):
+    crec = records[en.order]
     ts = (layout.tile_h, layout.tile_w)
 
     def body(c, carry):
@@ -310,7 +226,7 @@ def _sum_splat_fwd_impl(kernel, layout, records, aux, en: _Enumeration):
         return buf.at[tile].add(vals, mode="drop"), r0
 
     buf0 = jnp.zeros((layout.n_tiles, layout.row_width), records.dtype)
-    buf = jax.lax.fori_loop(0, en.n_chunks, body, (buf0, jnp.int32(0)))[0]
+    buf = jax.lax.fori_loop(0, _n_chunks(en, layout.chunk), body, (buf0, jnp.int32(0)))[0]
     return jnp.where(en.overflow, jnp.nan, buf)  # wrapped counts: NaN, never a partial sum
 
 
@@ -321,7 +237,7 @@ def _sum_splat_fwd(kernel, layout, records, aux, boxes):
 
 def _sum_splat_bwd(kernel, layout, res, ct):
     records, aux, en = res
-    crec = records[en.perm]
+    crec = records[en.order]
     ts = (layout.tile_h, layout.tile_w)
     ct_pad = jnp.concatenate([ct, jnp.zeros((1, ct.shape[1]), ct.dtype)], axis=0)
 
@@ -340,8 +256,8 @@ def _sum_splat_bwd(kernel, layout, res, ct):
 
     width = vjp_width(kernel, records, aux, ts, layout.chunk, layout.channels)
     acc0 = jnp.zeros((records.shape[0], width), records.dtype)
-    acc = jax.lax.fori_loop(0, en.n_chunks, body, (acc0, jnp.int32(0)))[0]
-    acc = jnp.zeros_like(acc).at[en.perm].set(acc, unique_indices=True)  # original record order
+    acc = jax.lax.fori_loop(0, _n_chunks(en, layout.chunk), body, (acc0, jnp.int32(0)))[0]
+    acc = jnp.zeros_like(acc).at[en.order].set(acc, unique_indices=True)  # original record order
     if kernel.finish is not None:
         acc = kernel.finish(records, aux, acc)
     zeros_aux = jax.tree_util.tree_map(jnp.zeros_like, aux)

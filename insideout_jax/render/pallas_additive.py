@@ -2,8 +2,9 @@
 
 Used by the X-ray rasterizer (:mod:`insideout_jax.render.pallas_xray`) and the slice renderer /
 voxelizer (:mod:`insideout_jax.render.slices`). Layout (built with XLA ops): the (record, tile)
-pairs are enumerated in record order exactly as in :func:`insideout_jax.render.additive.decode_pairs`,
-``capacity`` pairs per *window*. The pairs of one window are stably sorted by tile and scattered into
+pairs come from the tile engine's shared enumeration (:mod:`insideout_jax.render.pairs`, records in
+their own order), ``capacity`` slots per *window*. The pairs of one window are sorted by (tile, slot)
+with the shared packed-key sort, cut into per-tile ranges, and scattered into
 a **segment-padded**, column-major array [16, n_rows]: tile t owns rows [start_t, start_t +
 n_blocks_t · Bk), Bk = ``pair_block``, so every block of Bk rows belongs to exactly one tile. One
 program per tile then
@@ -41,7 +42,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
 from insideout_jax.render import additive as ad
-from insideout_jax.render.tiles import pairs_overflow
+from insideout_jax.render import pairs as pr
 
 __all__ = ["PallasKernel", "integrate", "build_segments", "default_window_capacity",
            "sorted_segment_sum", "check_power_of_two"]
@@ -84,45 +85,42 @@ def default_window_capacity(n_records: int) -> int:
     return _next_pow2(max(4096, 4 * int(n_records)))
 
 
-def build_segments(boxes: jax.Array, layout: ad.TileLayout, capacity: int, pair_block: int,
+def build_segments(en: pr.PairEnumeration, layout: ad.TileLayout, capacity: int, pair_block: int,
                    start: jax.Array | int = 0):
     """Tile-sorted, segment-padded layout of the pairs [start, start + capacity).
 
     Args:
-      boxes: [R, 6] int32 tile boxes.
+      en: the shared pair enumeration (:func:`insideout_jax.render.pairs.enumerate_pairs` in the
+        records' own order).
       layout: static tile layout.
       capacity: static number of pair slots of the window.
       pair_block: Bk, rows per kernel block.
-      start: [] int32 first pair of the window (record-major enumeration).
+      start: [] int32 first slot of the window.
 
     Returns:
-      rid: [capacity] int32 record of each pair (record-major, so sorted; R for invalid slots),
+      rid: [capacity] int32 record of each pair (in slot order, so sorted; R for invalid slots),
       pos: [capacity] int32 row of each pair in the padded layout (= n_rows for invalid slots),
       valid: [capacity] bool, seg: [T_pad, 2] int32 (first row, number of blocks) per tile,
-      n_rows: static padded row count, total: [] int32 number of pairs of all windows.
+      n_rows: static padded row count.
     """
     nt = layout.n_tiles
-    n_rec = boxes.shape[0]
-    incl = jnp.cumsum(ad.box_counts(boxes))
-    total = incl[-1]
-    k = start + jnp.arange(capacity, dtype=jnp.int32)
-    rid, _, _, _, tile, valid = ad.decode_pairs(boxes, incl, k, layout)
-    rid = jnp.where(valid, rid, n_rec)
-    per_tile = jax.ops.segment_sum(valid.astype(jnp.int32), tile, nt + 1)[:nt]  # integers: exact
-    n_blocks = (per_tile + pair_block - 1) // pair_block
+    pairs, _ = pr.decode_slots(en, start, capacity, pr.first_position(en, start),
+                               tiles_x=layout.tiles_x, tiles_y=layout.tiles_y, n_tiles=nt)
+    rid = jnp.where(pairs.valid, pairs.record, en.order.shape[0])
+    slot = jnp.arange(capacity, dtype=jnp.int32)
+    s_tile, s_slot, s_valid = pr.sort_by_tile(pairs.tile, slot, pairs.valid, n_tiles=nt,
+                                              key_bound=capacity)
+    first, end = pr.tile_ranges(s_tile, nt)
+    n_blocks = (end - first + pair_block - 1) // pair_block
     seg_start = (jnp.cumsum(n_blocks) - n_blocks) * pair_block
-    order = jnp.argsort(tile, stable=True)
-    sorted_tile = tile[order]
-    first = jnp.searchsorted(sorted_tile, sorted_tile, side="left")
     n_rows = _next_pow2(capacity + nt * (pair_block - 1) + pair_block)
-    seg_start_pad = jnp.concatenate([seg_start, jnp.full((1,), n_rows, jnp.int32)])
-    pos_sorted = seg_start_pad[sorted_tile] + (jnp.arange(capacity) - first)
-    pos_sorted = jnp.where(sorted_tile < nt, pos_sorted, n_rows)
-    pos = jnp.zeros(capacity, jnp.int32).at[order].set(pos_sorted.astype(jnp.int32),
-                                                       unique_indices=True)
+    tile_c = jnp.minimum(s_tile, nt - 1)
+    pos_sorted = jnp.where(s_valid, seg_start[tile_c] + slot - first[tile_c], n_rows)
+    pos = jnp.full((capacity,), n_rows, jnp.int32).at[jnp.where(s_valid, s_slot, capacity)].set(
+        pos_sorted.astype(jnp.int32), mode="drop", unique_indices=True)
     t_pad = _next_pow2(nt)
     seg = jnp.zeros((t_pad, 2), jnp.int32).at[:nt].set(jnp.stack([seg_start, n_blocks], 1))
-    return rid, pos, valid, seg, n_rows, total
+    return rid, pos, pairs.valid, seg, n_rows
 
 
 def sorted_segment_sum(values: jax.Array, ids: jax.Array, n: int) -> jax.Array:
@@ -229,18 +227,16 @@ def _call_bwd(kernel, layout, bk, interpret, seg, aux, rows, ct):
 # ----------------------------------------------------------------------------------------------
 
 
-def _window(rec, boxes, layout, capacity, bk, w):
-    rid, pos, valid, seg, n_rows, _ = build_segments(boxes, layout, capacity, bk, w * capacity)
+def _window(rec, en, layout, capacity, bk, w):
+    rid, pos, valid, seg, n_rows = build_segments(en, layout, capacity, bk, w * capacity)
     rec16 = jnp.pad(rec, ((0, 1), (0, _K - rec.shape[1])))  # row R: zeros (invalid slots)
     rows = jnp.zeros((_K, n_rows), rec.dtype).at[:, pos].set(rec16[rid].T, mode="drop")
     return rid, pos, valid, seg, rows
 
 
-def _n_windows(boxes, capacity):
+def _n_windows(en, capacity):
     """Windows to run: 0 when the pair total reaches ``tiles.PAIR_LIMIT`` (int32 would wrap)."""
-    counts = ad.box_counts(boxes)
-    total = jnp.sum(counts)
-    return jnp.where(pairs_overflow(counts), 0, jnp.maximum(1, (total + capacity - 1) // capacity))
+    return jnp.where(en.overflow, 0, jnp.maximum(1, (en.total + capacity - 1) // capacity))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
@@ -249,29 +245,32 @@ def _integrate(kernel, layout, bk, interpret, capacity, rec, aux, boxes):
 
 
 def _integrate_fwd(kernel, layout, bk, interpret, capacity, rec, aux, boxes):
+    en = pr.enumerate_pairs(boxes, run=capacity)
+
     def body(w, buf):
-        _, _, _, seg, rows = _window(rec, boxes, layout, capacity, bk, w)
+        _, _, _, seg, rows = _window(rec, en, layout, capacity, bk, w)
         return _call_fwd(kernel, layout, bk, interpret, seg, aux, rows, buf)
 
     buf0 = jnp.zeros((layout.n_tiles, layout.tile_pixels), jnp.float32)
-    buf = jax.lax.fori_loop(0, _n_windows(boxes, capacity), body, buf0)
-    buf = jnp.where(pairs_overflow(ad.box_counts(boxes)), jnp.nan, buf)  # nothing summed: NaN
+    buf = jax.lax.fori_loop(0, _n_windows(en, capacity), body, buf0)
+    buf = jnp.where(en.overflow, jnp.nan, buf)  # nothing summed: NaN
     return buf, (rec, aux, boxes)
 
 
 def _integrate_bwd(kernel, layout, bk, interpret, capacity, res, ct):
     rec, aux, boxes = res
     n_rec = rec.shape[0]
+    en = pr.enumerate_pairs(boxes, run=capacity)
 
     def body(w, acc):
-        rid, pos, valid, seg, rows = _window(rec, boxes, layout, capacity, bk, w)
+        rid, pos, valid, seg, rows = _window(rec, en, layout, capacity, bk, w)
         g_rows = _call_bwd(kernel, layout, bk, interpret, seg, aux, rows, ct)
         g_pairs = jnp.take(g_rows[:kernel.width], pos, axis=1, mode="fill", fill_value=0.0).T
         g_pairs = jnp.where(valid[:, None], g_pairs, 0.0)
         return acc + sorted_segment_sum(g_pairs, rid, n_rec)
 
     acc0 = jnp.zeros((n_rec, kernel.width), jnp.float32)
-    sums = jax.lax.fori_loop(0, _n_windows(boxes, capacity), body, acc0)
+    sums = jax.lax.fori_loop(0, _n_windows(en, capacity), body, acc0)
     g = sums if kernel.finish is None else kernel.finish(rec, sums)
     return g, jnp.zeros_like(aux), None
 

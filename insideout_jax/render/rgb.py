@@ -211,7 +211,7 @@ def _initial_trans(grid, dtype):
 def _forward(packed, extents, background, grid, config):
     capacity = config.pair_capacity or default_pair_capacity(packed.shape[0], grid.tile_size)
     fwd_kernel, _ = _kernels(config, grid)
-    layout = tl.pair_layout(packed[:, :2], extents, packed[:, 9], grid)
+    layout = tl.pair_layout(packed[:, :2], extents, packed[:, 9], grid, capacity=capacity)
     ell = _ellipses(packed, config)  # once per render, not per window
     t0 = _initial_trans(grid, packed.dtype)
     state = jnp.concatenate([t0[:, None], jnp.zeros((grid.n_tiles, 4) + t0.shape[1:], t0.dtype)], 1)

@@ -39,12 +39,12 @@ from insideout_jax import xla
 from insideout_jax.render.additive import (
     SplatKernel,
     TileLayout,
-    box_counts,
     pixel_bounds_to_boxes,
     sum_splat,
     tile_local_coords,
     tile_moments,
 )
+from insideout_jax.render.pairs import box_counts
 from insideout_jax.render.tiles import pairs_overflow, raise_on_overflow
 from insideout_jax.render.xray import check_pallas_options, resolve_xray_backend, safe_quats
 from insideout_jax.splats import RadSplats, RGBSplats, quat_to_rotmat

@@ -1,6 +1,8 @@
-"""Stages 2–3 of the rasterizers: tile intersection, (tile, depth) sort, per-tile ranges.
+"""Stages 2–3 of the RGB rasterizer: tile intersection, (tile, depth) sort, per-tile ranges.
 
-Shared by the RGB and the X-ray rasterizers; nothing here knows about colour or density.
+Built on the tile engine's shared stages (:mod:`insideout_jax.render.pairs`: one box format, one
+pair enumeration, one packed-key sort, one range search), which the additive integrator and both
+Pallas back ends use too; nothing here knows about colour or density.
 
 The image is cut into square tiles of ``tile_size`` px (row-major tile ids,
 ``tile = ty·tiles_x + tx``). A footprint (mean, half-extents) touches the tiles whose pixel centres
@@ -8,19 +10,21 @@ fall inside its axis-aligned box; every (tile, Gaussian) touch is one **pair**. 
 footprints' ellipses, a window leaves out the box pairs whose tile the ellipse does not reach
 (:func:`tile_touches`, exact; their slots stay empty, windows and pair count are the boxes').
 
-**Pair list and windows.** Gaussians are ranked front to back (stable argsort of depth; ties by
-index; with ``depths=None`` the rank is the index). Pairs are enumerated rank-major: all pairs of
-rank 0 (its tiles row-major inside its box), then rank 1, … – the pair with global *slot* s belongs
-to the rank r with ``offsets[r] ≤ s < offsets[r + 1]``. A fixed-capacity buffer holds the slots
-``[start, start + capacity)`` (a *window*). A window that does not hold every pair is not an error:
-the caller processes the next window (``start += capacity``) and composites it behind the first –
-exact, because windows are contiguous in rank, so every tile sees its Gaussians front to back.
-``n_pairs`` (the total) says how many windows are needed.
+**Pair list and windows.** Gaussians are ranked front to back (stable order of depth; ties by
+index; Gaussians without pairs last; with ``depths=None`` the index order, Gaussians without pairs
+last). Pairs are enumerated rank-major (:func:`~insideout_jax.render.pairs.enumerate_pairs`): all
+pairs of rank 0 (its tiles row-major inside its box), then rank 1, … A fixed-capacity buffer holds
+the slots ``[start, start + capacity)`` (a *window*, decoded by
+:func:`~insideout_jax.render.pairs.decode_slots`). A window that does not hold every pair is not an
+error: the caller processes the next window (``start += capacity``) and composites it behind the
+first – exact, because windows are contiguous in rank, so every tile sees its Gaussians front to
+back. ``n_pairs`` (the total) says how many windows are needed.
 
-**Pair-count bound.** Slots and offsets are int32; totals are checked against
-:data:`PAIR_LIMIT` first (:mod:`insideout_jax.render.pair_limit`, re-exported here).
+**Pair-count bound.** Slots are int32; totals are checked against :data:`PAIR_LIMIT` first
+(:mod:`insideout_jax.render.pair_limit`, re-exported here).
 
-**Sort key bit layout.** Inside a window every pair gets the key
+**Sort key.** Inside a window the pairs are sorted by
+:func:`~insideout_jax.render.pairs.sort_by_tile` with the rank as key:
 
     key = (tile << rank_bits) | rank          (uint32; empty slots get 0xFFFFFFFF)
 
@@ -40,12 +44,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from insideout_jax.render import pairs as pr
 from insideout_jax.render.pair_limit import (  # re-exported
     PAIR_LIMIT,
     PairCountOverflow,
     pairs_overflow,
     raise_on_overflow,
 )
+from insideout_jax.render.pairs import tile_ranges  # noqa: F401  (re-exported)
 
 __all__ = ["PAIR_LIMIT", "PairCountOverflow", "pairs_overflow", "raise_on_overflow",
            "TileGrid", "make_tile_grid", "tile_rects", "depth_order", "PairLayout", "pair_layout",
@@ -126,18 +132,27 @@ class PairLayout(NamedTuple):
 
     Attributes:
       rects: [N, 4] int32 tile boxes (x0, y0, x1, y1) per Gaussian.
-      order: [N] int32, order[r] = Gaussian of rank r (front to back).
-      offsets: [N + 1] int32, pairs of rank r occupy slots offsets[r] ≤ s < offsets[r + 1].
-      n_pairs: [] int32 total number of pairs (= offsets[N]); 0 when ``overflow``.
-      overflow: [] bool, the total reaches :data:`PAIR_LIMIT` (offsets have wrapped: render
-        nothing, return NaN).
+      enumeration: the shared :class:`~insideout_jax.render.pairs.PairEnumeration` of the
+        one-layer boxes in front-to-back order (position = rank).
     """
 
     rects: jax.Array
-    order: jax.Array
-    offsets: jax.Array
-    n_pairs: jax.Array
-    overflow: jax.Array
+    enumeration: pr.PairEnumeration
+
+    @property
+    def order(self) -> jax.Array:
+        """[N] int32, order[r] = Gaussian of rank r (front to back; Gaussians without pairs last)."""
+        return self.enumeration.order
+
+    @property
+    def n_pairs(self) -> jax.Array:
+        """[] int32 total number of pairs; 0 when ``overflow``."""
+        return self.enumeration.total
+
+    @property
+    def overflow(self) -> jax.Array:
+        """[] bool, the total reaches :data:`PAIR_LIMIT` (render nothing, return NaN)."""
+        return self.enumeration.overflow
 
 
 def _ordered_bits(x: jax.Array) -> jax.Array:
@@ -178,29 +193,29 @@ def depth_order(depths: jax.Array) -> jax.Array:
 
 
 def pair_layout(means2d: jax.Array, extents: jax.Array, depths: jax.Array | None,
-                grid: TileGrid) -> PairLayout:
-    """Tile boxes, front-to-back ranks and pair offsets.
+                grid: TileGrid, *, capacity: int = 1) -> PairLayout:
+    """Tile boxes, front-to-back ranks and the pair enumeration.
 
     Args:
       means2d: [N, 2] (u, v) px.
       extents: [N, 2] half-extents px (negative: culled).
-      depths: [N] sort depth (smaller is in front), or None for index order (additive renderers).
+      depths: [N] sort depth (smaller is in front), or None for index order.
       grid: the tiling.
+      capacity: the windows' size (pads the enumeration so that windows decode without a copy).
 
     Returns:
       A :class:`PairLayout`.
     """
     rects = tile_rects(means2d, extents, grid)
-    counts = (rects[:, 2] - rects[:, 0]) * (rects[:, 3] - rects[:, 1])
-    n = counts.shape[0]
-    if depths is None:
-        order = jnp.arange(n, dtype=jnp.int32)
-    else:
+    boxes = pr.rects_to_boxes(rects)
+    order = None
+    if depths is not None:
+        counts = pr.box_counts(boxes)
         d = jax.lax.stop_gradient(depths)
-        order = depth_order(jnp.where((counts > 0) & jnp.isfinite(d), d, jnp.inf))
-    offsets = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(counts[order], dtype=jnp.int32)])
-    overflow = pairs_overflow(counts)
-    return PairLayout(rects, order, offsets, jnp.where(overflow, 0, offsets[-1]), overflow)
+        # every Gaussian with pairs before every one without (a non-finite depth sorts last of them)
+        key = jnp.where(counts > 0, jnp.where(jnp.isfinite(d), d, jnp.finfo(d.dtype).max), jnp.inf)
+        order = depth_order(key)
+    return PairLayout(rects, pr.enumerate_pairs(boxes, order, run=capacity))
 
 
 class TileIntersections(NamedTuple):
@@ -220,25 +235,6 @@ class TileIntersections(NamedTuple):
     ranks: jax.Array
     slots: jax.Array
     n_pairs: jax.Array
-
-
-def _sort_pairs(tile, rank, used, *, n, n_tiles, packed):
-    """Sort pairs by (tile, rank); returns (tile, rank, used) in sorted order (sentinels last).
-
-    ``packed``: one uint32 key per pair (see the module docstring); otherwise a two-operand
-    lexicographic sort (for tile_bits + rank_bits > 32).
-    """
-    if packed:
-        rank_bits = max(1, int(n - 1).bit_length())
-        key = (tile.astype(jnp.uint32) << rank_bits) | jnp.where(used, rank, 0).astype(jnp.uint32)
-        key = jnp.sort(jnp.where(used, key, jnp.uint32(0xFFFFFFFF)))
-        s_used = key != jnp.uint32(0xFFFFFFFF)
-        s_tile = jnp.where(s_used, (key >> rank_bits).astype(jnp.int32), n_tiles)
-        s_rank = jnp.where(s_used, (key & jnp.uint32((1 << rank_bits) - 1)).astype(jnp.int32), n)
-        return s_tile, s_rank, s_used
-    s_tile, s_rank = jax.lax.sort((jnp.where(used, tile, n_tiles), jnp.where(used, rank, n)),
-                                  num_keys=2)
-    return s_tile, s_rank, s_tile < n_tiles
 
 
 def tile_touches(ellipses: jax.Array, tile: jax.Array, grid: TileGrid) -> jax.Array:
@@ -292,41 +288,25 @@ def window_intersections(layout: PairLayout, grid: TileGrid, *, capacity: int,
     Returns:
       A :class:`TileIntersections` of length P.
     """
-    n = layout.order.shape[0]
+    en = layout.enumeration
+    n = en.order.shape[0]
     t = grid.n_tiles
-    slot = jnp.asarray(start, jnp.int32) + jnp.arange(capacity, dtype=jnp.int32)
-    used = slot < layout.n_pairs
-    # Rank of each slot without a binary search: scatter, at the first slot of every non-empty
-    # rank, the step from the previous non-empty rank, then take a running sum. Ranks that start
-    # before the window all land on its first slot and telescope to the rank in progress there.
-    counts = layout.offsets[1:] - layout.offsets[:-1]
-    nonempty = jnp.nonzero(counts > 0, size=n, fill_value=n)[0].astype(jnp.int32)
-    prev = jnp.concatenate([jnp.zeros(1, jnp.int32), nonempty[:-1]])
-    delta = jnp.where(nonempty < n, nonempty - prev, 0)
-    first = layout.offsets[jnp.minimum(nonempty, n - 1)] - jnp.asarray(start, jnp.int32)
-    first = jnp.clip(jnp.where(nonempty < n, first, capacity), 0, capacity)
-    marks = jnp.zeros(capacity + 1, jnp.int32).at[first].add(delta)
-    rank = jnp.minimum(jnp.cumsum(marks[:capacity], dtype=jnp.int32), n - 1)
-    gauss = layout.order[rank]
-    rect = layout.rects[gauss]
-    local = slot - layout.offsets[rank]
-    wx = jnp.maximum(rect[:, 2] - rect[:, 0], 1)
-    tile = (rect[:, 1] + local // wx) * grid.tiles_x + rect[:, 0] + local % wx
+    start = jnp.asarray(start, jnp.int32)
+    pairs, _ = pr.decode_slots(en, start, capacity, pr.first_position(en, start),
+                               tiles_x=grid.tiles_x, tiles_y=grid.tiles_y, n_tiles=t)
+    used = pairs.valid
     if ellipses is not None:
-        used = used & tile_touches(ellipses[gauss], tile, grid)
-    tile = jnp.where(used, tile, t)
-    rank = jnp.where(used, rank, n)
-    rank_bits = max(1, int(n - 1).bit_length())
-    packed = rank_bits + int(t).bit_length() <= 32
-    s_tile, s_rank, s_used = _sort_pairs(tile, rank, used, n=n, n_tiles=t, packed=packed)
+        used = used & tile_touches(ellipses[pairs.record], pairs.tile, grid)
+    s_tile, s_rank, s_used = pr.sort_by_tile(pairs.tile, pairs.position, used, n_tiles=t,
+                                             key_bound=n)
     window_slot = jnp.arange(capacity, dtype=jnp.int32)
-    s_gauss = jnp.where(s_used, layout.order[jnp.minimum(s_rank, n - 1)], n)
+    rank_c = jnp.minimum(s_rank, n - 1)
+    s_gauss = jnp.where(s_used, en.order[rank_c], n)
     # Window slot of each sorted pair (inverse of the sort permutation), recomputed from its
-    # (tile, rank): slot = offsets[rank] + local index of the tile inside the Gaussian's box − start.
-    s_rect = layout.rects[jnp.minimum(s_gauss, n - 1)]
-    s_wx = s_rect[:, 2] - s_rect[:, 0]
-    s_local = (s_tile // grid.tiles_x - s_rect[:, 1]) * s_wx + s_tile % grid.tiles_x - s_rect[:, 0]
-    s_slot = layout.offsets[jnp.minimum(s_rank, n - 1)] + s_local - jnp.asarray(start, jnp.int32)
+    # (tile, rank): slot = starts[rank] + index of the tile inside the Gaussian's box − start.
+    s_box = en.boxes[rank_c]
+    s_local = (s_tile // grid.tiles_x - s_box[:, 1]) * s_box[:, 3] + s_tile % grid.tiles_x - s_box[:, 0]
+    s_slot = en.starts[rank_c] + s_local - start
     # Empty slots: the sorted tail takes the empty window slots in order (a permutation).
     if ellipses is None:
         s_slot = jnp.where(s_used, s_slot, window_slot)
@@ -334,7 +314,7 @@ def window_intersections(layout: PairLayout, grid: TileGrid, *, capacity: int,
         free = jnp.nonzero(~used, size=capacity, fill_value=capacity - 1)[0].astype(jnp.int32)
         n_used = jnp.sum(used, dtype=jnp.int32)
         s_slot = jnp.where(s_used, s_slot, free[jnp.clip(window_slot - n_used, 0, capacity - 1)])
-    return TileIntersections(s_tile, s_gauss, s_rank, s_slot, layout.n_pairs)
+    return TileIntersections(s_tile, s_gauss, s_rank, s_slot, en.total)
 
 
 def intersect_tiles(means2d: jax.Array, extents: jax.Array, depths: jax.Array | None, *,
@@ -352,21 +332,6 @@ def intersect_tiles(means2d: jax.Array, extents: jax.Array, depths: jax.Array | 
     """
     layout = pair_layout(means2d, extents, depths, grid)
     return window_intersections(layout, grid, capacity=capacity, start=start)
-
-
-def tile_ranges(tile_ids: jax.Array, n_tiles: int) -> tuple[jax.Array, jax.Array]:
-    """Per-tile [start, end) ranges into a sorted pair list.
-
-    Args:
-      tile_ids: [P] int32 ascending (empty slots hold n_tiles).
-      n_tiles: T.
-
-    Returns:
-      starts, ends: [T] int32.
-    """
-    bounds = jnp.searchsorted(tile_ids, jnp.arange(n_tiles + 1, dtype=tile_ids.dtype), side="left",
-                              method="scan").astype(jnp.int32)
-    return bounds[:-1], bounds[1:]
 
 
 def pairs_to_gaussians(values: jax.Array, isect: TileIntersections, n: int) -> jax.Array:

@@ -66,10 +66,10 @@ from insideout_jax import xla
 from insideout_jax.cameras import XrayGeometry, view_frame, view_params
 from insideout_jax.render.additive import (
     TileLayout,
-    box_counts,
     pixel_bounds_to_boxes,
     sum_splat,
 )
+from insideout_jax.render.pairs import box_counts
 from insideout_jax.render.tiles import pairs_overflow, raise_on_overflow
 from insideout_jax.render.xray_records import (  # noqa: F401  (re-exported)
     CONE_KERNEL,
