@@ -161,3 +161,22 @@ def test_rects_become_one_layer_boxes():
     np.testing.assert_array_equal(boxes, [[1, 2, 0, 3, 1, 1], [0, 0, 0, 0, 0, 0],
                                           [2, 1, 0, 1, 3, 1]])
     np.testing.assert_array_equal(np.asarray(pr.box_counts(jnp.asarray(boxes))), [3, 0, 3])
+
+
+@pytest.mark.parametrize("backend", ["xla", "pallas_interpret"])
+def test_no_records_sum_to_zero_on_both_back_ends(backend):
+    """An empty splat set voxelizes to zeros (an empty sum), with an empty gradient, instead of
+    failing inside the enumeration."""
+    from insideout_jax.render.slices import make_voxel_grid, voxelize
+    from insideout_jax.splats import rad_splats_from_points
+
+    s = rad_splats_from_points(jnp.zeros((3, 3)), 0.01)
+    empty = jax.tree_util.tree_map(lambda x: x[:0], s)
+    grid = make_voxel_grid((8, 8, 8), (1.0, 1.0, 1.0), (-4.0, -4.0, -4.0))
+    vol = voxelize(empty, grid, backend=backend)
+    chex.assert_shape(vol, (8, 8, 8))
+    assert not np.any(np.asarray(vol))
+    g = jax.grad(lambda sp: voxelize(sp, grid, backend=backend).sum(), allow_int=True)(empty)
+    chex.assert_shape(g.means, (0, 3))
+    en = pr.enumerate_pairs(jnp.zeros((0, 6), jnp.int32), run=4)
+    assert int(en.total) == 0 and not bool(en.overflow)

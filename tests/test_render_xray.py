@@ -200,6 +200,8 @@ def test_bad_inputs_raise_value_error():
         render_xray(s, g, backend="pallas_interpret", capacity=0)
     with pytest.raises(ValueError, match="RadSplats"):
         render_xray(g, g)
+    with pytest.raises(ValueError, match=r"C ≥ 1, got \(0, 3\)"):  # no splats: said, not a modulo by zero
+        render_xray(jax.tree_util.tree_map(lambda x: x[:0], s), g)
 
 
 def test_additive_engine_generic_kernel_and_autodiff_fallback():

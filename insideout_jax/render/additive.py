@@ -215,6 +215,8 @@ def _n_chunks(en: pr.PairEnumeration, chunk: int) -> jax.Array:
 
 
 def _sum_splat_fwd_impl(kernel, layout, records, aux, en: pr.PairEnumeration):
+    if records.shape[0] == 0:  # no records, no pairs: nothing to decode
+        return jnp.zeros((layout.n_tiles, layout.row_width), records.dtype)
     crec = records[en.order]
     ts = (layout.tile_h, layout.tile_w)
 
@@ -237,6 +239,8 @@ def _sum_splat_fwd(kernel, layout, records, aux, boxes):
 
 def _sum_splat_bwd(kernel, layout, res, ct):
     records, aux, en = res
+    if records.shape[0] == 0:
+        return records, jax.tree_util.tree_map(jnp.zeros_like, aux), None
     crec = records[en.order]
     ts = (layout.tile_h, layout.tile_w)
     ct_pad = jnp.concatenate([ct, jnp.zeros((1, ct.shape[1]), ct.dtype)], axis=0)

@@ -104,7 +104,7 @@ def enumerate_pairs(boxes: jax.Array, order: jax.Array | None = None, *, run: in
         nz = counts > 0
         before_nz = jnp.cumsum(nz.astype(jnp.int32))
         before_z = jnp.cumsum((~nz).astype(jnp.int32))
-        pos = jnp.where(nz, before_nz - 1, before_nz[-1] + before_z - 1)
+        pos = jnp.where(nz, before_nz - 1, jnp.sum(nz, dtype=jnp.int32) + before_z - 1)
         order = jnp.zeros_like(pos).at[pos].set(jnp.arange(pos.shape[0], dtype=pos.dtype),
                                                 unique_indices=True)
     order = order.astype(jnp.int32)
@@ -112,7 +112,8 @@ def enumerate_pairs(boxes: jax.Array, order: jax.Array | None = None, *, run: in
     incl = jnp.cumsum(ocounts, dtype=jnp.int32)
     starts = jnp.concatenate([incl - ocounts, jnp.full((int(run) + 1,), NO_START, jnp.int32)])
     overflow = pairs_overflow(counts)
-    return PairEnumeration(order, boxes[order], starts, jnp.where(overflow, 0, incl[-1]), overflow)
+    total = incl[-1] if incl.shape[0] else jnp.int32(0)
+    return PairEnumeration(order, boxes[order], starts, jnp.where(overflow, 0, total), overflow)
 
 
 def first_position(en: PairEnumeration, start) -> jax.Array:

@@ -312,5 +312,7 @@ def integrate(kernel: PallasKernel, layout: ad.TileLayout, rec: jax.Array, aux: 
     cap = default_window_capacity(rec.shape[0]) if capacity is None else int(capacity)
     if cap < 1:
         raise ValueError(f"capacity must be positive or None, got {capacity}")
+    if rec.shape[0] == 0:  # no records, no pairs (rec stays in the graph for its zero gradient)
+        return jnp.zeros((layout.n_tiles, layout.tile_pixels), jnp.float32) + 0.0 * jnp.sum(rec)
     return _integrate(kernel, layout, int(pair_block), bool(interpret), cap, rec,
                       jnp.asarray(aux, jnp.float32), boxes)

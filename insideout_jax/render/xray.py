@@ -111,6 +111,8 @@ def resolve_view_angles(geometry: XrayGeometry, views) -> jax.Array:
 def _check_inputs(splats, geometry, cutoff_sigma, tile_size, chunk):
     if not isinstance(splats, RadSplats):
         raise ValueError(f"splats must be RadSplats, got {type(splats).__name__}")
+    if splats.means.ndim != 2 or splats.means.shape[0] < 1:
+        raise ValueError(f"splats.means must have shape [C, 3] with C ≥ 1, got {splats.means.shape}")
     if not isinstance(geometry, XrayGeometry):
         raise ValueError(f"geometry must be an XrayGeometry, got {type(geometry).__name__}")
     if not cutoff_sigma > 0:
