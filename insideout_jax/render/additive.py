@@ -193,13 +193,8 @@ def sum_splat(kernel: SplatKernel, layout: TileLayout, records: jax.Array, aux, 
     Returns:
       [T, channels · Pt] float32 per-tile sums.
     """
-    return _sum_splat_fwd_impl(kernel, layout, records, aux, _enumerate(boxes, layout.chunk))
-
-
-def _enumerate(boxes: jax.Array, chunk: int) -> pr.PairEnumeration:
-    """The shared pair enumeration in the records' own order (records with pairs first), padded
-    for runs of ``chunk`` slots."""
-    return pr.enumerate_pairs(boxes, run=chunk)
+    return _sum_splat_fwd_impl(kernel, layout, records, aux,
+                               pr.enumerate_pairs(boxes, run=layout.chunk))
 
 
 def _decode_chunk(en: pr.PairEnumeration, layout: TileLayout, c, p0):
@@ -233,14 +228,14 @@ def _sum_splat_fwd_impl(kernel, layout, records, aux, en: pr.PairEnumeration):
 
 
 def _sum_splat_fwd(kernel, layout, records, aux, boxes):
-    en = _enumerate(boxes, layout.chunk)  # the backward replays the same enumeration
+    en = pr.enumerate_pairs(boxes, run=layout.chunk)  # the backward replays the same enumeration
     return _sum_splat_fwd_impl(kernel, layout, records, aux, en), (records, aux, en)
 
 
 def _sum_splat_bwd(kernel, layout, res, ct):
     records, aux, en = res
     if records.shape[0] == 0:
-        return records, jax.tree_util.tree_map(jnp.zeros_like, aux), None
+        return jnp.zeros_like(records), jax.tree_util.tree_map(jnp.zeros_like, aux), None
     crec = records[en.order]
     ts = (layout.tile_h, layout.tile_w)
     ct_pad = jnp.concatenate([ct, jnp.zeros((1, ct.shape[1]), ct.dtype)], axis=0)

@@ -45,7 +45,7 @@ import numpy as np
 from insideout_jax.render.pair_limit import pairs_overflow
 
 __all__ = ["PairEnumeration", "PairSlots", "box_counts", "box_tile", "rects_to_boxes", "enumerate_pairs",
-           "first_position", "decode_slots", "sort_by_tile", "tile_ranges"]
+           "n_windows", "first_position", "decode_slots", "sort_by_tile", "tile_ranges"]
 
 NO_START = np.iinfo(np.int32).max
 """Padding of the first-slot table: beyond every slot (< ``PAIR_LIMIT``)."""
@@ -114,6 +114,12 @@ def enumerate_pairs(boxes: jax.Array, order: jax.Array | None = None, *, run: in
     overflow = pairs_overflow(counts)
     total = incl[-1] if incl.shape[0] else jnp.int32(0)
     return PairEnumeration(order, boxes[order], starts, jnp.where(overflow, 0, total), overflow)
+
+
+def n_windows(en: PairEnumeration, capacity: int) -> jax.Array:
+    """[] int32 windows of ``capacity`` slots that hold every pair: at least one, and 0 when the
+    total reaches ``PAIR_LIMIT`` (nothing may run on wrapped counts)."""
+    return jnp.where(en.overflow, 0, jnp.maximum(1, (en.total + capacity - 1) // capacity))
 
 
 def first_position(en: PairEnumeration, start) -> jax.Array:

@@ -234,11 +234,6 @@ def _window(rec, en, layout, capacity, bk, w):
     return rid, pos, valid, seg, rows
 
 
-def _n_windows(en, capacity):
-    """Windows to run: 0 when the pair total reaches ``tiles.PAIR_LIMIT`` (int32 would wrap)."""
-    return jnp.where(en.overflow, 0, jnp.maximum(1, (en.total + capacity - 1) // capacity))
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
 def _integrate(kernel, layout, bk, interpret, capacity, rec, aux, boxes):
     return _integrate_fwd(kernel, layout, bk, interpret, capacity, rec, aux, boxes)[0]
@@ -252,15 +247,14 @@ def _integrate_fwd(kernel, layout, bk, interpret, capacity, rec, aux, boxes):
         return _call_fwd(kernel, layout, bk, interpret, seg, aux, rows, buf)
 
     buf0 = jnp.zeros((layout.n_tiles, layout.tile_pixels), jnp.float32)
-    buf = jax.lax.fori_loop(0, _n_windows(en, capacity), body, buf0)
+    buf = jax.lax.fori_loop(0, pr.n_windows(en, capacity), body, buf0)
     buf = jnp.where(en.overflow, jnp.nan, buf)  # nothing summed: NaN
-    return buf, (rec, aux, boxes)
+    return buf, (rec, aux, en)  # the backward replays the same enumeration
 
 
 def _integrate_bwd(kernel, layout, bk, interpret, capacity, res, ct):
-    rec, aux, boxes = res
+    rec, aux, en = res
     n_rec = rec.shape[0]
-    en = pr.enumerate_pairs(boxes, run=capacity)
 
     def body(w, acc):
         rid, pos, valid, seg, rows = _window(rec, en, layout, capacity, bk, w)
@@ -270,7 +264,7 @@ def _integrate_bwd(kernel, layout, bk, interpret, capacity, res, ct):
         return acc + sorted_segment_sum(g_pairs, rid, n_rec)
 
     acc0 = jnp.zeros((n_rec, kernel.width), jnp.float32)
-    sums = jax.lax.fori_loop(0, _n_windows(en, capacity), body, acc0)
+    sums = jax.lax.fori_loop(0, pr.n_windows(en, capacity), body, acc0)
     g = sums if kernel.finish is None else kernel.finish(rec, sums)
     return g, jnp.zeros_like(aux), None
 
@@ -312,7 +306,7 @@ def integrate(kernel: PallasKernel, layout: ad.TileLayout, rec: jax.Array, aux: 
     cap = default_window_capacity(rec.shape[0]) if capacity is None else int(capacity)
     if cap < 1:
         raise ValueError(f"capacity must be positive or None, got {capacity}")
-    if rec.shape[0] == 0:  # no records, no pairs (rec stays in the graph for its zero gradient)
-        return jnp.zeros((layout.n_tiles, layout.tile_pixels), jnp.float32) + 0.0 * jnp.sum(rec)
+    if rec.shape[0] == 0:  # no records, no pairs: an empty sum (and a zero gradient)
+        return jnp.zeros((layout.n_tiles, layout.tile_pixels), jnp.float32)
     return _integrate(kernel, layout, int(pair_block), bool(interpret), cap, rec,
                       jnp.asarray(aux, jnp.float32), boxes)

@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from insideout_jax.cameras import PinholeCamera
+from insideout_jax.render import pairs as pr
 from insideout_jax.render import project as proj
 from insideout_jax.render import tiles as tl
 from insideout_jax.render.composite_xla import (  # noqa: F401
@@ -215,7 +216,7 @@ def _forward(packed, extents, background, grid, config):
     ell = _ellipses(packed, config)  # once per render, not per window
     t0 = _initial_trans(grid, packed.dtype)
     state = jnp.concatenate([t0[:, None], jnp.zeros((grid.n_tiles, 4) + t0.shape[1:], t0.dtype)], 1)
-    n_windows = jnp.where(layout.overflow, 0, jnp.maximum(1, -(-layout.n_pairs // capacity)))
+    n_windows = pr.n_windows(layout.enumeration, capacity)
 
     def body(c):
         k, state, first = c
@@ -276,7 +277,7 @@ def _composite_bwd(grid, config, res, cts):
     cot = jnp.concatenate([jnp.moveaxis(g_color, 2, 1), g_depth[:, None], r[:, None]], axis=1)
     t0 = _initial_trans(grid, packed.dtype)
     bstate = jnp.stack([t0, jnp.zeros_like(t0)], axis=1)
-    n_windows = jnp.where(layout.overflow, 0, jnp.maximum(1, -(-layout.n_pairs // capacity)))
+    n_windows = pr.n_windows(layout.enumeration, capacity)
     ell = _ellipses(packed, config)  # windows after the first (the first is kept)
 
     def body(c):
