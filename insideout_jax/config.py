@@ -112,17 +112,26 @@ class FittingStageConfig:
       min_opacity: RGB splats below this opacity (floaters) are left out of the fit (they move
         with the global similarity).
       grid_size: voxels along the longest side of the grid that voxelizes the radiative density.
+        Unit-free (the object's extent / grid_size is the voxel). Fitted alignment against the
+        true one (rotation °, scale %; the same stage-1 splats, with ``visible_depth``): 96:
+        matryoshka 0.94, 2.1; skull 0.13, 0.9 — 128: 0.70, 1.3; 0.12, 0.9 — 160: 0.28, 0.7;
+        0.35, 0.8 — 192: 0.70, 0.5; 0.34, 0.8. The matryoshka's 2–3 mm walls need voxels of
+        about 1 mm (160 over its 185 mm).
       surface_fine: the narrow kernel that places the radiative outer surface, × the wide one
         (``insideout_jax.fitting.surface.outer_surface``'s ``fine``; the solid is voxel centres,
         on which it stays smooth). Unit-free; ½ took the matryoshka's surface from 3.2 mm
         outside the true one to 1.6 mm (thin walls) and the skull's from 1.8 to 1.6 mm.
+      visible_depth: match the RGB centres to the radiative surface moved inward by their depth
+        behind the surface the RGB model shows (``fitting.visible``; needs the photos' cameras).
+        At grid 160, without it: matryoshka ?, skull ?.
     """
 
     schedule: tuple = (0.1, 0.5, 1.0)
     seed: int = 0
     min_opacity: float = 0.05
-    grid_size: int = 96
+    grid_size: int = 160
     surface_fine: float = 0.5
+    visible_depth: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

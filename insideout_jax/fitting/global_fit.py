@@ -73,6 +73,9 @@ class GlobalFitResult:
       surface: [S, 3] float32 radiative outer-surface samples used as the target (CT frame).
       candidate_angles_deg: [C] float rotation between each candidate's ICP result and the
         chosen one's (0 for the chosen one).
+      refined_residuals: {candidate: symmetric trimmed residual (normalised units) after the
+        final ICP against the whole surface} for the candidates that were close enough to be
+        refined (the chosen one among them: the smallest); :meth:`rival` compares these.
     """
 
     transform: Similarity
@@ -82,6 +85,7 @@ class GlobalFitResult:
     residual: float
     surface: np.ndarray
     candidate_angles_deg: np.ndarray | None = None
+    refined_residuals: dict | None = None
 
     def rival(self, min_angle_deg: float = AMBIGUOUS_ANGLE_DEG) -> tuple[float, float] | None:
         """(residual ratio ≥ 1, angle in degrees) of the best-fitting candidate that ended in a
@@ -93,6 +97,9 @@ class GlobalFitResult:
         if other.size == 0:
             return None
         k = other[np.argmin(np.asarray(self.candidate_residuals)[other])]
+        ref = self.refined_residuals or {}
+        if k in ref and self.best in ref:  # both refined on all the points: compare those
+            return ref[k] / max(ref[self.best], 1e-12), float(self.candidate_angles_deg[k])
         best = max(float(self.candidate_residuals[self.best]), 1e-12)
         return float(self.candidate_residuals[k]) / best, float(self.candidate_angles_deg[k])
 
@@ -206,6 +213,12 @@ def pca_candidates(cov_src: np.ndarray, cov_dst: np.ndarray, *, kind: str = "sig
     return np.stack(out)
 
 
+def _angle_deg(a: Similarity, b: Similarity) -> float:
+    """Rotation angle between two similarities' rotations, degrees."""
+    c = (np.trace(np.asarray(a.rotation, np.float64).T @ np.asarray(b.rotation, np.float64)) - 1) / 2
+    return float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))
+
+
 def _normaliser(p: np.ndarray) -> tuple[np.ndarray, float]:
     mu = p.mean(0)
     r = float(np.sqrt(np.mean(np.sum((p - mu) ** 2, axis=1))))
@@ -283,13 +296,23 @@ def global_fit(rgb: RGBSplats | ArrayLike, rad: RadSplats | ArrayLike, *,
         results.append(r.transform)
         resid.append(symmetric_residual(r.transform.apply(src), dst, trim=trim))
     best = int(np.argmin(resid))
-    rb = np.asarray(results[best].rotation, np.float64)
-    angles = [float(np.degrees(np.arccos(np.clip((np.trace(rb.T @ np.asarray(r.rotation)) - 1) / 2,
-                                                 -1.0, 1.0)))) for r in results]
-
     src = jnp.asarray(_subsample(xn, points, rng), jnp.float32)
-    final = icp(src, jnp.asarray(sn, jnp.float32), init=results[best], iters=icp_iters, trim=trim,
-                with_scale=True, tol=1e-6, dst_normals=nrm)
+    # Close calls are decided on all the points: every candidate within the ambiguity margin
+    # that ended in its own pose is refined against the whole surface, and the smallest
+    # refined residual wins.
+    contenders = [best]
+    for k in np.argsort(resid):
+        if resid[k] <= (1.0 + AMBIGUOUS_MARGIN) * resid[best] and all(
+                _angle_deg(results[k], results[j]) >= AMBIGUOUS_ANGLE_DEG for j in contenders):
+            contenders.append(int(k))
+    refined = {}
+    for k in contenders:
+        fk = icp(src, jnp.asarray(sn, jnp.float32), init=results[k], iters=icp_iters, trim=trim,
+                 with_scale=True, tol=1e-6, dst_normals=nrm)
+        refined[k] = (symmetric_residual(fk.transform.apply(src), sn, trim=trim), fk)
+    best = min(refined, key=lambda k: refined[k][0])
+    final = refined[best][1]
+    angles = [_angle_deg(results[best], r) for r in results]
     moments = Similarity(jnp.asarray(rots[best], jnp.float32), jnp.zeros(3, jnp.float32),
                          jnp.ones((), jnp.float32))
     transform = _denormalise(final.transform, mu_c, r_c, mu_x, r_x)
@@ -302,4 +325,5 @@ def global_fit(rgb: RGBSplats | ArrayLike, rad: RadSplats | ArrayLike, *,
         residual=symmetric_residual(aligned, surf, trim=trim),
         surface=surf,
         candidate_angles_deg=np.asarray(angles),
+        refined_residuals={k: v[0] for k, v in refined.items()},
     )

@@ -296,6 +296,11 @@ def _field(p, disp, w, sigma):
     return u, _polar_rotation(np.eye(3) + jac), coarsening
 
 
+def _rms_radius(p) -> float:
+    p = np.asarray(p, np.float64)
+    return float(np.sqrt(np.mean(np.sum((p - p.mean(0)) ** 2, axis=1))))
+
+
 def _split_rad(rad, seed):
     """Two random halves of the radiative set (splats or points)."""
     if isinstance(rad, RadSplats):
@@ -313,8 +318,8 @@ def hierarchical_fit(rgb: RGBSplats, rad, *, schedule=(0.1, 0.5, 1.0), seed: int
                      smoothing: float = 2.0, min_sigma: float = 0.1, prior_weight: float = 1.0,
                      reach: float = 2.5, trim: float = 0.9, kmeans_iters: int = 20,
                      icp_iters: int = 10, fine_iters: int = 3, min_gain: float = 0.01,
-                     global_kw: dict | None = None,
-                     surface_kw: dict | None = None) -> HierarchicalFitResult:
+                     global_kw: dict | None = None, surface_kw: dict | None = None,
+                     rgb_depth: float = 0.0) -> HierarchicalFitResult:
     """Align RGB splats to radiative splats: paper Alg. 1 with the decisions of the module docstring.
 
     Args:
@@ -335,6 +340,10 @@ def hierarchical_fit(rgb: RGBSplats, rad, *, schedule=(0.1, 0.5, 1.0), seed: int
       global_kw: extra keyword arguments for :func:`global_fit`.
       surface_kw: keyword arguments for the radiative outer surfaces (:func:`rad_surface`, e.g.
         ``fine`` for voxel centres).
+      rgb_depth: how far the RGB centres lie behind the surface the RGB model shows (RGB units,
+        :func:`insideout_jax.fitting.visible.visible_depth`). The radiative surfaces move inward
+        along their normals by it × the ratio of the two sets' RMS radii (the scale before any
+        fit), so that centres are matched to where centres belong.
 
     Returns:
       A :class:`HierarchicalFitResult`.
@@ -348,8 +357,16 @@ def hierarchical_fit(rgb: RGBSplats, rad, *, schedule=(0.1, 0.5, 1.0), seed: int
         raise ValueError("smoothing, reach must be > 0; trim in (0, 1]; min_gain, min_sigma >= 0")
     key = jax.random.key(seed)
     t0 = time.perf_counter()
+    if not rgb_depth >= 0.0:
+        raise ValueError(f"rgb_depth must be >= 0, got {rgb_depth}")
     surf, normals = rad_surface(rad, **(surface_kw or {}))
-    halves = [rad_surface(h, **(surface_kw or {}))[0] for h in _split_rad(rad, seed)]
+    halves = [rad_surface(h, **(surface_kw or {})) for h in _split_rad(rad, seed)]
+    if rgb_depth > 0.0:
+        shift = rgb_depth * _rms_radius(surf) / _rms_radius(np.asarray(rgb.means)[np.asarray(rgb.active)])
+        surf = (surf - shift * normals).astype(np.float32)
+        halves = [(h - shift * hn).astype(np.float32) for h, hn in halves]
+    else:
+        halves = [h for h, _ in halves]
     glob = global_fit(rgb, rad, surface=(surf, normals), seed=seed, **(global_kw or {}))
     tr = glob.transform
     splats = transform_splats(rgb, tr.rotation, tr.translation, tr.scale)

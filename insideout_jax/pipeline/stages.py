@@ -261,8 +261,14 @@ def fit_stage(rgb, rad, cfg: FittingStageConfig, *, cameras=None, masks=None,
                                             "total": int(act.sum())}}
     solid = pg.radiative_solid_points(rad, cfg.grid_size)
     fit_rgb = rgb.replace(active=rgb.active & (rgb.opacities >= cfg.min_opacity))
+    depth = 0.0
+    if cameras is not None and cfg.visible_depth:
+        from insideout_jax.fitting.visible import visible_depth
+
+        depth = visible_depth(rgb, cameras, min_opacity=cfg.min_opacity)
     res = pg.apply_to_all(hierarchical_fit(fit_rgb, solid, schedule=cfg.schedule, seed=cfg.seed,
-                                            surface_kw=dict(fine=cfg.surface_fine)), rgb)
+                                            surface_kw=dict(fine=cfg.surface_fine),
+                                            rgb_depth=depth), rgb)
     dropped = {st.name: st.targets_dropped for st in res.stages if st.clusters}
     coarse = {st.name: round(st.grid_coarsening, 3) for st in res.stages if st.name != "global"}
     notes = tuple(f"fitting level {k}: {v} surface targets beyond the per-cluster cap were left out"
@@ -275,7 +281,8 @@ def fit_stage(rgb, rad, cfg: FittingStageConfig, *, cameras=None, masks=None,
                "fitting_global": {"candidates": None if glob is None else len(glob.candidate_residuals),
                                   "rival_residual_ratio": None if rival is None else rival[0],
                                   "rival_angle_deg": None if rival is None else rival[1],
-                                  "ambiguous": None if glob is None else bool(glob.ambiguous)},
+                                  "ambiguous": None if glob is None else bool(glob.ambiguous),
+                                  "rgb_visible_depth_mm": depth * float(res.transform.scale)},
                **sel_metrics}
     if glob is not None and glob.ambiguous:
         notes += (f"the global fit was close: a pose {rival[1]:.0f}° from the chosen one fits the"
