@@ -123,7 +123,8 @@ class FittingStageConfig:
         outside the true one to 1.6 mm (thin walls) and the skull's from 1.8 to 1.6 mm.
       visible_depth: match the RGB centres to the radiative surface moved inward by their depth
         behind the surface the RGB model shows (``fitting.visible``; needs the photos' cameras).
-        At grid 160, without it: matryoshka ?, skull ?.
+        Fitted scale error at grid 160 without → with it: matryoshka 3.3 → 0.7 %, skull 1.1 →
+        0.9 % (rotation 0.29 → 0.32°, 0.12 → 0.34°; translation 0.41 → 0.10, 0.42 → 0.15 mm).
     """
 
     schedule: tuple = (0.1, 0.5, 1.0)

@@ -6,6 +6,7 @@
 * :mod:`.icp`: trimmed ICP (point-to-point, symmetric, point-to-plane), vmapped over clusters.
 * :mod:`.surface`: the outer surface of a volume-filling point set (host side).
 * :mod:`.global_fit`: moments + PCA candidates + ICP.
+* :mod:`.visible`: how far the RGB centres lie behind the surface the RGB model shows.
 * :mod:`.hierarchical`: Alg. 1, global → local levels → fine, with per-stage reports.
 
 A similarity maps p ↦ s·R·p + t (RGB/SfM frame → CT frame, mm).

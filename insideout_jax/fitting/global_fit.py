@@ -18,11 +18,14 @@ Decisions (the paper leaves these open):
 * **PCA sign ambiguity.** With eigenvectors E_C, E_X (ascending eigenvalues), the candidates are
   R = E_X D E_Cᵀ for the four sign matrices D that make R proper (``candidates="signs"``), or the
   24 signed permutations that do (``"octahedral"``; also covers near-equal eigenvalues). ICP with
-  scale runs from every candidate, on normalised coordinates (centroid 0, RMS radius 1); the one
-  with the smallest symmetric trimmed residual is refined on more points. When a candidate that
-  ended in another pose fits almost as well (:data:`AMBIGUOUS_MARGIN`), the fit is *reported*
-  ambiguous (:attr:`GlobalFitResult.ambiguous`): near-symmetric objects (a matryoshka, a vase)
-  leave the choice to small details, and the user should know it was close.
+  scale runs from every candidate, on normalised coordinates (centroid 0, RMS radius 1), on
+  subsamples. Every candidate whose subsample residual is within :data:`AMBIGUOUS_MARGIN` of the
+  smallest and that ended in a pose of its own is refined against the whole surface, and the
+  smallest refined residual wins (close calls are decided on all the points: on the matryoshka
+  the subsamples put its 180° twin first, 179.1° off, where the refined residuals chose the pose
+  1.4° off). When a refined rival fits within the margin, the fit is *reported* ambiguous
+  (:attr:`GlobalFitResult.ambiguous`): near-symmetric objects (a matryoshka, a vase) leave the
+  choice to small details, and the user should know it was close.
 * **ICP**: trimmed point-to-plane ICP with scale (Chen & Medioni; surface normals from the
   density gradient) from each candidate on subsamples; the candidate with the smallest symmetric
   trimmed residual is refined against the whole surface. One-sided RGB → surface matching, so
