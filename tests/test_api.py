@@ -17,7 +17,7 @@ MODULES = ["insideout_jax", "insideout_jax.io", "insideout_jax.metrics", "inside
            "insideout_jax.render.xray", "insideout_jax.render.slices",
            "insideout_jax.render.pallas_additive", "insideout_jax.render.pallas_xray",
            "insideout_jax.render.pallas_rgb", "insideout_jax.render.pairs", "insideout_jax.render.tiles",
-           "insideout_jax.render.additive"]
+           "insideout_jax.render.additive", "insideout_jax.fitting.visible"]
 
 
 @pytest.mark.parametrize("name", MODULES)

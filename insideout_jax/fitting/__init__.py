@@ -47,6 +47,7 @@ from insideout_jax.fitting.procrustes import (
     similarity_errors,
 )
 from insideout_jax.fitting.surface import outer_surface, outer_surface_points, point_spacing
+from insideout_jax.fitting.visible import hull_depths, visible_depth
 
 __all__ = [
     "GlobalFitResult", "global_fit", "global_gaussian", "pca_candidates", "rad_surface",
@@ -58,5 +59,5 @@ __all__ = [
     "Grid", "build_grid", "grid_cell_size", "grid_nearest", "knn", "nearest_neighbor",
     "pairwise_sqdist",
     "Similarity", "identity_similarity", "procrustes", "rotation_angle", "similarity_errors",
-    "outer_surface", "outer_surface_points", "point_spacing",
+    "outer_surface", "outer_surface_points", "point_spacing", "hull_depths", "visible_depth",
 ]
