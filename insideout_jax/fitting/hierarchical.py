@@ -67,7 +67,13 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from insideout_jax import sh as sh_lib
-from insideout_jax.fitting.global_fit import GlobalFitResult, global_fit, rad_surface, symmetric_residual
+from insideout_jax.fitting.global_fit import (
+    GlobalFitResult,
+    _normaliser,
+    global_fit,
+    rad_surface,
+    symmetric_residual,
+)
 from insideout_jax.fitting.icp import icp_batched
 from insideout_jax.fitting.kmeans import kmeans
 from insideout_jax.fitting.procrustes import Similarity, procrustes
@@ -303,11 +309,6 @@ def _field(p, disp, w, sigma):
     return u, _polar_rotation(np.eye(3) + jac), coarsening
 
 
-def _rms_radius(p) -> float:
-    p = np.asarray(p, np.float64)
-    return float(np.sqrt(np.mean(np.sum((p - p.mean(0)) ** 2, axis=1))))
-
-
 def _split_rad(rad, seed):
     """Two random halves of the radiative set (splats or points)."""
     if isinstance(rad, RadSplats):
@@ -368,12 +369,10 @@ def hierarchical_fit(rgb: RGBSplats, rad, *, schedule=(0.1, 0.5, 1.0), seed: int
         raise ValueError(f"rgb_depth must be >= 0, got {rgb_depth}")
     surf, normals = rad_surface(rad, **(surface_kw or {}))
     halves = [rad_surface(h, **(surface_kw or {})) for h in _split_rad(rad, seed)]
-    if rgb_depth > 0.0:
-        shift = rgb_depth * _rms_radius(surf) / _rms_radius(np.asarray(rgb.means)[np.asarray(rgb.active)])
-        surf = (surf - shift * normals).astype(np.float32)
-        halves = [(h - shift * hn).astype(np.float32) for h, hn in halves]
-    else:
-        halves = [h for h, _ in halves]
+    shift = 0.0 if rgb_depth == 0.0 else rgb_depth * _normaliser(np.asarray(surf, np.float64))[1] / (
+        _normaliser(np.asarray(rgb.means, np.float64)[np.asarray(rgb.active)])[1])
+    surf = (surf - shift * normals).astype(np.float32)
+    halves = [(h - shift * hn).astype(np.float32) for h, hn in halves]
     glob = global_fit(rgb, rad, surface=(surf, normals), seed=seed, **(global_kw or {}))
     tr = glob.transform
     splats = transform_splats(rgb, tr.rotation, tr.translation, tr.scale)
