@@ -59,10 +59,21 @@ def test_hull_depths_of_points_in_a_sphere_match_the_distance_to_its_surface():
 def test_hull_depths_edge_cases():
     cams = _ring(4, 500.0, 64, 200.0)
     sils = [_sphere_silhouette(c, 50.0) for c in cams]
-    far = hull_depths(np.array([[0.0, 0.0, 0.0], [200.0, 0.0, 0.0]]), sils, cams)
-    assert far[1] == 0.0 and far[0] > 40.0  # outside one silhouette: depth 0
+    # (0, 0, 70) lies 20 mm above the sphere, in every frame (28 px off centre of 32) and
+    # outside every silhouette (20 px radius): depth 0
+    far = hull_depths(np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 70.0]]), sils, cams)
+    assert far[1] == 0.0 and far[0] > 40.0
     behind_all = hull_depths(np.array([[0.0, 0.0, 0.0]]), sils[:1], cams[:1])
     assert np.isfinite(behind_all[0])
+    # A view whose frame does not hold the point says nothing about it: a narrow camera filled
+    # by the sphere (its silhouette all True) sees (0, 0, 0) but not (30, 0, 0), 30 mm off its axis.
+    narrow = _ring(4, 500.0, 64, 2000.0)[1]  # at (0, 500, 0), looking along −y
+    assert _sphere_silhouette(narrow, 50.0).all()
+    pts = np.array([[30.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    with_narrow = hull_depths(pts, sils + [_sphere_silhouette(narrow, 50.0)], cams + [narrow])
+    np.testing.assert_array_equal(with_narrow[0], hull_depths(pts[:1], sils, cams)[0])
+    assert with_narrow[0] > 15.0  # 20 mm inside the sphere, not 0 for "outside the frame"
+    assert np.isinf(hull_depths(pts[:1], [_sphere_silhouette(narrow, 50.0)], [narrow])[0])
     with pytest.raises(ValueError, match="silhouettes for"):
         hull_depths(np.zeros((1, 3)), sils[:2], cams)
     with pytest.raises(ValueError, match="does not match"):

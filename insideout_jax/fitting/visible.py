@@ -20,9 +20,11 @@ skull). The fitting stage moves the radiative target surface inward by it.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
+from insideout_jax.cameras import project_points
 from insideout_jax.render.rgb import render_rgb
 from insideout_jax.splats import RGBSplats
 
@@ -47,9 +49,9 @@ def hull_depths(points: np.ndarray, silhouettes, cameras) -> np.ndarray:
       cameras: [V] :class:`~insideout_jax.cameras.PinholeCamera` of the masks' size.
 
     Returns:
-      [N] float64: min over the views that see the point in front of them of (image distance
-      from its projection to the nearest pixel outside the silhouette, less half a pixel, at
-      least 0) × its camera depth / fx; +inf where no view sees it.
+      [N] float64: min over the views that see the point (in front of the camera, inside the
+      frame) of (image distance from its projection to the nearest pixel outside the silhouette,
+      less half a pixel, at least 0) × its camera depth / fx; +inf where no view sees it.
     """
     p = np.asarray(points, np.float64)
     depth = np.full(len(p), np.inf)
@@ -61,14 +63,15 @@ def hull_depths(points: np.ndarray, silhouettes, cameras) -> np.ndarray:
             raise ValueError(f"silhouette {sil.shape} does not match its camera ({cam.height},"
                              f" {cam.width})")
         edt = ndimage.distance_transform_edt(sil)
-        x = p @ np.asarray(cam.rotation, np.float64).T + np.asarray(cam.translation, np.float64)
-        front = x[:, 2] > 0
-        z = np.where(front, x[:, 2], 1.0)
-        u = float(cam.fx) * x[:, 0] / z + float(cam.cx) - 0.5
-        v = float(cam.fy) * x[:, 1] / z + float(cam.cy) - 0.5
-        d = ndimage.map_coordinates(edt, np.stack([v, u]), order=1, mode="constant", cval=0.0)
-        d = np.maximum(d - 0.5, 0.0) * z / float(cam.fx)
-        depth = np.where(front, np.minimum(depth, d), depth)
+        uv, z = (np.asarray(a, np.float64) for a in project_points(cam, jnp.asarray(p)))
+        # a view says nothing about a point behind it or outside its frame (its silhouette is
+        # unknown there), as in the object selection's visual hull
+        seen = (z > 0) & np.all(np.isfinite(uv), axis=1) & (uv[:, 0] >= 0) & (uv[:, 1] >= 0) & (
+            uv[:, 0] <= cam.width) & (uv[:, 1] <= cam.height)
+        uv = np.where(seen[:, None], uv, 0.5)
+        d = ndimage.map_coordinates(edt, (uv[:, ::-1] - 0.5).T, order=1, mode="nearest")
+        d = np.maximum(d - 0.5, 0.0) * np.where(seen, z, 0.0) / float(cam.fx)
+        depth = np.where(seen, np.minimum(depth, d), depth)
     return depth
 
 
