@@ -56,7 +56,21 @@ def test_report_with_all_nulls_renders_every_table(tmp_path):
     # every cross-section cell of the three methods is "—"; the paper's numbers are still there
     row = next(line for line in text.splitlines() if line.startswith("| InsideOut |"))
     assert row.count("—") == 6 and "20.01 / 20.33 / 0.650" in row
-    assert "| global | — | — | — |" in text
+    assert "| global | camera centres | — | — | — |" in text
+    assert "SfM points on the true surface" not in text  # no object-based reference: no rows
+
+
+def test_report_shows_both_alignment_references(tmp_path):
+    m = _skeleton()
+    m["alignment"]["fine"] = {"rot_deg": 0.25, "scale_rel": 0.003, "trans_mm": 0.8}
+    m["alignment_object"] = {"fine": {"rot_deg": 0.21, "scale_rel": 0.0079, "trans_mm": 0.4}}
+    m["alignment_reference"] = {"rot_deg": 0.21, "scale_rel": 0.0072, "trans_mm": 0.86,
+                                "sfm_points": 3055, "sfm_residual_mm": 0.32}
+    text = rp.write_report(m, {}, tmp_path).read_text()
+    assert "| fine | camera centres | 0.250 | 0.0030 | 0.800 |" in text
+    assert "| fine | SfM points on the true surface | 0.210 | 0.0079 | 0.400 |" in text
+    assert "puts 3055 SfM points on the true surface, median |distance| 0.32 mm) differ by 0.21°," \
+           " 0.72 % in scale and 0.86 mm" in text
 
 
 def test_report_trends_hold(tmp_path):

@@ -87,6 +87,11 @@ def test_whole_pipeline_fills_the_metrics(tiny_object, tiny_run):
     assert m["heldout_views"]["unified_rgb"]["psnr"] is not None
     assert m["heldout_views"]["rgb_object"]["psnr"] is not None
     assert m["alignment"]["global"]["rot_deg"] is not None
+    # the reference checked against the object itself: SfM points put on the true surface; on a
+    # generated object SfM is a similarity of the truth to well under the alignment budget
+    ref = m["alignment_reference"]
+    assert ref["sfm_points"] >= 10 and ref["scale_rel"] < 0.01 and ref["rot_deg"] < 1.0, ref
+    assert set(m["alignment_object"]) == set(m["alignment"])
     assert all(isinstance(v, int) and v >= 0 for v in m["densify_skipped"].values()), m["densify_skipped"]
     for meth in ("3dgs", "xgaussian", "radiative", "insideout"):  # vs the CT and vs the truth
         assert m["cross_sections"][meth]["heldout"]["psnr"] is not None

@@ -1,21 +1,28 @@
 """How far the RGB splat centres lie behind the surface the RGB model shows (host side + renders).
 
 3DGS splat centres are not on the surface a model renders: the splats that make a surface
-opaque overlap in depth, and their centres lie behind the first one's visible front. On the
-built-in objects (cpu preset) the fitted RGB centres of opacity ≥ 0.05 lie 1.54 mm (matryoshka)
-and 1.81 mm (skull) inside the true surface (median; the thin, opaque, tangent splats 1.7 mm), at
-about a training pixel (1.9 mm at the photos' half size and 520 mm), while the model's rendered
-silhouettes match the true ones to 0.3 px. Matching those centres to the radiative surface
-therefore shrinks the RGB set against the CT by the depth over the object's radius: 2–3 % of
-scale, the size of the whole alignment budget.
+opaque overlap in depth, and their centres lie behind the first one's visible front. Measured on
+the four objects of the cpu preset's runs (median point-to-plane distance of the fitted RGB
+centres, opacity ≥ 0.05, to the true outer surface, under the object-based reference map of
+EVALUATION.md §7): skull 0.93 mm, matryoshka 1.06, Stanford head 0.74, TIGRE head 0.73 — about
+half a training pixel (1.9 mm at the photos' half size and 520 mm). Matching those centres to the
+radiative surface therefore shrinks the RGB set against the CT by the depth over the object's
+radius: about 1 % of scale, the size of the whole alignment budget.
 
 The depth is measured on the RGB model alone, without the CT: the model's own silhouettes in the
 photos' cameras (alpha ≥ ½, its largest component) carve its visual hull, and a centre's depth
 below the hull is the smallest, over the views, of its image distance to the silhouette's edge
 times its camera depth over the focal length. The median over the centres is the model's depth
 (decision: the median, as concavities, where the hull stands outside the surface, are a minority
-of a surface; measured 1.41 mm against the true 1.54 on the matryoshka, 1.61 against 1.81 on the
-skull). The fitting stage moves the radiative target surface inward by it.
+of a surface). The fitting stage moves the radiative target surface inward by it.
+
+Known bias (measured, not corrected): the model's alpha-½ silhouettes at the photos' full size
+stand 0.4–0.8 px outside the true ones (the true surface's rim points lie 0.63 mm inside them on
+the skull), so the measured depth exceeds the true one: 1.59 against 0.93 mm (skull), 1.42
+against 1.06 (matryoshka), 1.32 against 0.74 (Stanford), 1.43 against 0.73 (TIGRE). The true
+surface itself lies that far below the hull (median 0.5 mm on the skull, 0.8 on TIGRE): the hull
+is loose by the silhouettes' excess, not by concavities. Rendered at the photos' half size (the
+training size) the silhouettes are larger still (depths 1.9–2.1 mm).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Evaluation metrics (host-side NumPy/SciPy; EVALUATION.md §1-§5).
 
 * :mod:`.image`: PSNR variants, reported (valid) SSIM, 3D SSIM/PSNR, PIQE with MATLAB semantics.
-* :mod:`.geometry`: hidden point removal and Chamfer distance (paper Table 3).
+* :mod:`.geometry`: hidden point removal and Chamfer distance (paper Table 3); the similarity
+  that puts points on a sampled surface (the evaluation's check of its alignment reference).
 * :mod:`.mesh`: marching cubes, icospheres, Fibonacci directions, normal orientation histogram and
   spherical occupancy (paper Fig. 5-6).
 """
@@ -13,6 +14,7 @@ from insideout_jax.metrics.geometry import (
     hpr_cameras,
     protocol_center_radius,
     surface_points_hpr,
+    surface_similarity,
 )
 from insideout_jax.metrics.image import (
     PiqeResult,
@@ -59,5 +61,6 @@ __all__ = [
     "ssim_padded",
     "ssim_valid",
     "surface_points_hpr",
+    "surface_similarity",
     "to_uint8_minmax",
 ]

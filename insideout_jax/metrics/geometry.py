@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.spatial import ConvexHull, cKDTree
+from scipy.spatial.transform import Rotation
 
 from insideout_jax.metrics.mesh import icosphere
 
@@ -29,6 +30,7 @@ __all__ = [
     "hpr_cameras",
     "protocol_center_radius",
     "surface_points_hpr",
+    "surface_similarity",
 ]
 
 _ICOSPHERE_LEVEL = {12: 0, 42: 1, 162: 2, 642: 3}
@@ -191,3 +193,62 @@ def chamfer_hpr(a, b, *, center, r: float, n_views: int = 42) -> dict[str, float
     out["n_surface_a"] = float(sa.shape[0])
     out["n_surface_b"] = float(sb.shape[0])
     return out
+
+
+def surface_similarity(points, surface, normals, init, *, gate: float, trim: float = 0.8,
+                       iters: int = 30) -> dict:
+    """The similarity that puts ``points`` on a sampled surface: point-to-plane ICP with scale.
+
+    Each iteration pairs every point with its nearest surface sample, keeps the pairs within
+    ``gate`` of it (after the current map) and, of those, the fraction ``trim`` with the smallest
+    |point-to-plane distance|, and takes one Gauss–Newton step of (small rotation, translation,
+    log-scale) about the kept points' centroid. Host side (NumPy, SciPy), independent of the
+    fitting package. Used by the evaluation to check its own reference: the SfM model's sparse
+    points are on the object's surface, so the similarity that puts them on the true surface is
+    the SfM → CT map *of the object*, which the camera-centre map equals only when SfM is a
+    similarity of the truth.
+
+    Args:
+      points: [N, 3] float (e.g. SfM points, SfM frame).
+      surface, normals: [M, 3] float samples of the surface and their unit normals (CT frame, mm).
+      init: ``(R [3, 3], t [3], s)`` start, p ↦ s·R·p + t.
+      gate: pairs farther apart than this (surface units) are left out (background, outliers).
+      trim: fraction of the gated pairs kept.
+      iters: Gauss–Newton iterations.
+
+    Returns:
+      ``{"rotation": [3, 3], "translation": [3], "scale": float, "points": kept pairs,
+      "residual_mm": median |point-to-plane distance| of the kept pairs}``.
+
+    Raises:
+      ValueError: malformed inputs, or fewer than 10 points within ``gate``.
+    """
+    p, q, n = _points(points, "points"), _points(surface, "surface"), _points(normals, "normals")
+    if n.shape != q.shape:
+        raise ValueError(f"normals {n.shape} do not match the surface {q.shape}")
+    if not (gate > 0 and 0 < trim <= 1 and iters >= 1):
+        raise ValueError(f"need gate > 0, trim in (0, 1] and iters >= 1; got {gate}, {trim}, {iters}")
+    rot, t, s = (np.asarray(init[0], np.float64), np.asarray(init[1], np.float64),
+                 float(init[2]))
+    tree = cKDTree(q)
+    for it in range(iters + 1):
+        y = s * p @ rot.T + t
+        d, i = tree.query(y)
+        r = np.einsum("ij,ij->i", y - q[i], n[i])
+        near = d <= gate
+        if near.sum() < 10:
+            raise ValueError(f"only {int(near.sum())} points lie within {gate:g} of the surface"
+                             " under the start map; cannot fit a similarity")
+        keep = near & (np.abs(r) <= np.quantile(np.abs(r[near]), trim))
+        if it == iters:
+            break
+        yk, nk = y[keep], n[i[keep]]
+        c = yk.mean(0)
+        # r + n·(w × (y − c) + v + a (y − c)) = 0 for a small rotation w, translation v, scale 1 + a
+        a_mat = np.concatenate([np.cross(yk - c, nk), nk, np.einsum("ij,ij->i", nk, yk - c)[:, None]], 1)
+        sol = np.linalg.lstsq(a_mat, -r[keep], rcond=None)[0]
+        d_rot = Rotation.from_rotvec(sol[:3]).as_matrix()
+        rot, s = d_rot @ rot, s * (1.0 + sol[6])
+        t = (1.0 + sol[6]) * (d_rot @ (t - c)) + c + sol[3:6]
+    return {"rotation": rot, "translation": t, "scale": s, "points": int(keep.sum()),
+            "residual_mm": float(np.median(np.abs(r[keep])))}

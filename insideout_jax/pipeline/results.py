@@ -104,12 +104,17 @@ class Truth:
       surface: (points [N, 3], outward normals [N, 3]) on the true outer surface, or None.
       silhouettes: (masks [V, H, W] bool, cameras (CT frame), per-view lens or None) of the
         object in its photos, or None: scores the object selection.
+      object_transform: a check of ``transform``: the similarity that puts the SfM model's own
+        points on the true surface (:func:`insideout_jax.metrics.surface_similarity` dict), or
+        None. The two differ where SfM is not a similarity of the truth (e.g. a lens estimated
+        on photos that have none).
     """
 
     transform: Any = None
     volume: Any = None
     surface: tuple | None = None
     silhouettes: tuple | None = None
+    object_transform: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
