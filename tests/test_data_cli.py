@@ -137,3 +137,7 @@ def test_from_ct_scales_a_normalised_volume_and_refuses_a_starved_detector(tmp_p
     np.testing.assert_allclose(obj.truth_volume.data, vol * np.float32(0.04))  # 0.02 /mm inside
     assert "0.04" in json.loads((tmp_path / "b" / "xray" / "acquisition.json").read_text())["volume_units"]
     assert 0.0 < float(obj.projections.max()) < 0.02 * 32 * np.sqrt(3)  # the longest chord's integral
+    # its photos are renders without a lens, and the folder says so for SfM
+    from insideout_jax.data.sfm import declared_camera_model
+
+    assert declared_camera_model(tmp_path / "b") == "SIMPLE_PINHOLE"

@@ -50,3 +50,41 @@ def test_distort_sfm_undistort_round_trip(tmp_path):
     err = float(np.concatenate(errors).mean())
     print(f"mean reprojection error through our undistortion: {err:.3f} px")
     assert err <= 0.5
+
+
+def test_a_folder_declares_its_camera_model(tmp_path, monkeypatch):
+    """``rgb/sfm.json`` picks SfM's camera model (photos without a lens); a bad file is an error
+    naming the file and the field; without it the preset's model is used."""
+    import json
+
+    import pytest
+
+    from insideout_jax.config import SfMConfig
+    from insideout_jax.data import sfm
+    from insideout_jax.data.objects import ensure_sfm
+
+    assert sfm.declared_camera_model(tmp_path) is None
+    (tmp_path / "rgb" / "images").mkdir(parents=True)
+    opts = tmp_path / sfm.SFM_OPTIONS_FILE
+    opts.write_text(json.dumps({"camera_model": "SIMPLE_PINHOLE"}))
+    assert sfm.declared_camera_model(tmp_path) == "SIMPLE_PINHOLE"
+    for bad, what in (('{"camera_model": "FISHEYE"}', "camera_model"), ('{"model": "PINHOLE"}',
+                      "camera_model"), ("[1, 2]", "camera_model"), ("{not json", "JSON")):
+        opts.write_text(bad)
+        with pytest.raises(ValueError, match=what) as e:
+            sfm.declared_camera_model(tmp_path)
+        assert "sfm.json" in str(e.value)
+    # ensure_sfm hands the declared model to SfM, else the preset's
+    seen = []
+
+    def fake_run_sfm(*a, camera_model, **k):
+        seen.append(camera_model)
+        raise sfm.SfMError("stop here")
+
+    monkeypatch.setattr(sfm, "run_sfm", fake_run_sfm)
+    opts.write_text(json.dumps({"camera_model": "PINHOLE"}))
+    for _ in range(2):
+        with pytest.raises(sfm.SfMError, match="stop here"):
+            ensure_sfm(tmp_path, SfMConfig(camera_model="OPENCV"), verbose=False)
+        opts.unlink(missing_ok=True)
+    assert seen == ["PINHOLE", "OPENCV"]

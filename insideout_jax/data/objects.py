@@ -27,8 +27,7 @@ from insideout_jax.cameras import PinholeCamera, camera_center, make_pinhole
 from insideout_jax.data import scanner
 
 __all__ = ["make_builtin_object", "BUILTIN_OBJECTS", "make_ct_object", "check_generator",
-           "describe_object", "ensure_sfm", "read_true_silhouettes",
-           "true_sfm_transform",
+           "describe_object", "ensure_sfm", "read_true_silhouettes", "true_sfm_transform",
            "write_previews", "read_true_cameras", "write_true_cameras", "read_true_surface",
            "CAMERAS_FILE", "SURFACE_FILE", "PREVIEW_DIR"]
 
@@ -282,6 +281,7 @@ def make_ct_object(volume: np.ndarray, spacing_zyx, out_dir: str | Path, *, orig
                      truth_volume=truth)
     iio.write_json_atomic(out / scanner.ACQUISITION_FILE, acquisition)
     write_true_cameras(out / CAMERAS_FILE, names, cams)
+    iio.write_json_atomic(out / "rgb" / "sfm.json", {"camera_model": "SIMPLE_PINHOLE"})  # no lens
     np.savez(out / SURFACE_FILE, **dict(zip(("points", "normals"), ctobject.outer_isosurface(
         att, spacing, origin_xyz, level), strict=True)))  # the photos' surface: internal noise
     write_previews(out)
@@ -381,7 +381,8 @@ def _camera_centres(cams) -> np.ndarray:
 
 
 def ensure_sfm(obj_dir: str | Path, cfg=None, *, with_truth: bool = False, verbose: bool = True) -> str:
-    """Run SfM into ``rgb/sparse/0`` unless a model is there.
+    """Run SfM into ``rgb/sparse/0`` unless a model is there, with the camera model the folder
+    declares (:func:`~insideout_jax.data.sfm.declared_camera_model`), else ``cfg.camera_model``.
 
     With ``with_truth`` (the data tool, never a pipeline stage), a generated object also gets
     ``truth/transform.json`` (:func:`true_sfm_transform`) and the summary says how well the
@@ -392,7 +393,7 @@ def ensure_sfm(obj_dir: str | Path, cfg=None, *, with_truth: bool = False, verbo
       A one-line summary.
     """
     from insideout_jax.config import SfMConfig
-    from insideout_jax.data.sfm import run_sfm
+    from insideout_jax.data.sfm import declared_camera_model, run_sfm
 
     cfg = cfg or SfMConfig()
     obj_dir = Path(obj_dir)
@@ -406,12 +407,12 @@ def ensure_sfm(obj_dir: str | Path, cfg=None, *, with_truth: bool = False, verbo
         if cfg.use_known_intrinsics and cams_path.exists():
             c0 = next(iter(read_true_cameras(cams_path).values()))
             known = (float(c0.fx), float(c0.fy), float(c0.cx), float(c0.cy))
-        res = run_sfm(obj_dir / iio.IMAGES_DIR, obj_dir / "rgb" / "sparse",
-                      camera_model=cfg.camera_model, known_intrinsics=known,
-                      min_registered_fraction=cfg.min_registered_fraction,
+        model_name = declared_camera_model(obj_dir) or cfg.camera_model  # rgb/sfm.json first
+        res = run_sfm(obj_dir / iio.IMAGES_DIR, obj_dir / "rgb" / "sparse", camera_model=model_name,
+                      known_intrinsics=known, min_registered_fraction=cfg.min_registered_fraction,
                       max_num_features=cfg.max_num_features)
-        msg = (f"registered {res.n_registered}/{res.n_images} images, {res.n_points} points, "
-               f"reprojection error {res.mean_reprojection_error:.2f} px")
+        msg = (f"{model_name}: registered {res.n_registered}/{res.n_images} images, {res.n_points}"
+               f" points, reprojection error {res.mean_reprojection_error:.2f} px")
     model = iio.read_colmap(model_dir)
     msg = msg or f"existing model: {len(model.image_names)} images, {len(model.points_xyz)} points"
     if with_truth and (obj_dir / CAMERAS_FILE).exists():

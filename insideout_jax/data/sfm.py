@@ -9,15 +9,18 @@ camera centres with the true ones (:func:`align_camera_centres`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SfMError", "SfMResult", "run_sfm", "align_camera_centres", "SFM_CAMERA_MODELS"]
+__all__ = ["SfMError", "SfMResult", "run_sfm", "align_camera_centres", "declared_camera_model",
+           "SFM_CAMERA_MODELS", "SFM_OPTIONS_FILE"]
 
 SFM_CAMERA_MODELS = ("SIMPLE_RADIAL", "RADIAL", "OPENCV", "SIMPLE_PINHOLE", "PINHOLE")
+SFM_OPTIONS_FILE = "rgb/sfm.json"
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
@@ -48,6 +51,36 @@ class SfMResult:
     @property
     def registered_fraction(self) -> float:
         return self.n_registered / max(self.n_images, 1)
+
+
+def declared_camera_model(obj_dir: str | Path) -> str | None:
+    """The camera model an object folder declares for its photos in ``rgb/sfm.json``
+    (``{"camera_model": "SIMPLE_PINHOLE"}``: photos taken without a lens, or already undistorted),
+    or None where there is no such file (SfM then uses the preset's model).
+
+    Why a folder may say so: with a lens model, SfM estimates a lens even where there is none, and
+    the focal length trades off against it while the object fills only the frame's centre. On the
+    TIGRE head's renders (no lens) SIMPLE_RADIAL found k = +0.024 and a focal length 0.9 % short;
+    the SfM points then put the object 0.72 % smaller than the camera centres do, and the fitted
+    scale was 1.52 % off the camera-centre reference. With SIMPLE_PINHOLE on the same photos: 0.33
+    %, 0.29 % and 1.07 % (measured; the visible-depth bias of
+    :mod:`insideout_jax.fitting.visible` is the rest).
+
+    Raises:
+      ValueError: naming the file and the field, where it is not JSON or names no known model.
+    """
+    path = Path(obj_dir) / SFM_OPTIONS_FILE
+    if not path.is_file():
+        return None
+    try:
+        options = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable JSON file ({e})") from None
+    model = options.get("camera_model") if isinstance(options, dict) else None
+    if model not in SFM_CAMERA_MODELS:
+        raise ValueError(f"{path}: field 'camera_model' must be one of {', '.join(SFM_CAMERA_MODELS)};"
+                         f" got {model!r}")
+    return model
 
 
 def _list_images(image_dir: Path) -> list[str]:

@@ -133,8 +133,9 @@ def read_truth(object_dir, say=print) -> Truth:
     obj_tr = None
     if transform is not None and surface is not None and (d / iio.COLMAP_DIR).exists():
         obj_tr = object_reference(iio.read_colmap(d / iio.COLMAP_DIR).points_xyz, surface, transform)
-        if obj_tr is not None:
-            say(f"[evaluation] {reference_summary(transform, obj_tr)}")
+        say(f"[evaluation] {reference_summary(transform, obj_tr)}" if obj_tr is not None else
+            "[evaluation] the reference is not checked against the object: fewer than 10 SfM"
+            " points lie near the true surface")
     return Truth(transform, vol, surface, read_true_silhouettes(d), obj_tr)
 
 
