@@ -219,3 +219,29 @@ def test_the_skin_level_of_a_two_valued_phantom_is_the_half_level():
     assert cto.default_iso_level(vol) == pytest.approx(0.2)
     noisy = vol + np.random.default_rng(0).normal(0, 0.05, vol.shape).astype(np.float32)
     assert cto.default_iso_level(noisy) == pytest.approx(threshold_otsu(noisy), abs=0.01)
+
+
+def test_photos_of_a_stepped_volume_show_its_surface_not_its_steps():
+    """A binary ball (radius 15 voxels): photos rendered from the volume itself show the envelope
+    of its voxel steps, a disk wider than the ball's; rendered from ``without_steps`` they show
+    the ball (closed-form silhouette radius of the marching-cubes surface's equivalent sphere)."""
+    from insideout_jax.metrics.mesh import marching_cubes_mesh
+
+    n, rad = 48, 15.0
+    g = np.arange(n) - (n - 1) / 2
+    zz, yy, xx = np.meshgrid(g, g, g, indexing="ij")
+    vol = (np.sqrt(xx**2 + yy**2 + zz**2) <= rad).astype(np.float32) * 0.02
+    level, origin = cto.default_iso_level(vol), (-(n - 1) / 2,) * 3
+    verts, faces = marching_cubes_mesh(np.pad(vol, 1), (1, 1, 1), tuple(o - 1 for o in origin), level)
+    a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
+    r_eq = (3 * abs(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6) / (4 * np.pi)) ** (1 / 3)
+    assert abs(r_eq - rad) < 0.1  # the surface the projections see: the ball (voxelized)
+    rot, t = C.look_at((100.0, 0.0, 0.0), (0.0, 0.0, 0.0))
+    cam = C.make_pinhole(rot, t, 400.0, 400.0, 64.0, 64.0, 128, 128)  # 4 px per voxel at the ball
+    expect = 400.0 * r_eq / np.sqrt(100.0**2 - r_eq**2)  # disk radius, px
+    radius = {}
+    for name, field in (("raw", vol), ("smoothed", cto.without_steps(vol))):
+        img = cto.render_isosurface_rgb(field, (1, 1, 1), origin, level, [cam])[0]
+        radius[name] = np.sqrt((img.max(-1) > 0).sum() / np.pi)
+    assert radius["raw"] - expect > 0.5, radius  # the steps' envelope (measured 1.0 px at R = 30)
+    assert abs(radius["smoothed"] - expect) < 0.25, (radius, expect)

@@ -16,6 +16,12 @@ trilinear field. It advances by sphere tracing on a Euclidean distance map of th
 (a safe step: distance − 2·voxel diagonal, at least the fine step), then bisects the bracketing
 step; normals are −∇f of a lightly smoothed copy of the volume (σ = 1 voxel), shading and texture as
 in :mod:`insideout_jax.data.raycast` (:func:`~insideout_jax.data.raycast.shade_points`).
+
+Photos and the true surface of a stepped volume (:func:`without_steps`): where the values jump
+from air to a flat tissue value (the TIGRE head) the trilinear field crosses the half level in
+bumps between voxel centres, and a photo's silhouette is the envelope of those bumps, while the
+true surface (:func:`outer_isosurface`, marching cubes) and the projections see their mean. So a
+from-ct object's photos are rendered from the volume smoothed by one voxel.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from insideout_jax.data.raycast import (
 )
 
 __all__ = ["hu_to_attenuation", "ct_volume_projections", "default_ct_geometry", "default_iso_level",
+           "without_steps",
            "default_ct_cameras", "render_isosurface_rgb", "largest_component_mask", "MU_WATER"]
 
 MU_WATER = 0.02  # attenuation of water, 1/mm (the skull phantom's soft tissue)
@@ -198,6 +205,21 @@ def default_iso_level(volume: ArrayLike) -> float:
     if below.size == 0 or above.size == 0:
         return t
     return float(0.5 * (float(below.max()) + float(above.min())))
+
+
+def without_steps(volume: ArrayLike) -> np.ndarray:
+    """The volume smoothed by a one-voxel Gaussian (per axis): the field a from-ct object's photos
+    are rendered from (decision), so that they show the surface its projections and its true
+    surface see, not the envelope of its voxel steps (module doc).
+
+    Measured on a binary sphere of radius 30 voxels seen at 4 px per voxel: the rendered disk's
+    radius exceeds the marching-cubes surface's by 1.02 px rendered from the volume itself, 0.63 /
+    0.26 / 0.04 px from the volume smoothed by σ = 0.5 / 0.75 / 1 voxel; the smoothed surface's own
+    radius moves 0.03 voxel inward at σ = 1 (its curvature). On the TIGRE head (flat tissue) the
+    photos' edges stood 0.8 px outside the true surface's rims in the true cameras before; on the
+    Stanford head (a scan, with partial-volume ramps) 0.19 px.
+    """
+    return ndimage.gaussian_filter(np.asarray(volume, np.float32), 1.0, mode="nearest").astype(np.float32)
 
 
 def outer_isosurface(volume: ArrayLike, spacing_zyx, origin_xyz, level: float, *, n: int = 20000,

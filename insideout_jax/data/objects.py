@@ -210,7 +210,7 @@ def make_ct_object(volume: np.ndarray, spacing_zyx, out_dir: str | Path, *, orig
                    ct_source: str = "fdk", verbose: bool = True) -> dict:
     """Object folder from a CT volume: ray-marched cone-beam projections through a simulated
     scanner (:mod:`insideout_jax.data.scanner`), its FDK reconstruction as ``ct/``, the volume
-    itself as ``truth/``, and isosurface photos.
+    itself as ``truth/``, and isosurface photos (of the volume without its voxel steps).
 
     Args:
       volume: [z, y, x] CT values (attenuation per mm, or HU when ``quantity == "HU"``).
@@ -269,7 +269,7 @@ def make_ct_object(volume: np.ndarray, spacing_zyx, out_dir: str | Path, *, orig
     t = time.perf_counter()
     cams = ctobject.default_ct_cameras(att.shape, spacing, origin_xyz, n=n_rgb_views, size=rgb_size)
     say(f"  photos: {len(cams)} renders of the isosurface at {level:.4g} /mm")
-    images = ctobject.render_isosurface_rgb(att, spacing, origin_xyz, level, cams)
+    images = ctobject.render_isosurface_rgb(ctobject.without_steps(att), spacing, origin_xyz, level, cams)
     names = [f"view_{k:03d}.png" for k in range(len(cams))]
     times["photos"] = time.perf_counter() - t
     t = time.perf_counter()
