@@ -225,7 +225,7 @@ def make_ct_object(volume: np.ndarray, spacing_zyx, out_dir: str | Path, *, orig
     Returns:
       {part: seconds}.
     """
-    from insideout_jax.data import ctobject
+    from insideout_jax.data import ctobject, sfm
 
     say = print if verbose else (lambda *a, **k: None)
     out = Path(out_dir)
@@ -281,7 +281,7 @@ def make_ct_object(volume: np.ndarray, spacing_zyx, out_dir: str | Path, *, orig
                      truth_volume=truth)
     iio.write_json_atomic(out / scanner.ACQUISITION_FILE, acquisition)
     write_true_cameras(out / CAMERAS_FILE, names, cams)
-    iio.write_json_atomic(out / "rgb" / "sfm.json", {"camera_model": "SIMPLE_PINHOLE"})  # no lens
+    iio.write_json_atomic(out / sfm.SFM_OPTIONS_FILE, {"camera_model": "SIMPLE_PINHOLE"})  # no lens
     np.savez(out / SURFACE_FILE, **dict(zip(("points", "normals"), ctobject.outer_isosurface(
         att, spacing, origin_xyz, level), strict=True)))  # the photos' surface: internal noise
     write_previews(out)
