@@ -17,18 +17,15 @@ times its camera depth over the focal length. The median over the centres is the
 of a surface). The fitting stage moves the radiative target surface inward by it.
 
 Known bias (measured, not corrected): the measured depth exceeds the true one, 1.59 against
-0.93 mm (skull), 1.42 against 1.06 (matryoshka), 1.32 against 0.74 (Stanford), 1.43 against 0.73
-(TIGRE); the true surface itself lies that far below the model's hull (median 0.5 mm on the
-skull, 0.8 on TIGRE), so the hull is loose by the silhouettes' excess, not by concavities. Where
-the excess comes from differs: on the TIGRE head the model's alpha-½ contour lies on the photos'
-own edges (+0.06 px, median over 18,500 contour points), and the photos' edges lie 0.8 px outside
-the true surface's rims in the true cameras — the photos of a volume with flattened tissue
-(:mod:`insideout_jax.data.ctobject`) show the envelope of its voxel steps (on a binary sphere of
-radius 30 voxels, rays up to 30.38 voxels from the centre cross the half level), while the true
-surface (marching cubes) is their mean. Against the photographed surface the depth is right there
-(1.43 against 0.73 + 0.69 mm). On the skull (realistic photos) the model's contour stands outside
-the photos' edges (about 1 px, a noisy estimate against the room behind). Rendered at the photos'
-half size (the training size) the silhouettes are larger still (depths 1.9–2.1 mm).
+0.93 mm (skull), 1.42 against 1.06 (matryoshka), 1.32 against 0.85 (Stanford), 1.33 against 0.79
+(TIGRE); the true surface itself lies about that far below the model's hull (median 0.5 mm on the
+skull), so the hull is loose by the silhouettes' excess, not by concavities. Part of it was in
+the data: photos of a volume with flattened tissue showed the envelope of its voxel steps
+(:func:`insideout_jax.data.ctobject.without_steps`); rendering them without the steps took the
+excess from 0.70 to 0.54 mm on the TIGRE head and from 0.58 to 0.47 on the Stanford head. The
+rest is not explained: on the TIGRE head the model's alpha-½ contour lies on the photos' own
+edges (+0.06 px, median over 18,500 contour points). Rendered at the photos' half size (the
+training size) the silhouettes are larger still (depths 1.9–2.1 mm).
 """
 
 from __future__ import annotations
