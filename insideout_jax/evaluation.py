@@ -271,12 +271,14 @@ def chamfer_block(rgb_points_by_row: Mapping[str, object], rad_points, *, protoc
 
 
 def _similarity(x, name: str):
-    """A Similarity from a Similarity, a (R, t, s) tuple or a transform.json dict."""
+    """A Similarity from a Similarity (the fitting's, or ``truth/transform.json``'s as read by
+    :func:`insideout_jax.io.read_transform`), a (R, t, s) tuple or a transform.json dict."""
     import jax.numpy as jnp
 
     from insideout_jax.fitting.procrustes import Similarity
+    from insideout_jax.io import Similarity as FileSimilarity
 
-    if isinstance(x, Similarity):
+    if isinstance(x, (Similarity, FileSimilarity)):
         r, t, s = x.rotation, x.translation, x.scale
     elif isinstance(x, Mapping):
         try:

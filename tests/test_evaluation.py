@@ -249,6 +249,11 @@ def test_alignment_errors_known_perturbation():
         assert err["rot_deg"] == pytest.approx(4.0, abs=2e-3)
         assert err["scale_rel"] == pytest.approx(0.02, abs=1e-6)
         assert err["trans_mm"] == pytest.approx(np.linalg.norm(shift), abs=5e-4)
+    # the true map as truth/transform.json is read (io.Similarity) scores the same
+    from insideout_jax.io import make_similarity
+
+    file_truth = make_similarity(r_true, t_true, s_true)
+    assert ev.alignment_errors(est, file_truth, center=c) == ev.alignment_errors(est, truth, center=c)
     err0 = ev.alignment_errors((r_est, t_est, s_est), truth)
     assert err0["trans_mm"] == pytest.approx(np.linalg.norm(t_est - t_true), rel=1e-5)
     with pytest.raises(ValueError, match="estimate"):

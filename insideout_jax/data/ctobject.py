@@ -219,7 +219,7 @@ def without_steps(volume: ArrayLike) -> np.ndarray:
     photos' edges stood 0.8 px outside the true surface's rims in the true cameras before; on the
     Stanford head (a scan, with partial-volume ramps) 0.19 px.
     """
-    return ndimage.gaussian_filter(np.asarray(volume, np.float32), 1.0, mode="nearest").astype(np.float32)
+    return ndimage.gaussian_filter(np.asarray(volume, np.float32), 1.0, mode="nearest")  # float32
 
 
 def outer_isosurface(volume: ArrayLike, spacing_zyx, origin_xyz, level: float, *, n: int = 20000,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 
 from insideout_jax import evaluation as ev
-from insideout_jax.io import make_similarity
 from insideout_jax.pipeline import geometry as pg
 from insideout_jax.pipeline.results import EvaluationResult, Truth, XGaussianModel
 
@@ -99,11 +98,7 @@ def alignment_scores(levels, truth_transform, centre) -> dict:
         match = [tr for name, tr in levels if name.startswith(kind)]
         if match:
             picked[kind] = match[-1]
-    return {kind: ev.alignment_errors(tr, _rts(t), center=centre) for kind, tr in picked.items()}
-
-
-def _rts(t) -> tuple:
-    return t.rotation, t.translation, t.scale
+    return {kind: ev.alignment_errors(tr, t, center=centre) for kind, tr in picked.items()}
 
 
 def read_truth(object_dir, say=print) -> Truth:
@@ -147,18 +142,17 @@ def object_reference(sfm_points, surface, transform, *, gate: float = 0.02) -> d
     from insideout_jax.metrics import surface_similarity
 
     pts, nrm = (np.asarray(a, np.float64) for a in surface)
-    if len(np.asarray(sfm_points)) < 10:
-        return None
     try:
-        return surface_similarity(sfm_points, pts, nrm, _rts(transform),
+        return surface_similarity(sfm_points, pts, nrm, (transform.rotation, transform.translation,
+                                                         transform.scale),
                                   gate=gate * float(np.ptp(pts, axis=0).max()))
-    except ValueError:
+    except ValueError:  # no SfM points, or fewer than 10 near the surface
         return None
 
 
 def reference_summary(transform, obj_tr: dict) -> str:
     """One line: how far the camera-centre reference is from the object's own (``object_reference``)."""
-    e = ev.alignment_errors(obj_tr, _rts(transform))
+    e = ev.alignment_errors(obj_tr, transform)
     return (f"the object-based reference ({obj_tr['points']} SfM points on the true surface,"
             f" median |distance| {obj_tr['residual_mm']:.2f} mm) differs from the camera-centre one"
             f" by {e['rot_deg']:.2f}°, {100 * (obj_tr['scale'] / float(transform.scale) - 1):+.2f} %"
@@ -280,13 +274,13 @@ def evaluate(*, rgb0, rgb_aligned, rgb_internal, rad0, rad_internal, unified_den
 
     act = lambda sp: np.asarray(sp.means)[np.asarray(sp.active)]  # noqa: E731
     if truth.transform is not None and fit_levels:
-        metrics["alignment"] = alignment_scores(fit_levels, truth.transform, act(rgb0).mean(0))
+        centre = act(rgb0).mean(0)
+        metrics["alignment"] = alignment_scores(fit_levels, truth.transform, centre)
         if truth.object_transform is not None:
             obj_tr = truth.object_transform
-            metrics["alignment_object"] = alignment_scores(fit_levels, make_similarity(
-                obj_tr["rotation"], obj_tr["translation"], obj_tr["scale"]), act(rgb0).mean(0))
+            metrics["alignment_object"] = alignment_scores(fit_levels, obj_tr, centre)
             metrics["alignment_reference"] = {
-                **ev.alignment_errors(obj_tr, _rts(truth.transform), center=act(rgb0).mean(0)),
+                **ev.alignment_errors(obj_tr, truth.transform, center=centre),
                 "sfm_points": obj_tr["points"], "sfm_residual_mm": obj_tr["residual_mm"]}
             notes.append(f"alignment reference: {reference_summary(truth.transform, obj_tr)};"
                          " `alignment` is scored against the camera-centre reference,"
