@@ -57,8 +57,12 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="LearnedConfig overrides")
     a = p.parse_args()
     over = dict(kv.split("=", 1) for kv in a.set)
-    lcfg = dataclasses.replace(lr.LearnedConfig(), **{k: type(getattr(lr.LearnedConfig, k))(v)
-                                                      for k, v in over.items()})
+
+    def typed(k, v):
+        kind = type(getattr(lr.LearnedConfig, k))
+        return v.lower() in ("1", "true", "yes") if kind is bool else kind(v)
+
+    lcfg = dataclasses.replace(lr.LearnedConfig(), **{k: typed(k, v) for k, v in over.items()})
     name, vol, sp, org = load_ct()
     cfg = BiplanarConfig()
     crop = structure_crop(vol, sp, org, cfg=cfg)

@@ -136,7 +136,7 @@ def test_networks_shapes_and_a_few_training_steps_lower_the_loss(tmp_path):
                          checkpoint_every=4, reg_passes=2)
     x = jax.numpy.zeros((2, 32, 32, 1))
     params = init_params(jax.random.key(0), lcfg, 32)
-    fact, eff = RecNet(n_anchors_side=5).apply(params["rec"], x, x, jax.random.key(1))
+    fact, eff = RecNet(n_anchors_side=5).apply(params["rec"], x, x, jax.random.key(1), jnp.zeros((2, 2, 125, 2)))
     chex.assert_shape([fact, eff], (2, 125, 14))
     chex.assert_shape(RegNet().apply(params["reg"], jax.numpy.zeros((2, 32, 32, 32)),
                                      jax.numpy.zeros((2, 32, 32, 32))), (2, 6))
@@ -157,3 +157,101 @@ def test_networks_shapes_and_a_few_training_steps_lower_the_loss(tmp_path):
     out = predict(params, make_case(crop, cfg, 99, 0), crop, cfg, lcfg, st)
     chex.assert_shape(out["pose"], (6,))
     assert np.all(np.isfinite(out["pose"]))
+
+
+def test_pixel_aligned_features_sample_where_the_anchors_project():
+    """The anchors' network-image coordinates equal their full-detector projections (the points
+    moved by the start translation, which the samples' views are shifted by) rescaled to the
+    network's pixels, and the sampler equals scipy's bilinear interpolation."""
+
+    from insideout_jax.biplanar.learned import LearnedConfig, _anchor_uv, case_sample, statics
+    from insideout_jax.biplanar.nets import anchor_grid, sample_features
+    from insideout_jax.xray_geometry import xray_project
+
+    vol, sp, org = _blob_volume()
+    cfg = BiplanarConfig(crop_mm=64.0, field_mm=96.0, n_detector=64, max_trans_mm=8.0, max_rot_deg=8.0)
+    crop = structure_crop(vol, sp, org, cfg=cfg, centre=(0.0, 0.0, 0.0))
+    lcfg = LearnedConfig(image=32, anchors_side=4)
+    case = make_case(crop, cfg, 3, 0)
+    _, poses, _, t_s = case_sample(case, crop, cfg, lcfg)
+    uv = np.asarray(_anchor_uv(statics(crop, cfg, lcfg, 1.0), jnp.asarray(poses)[None]))[0]
+    pts = crop.centre + crop.half_size * anchor_grid(4).astype(np.float64) + t_s
+    for v in range(2):
+        full = np.asarray(xray_project(case.geometry, case.geometry.poses[v], jnp.asarray(pts, jnp.float32))[0])
+        np.testing.assert_allclose(uv[v], (full + 0.5) / 2 - 0.5, atol=2e-3)
+    rng = np.random.default_rng(0)
+    fmap = rng.normal(size=(1, 8, 8, 3)).astype(np.float32)
+    pix = rng.uniform(-2, 33, (1, 50, 2)).astype(np.float32)  # image pixels (stride 4): some off the map
+    got = np.asarray(sample_features(jnp.asarray(fmap), jnp.asarray(pix), 4))[0]
+    rows, cols = (pix[0, :, 1] - 3) / 4, (pix[0, :, 0] - 3) / 4
+    for c in range(3):
+        ref = ndi.map_coordinates(fmap[0, ..., c].astype(np.float64), [rows, cols], order=1, mode="constant", cval=0.0)
+        inside = (rows >= 0) & (rows <= 7) & (cols >= 0) & (cols <= 7)
+        np.testing.assert_allclose(got[inside, c], ref[inside], atol=1e-5)
+    # the centre convention: stride-2 "SAME" 3×3 convolutions with only the centre tap pick input
+    # pixel 2k + 1, twice 4k + 3; sampling their output there gives the input back
+    import flax.linen as nn
+
+    img = jnp.asarray(rng.normal(size=(1, 32, 32, 1)).astype(np.float32))
+    tap = {"params": {"kernel": jnp.zeros((3, 3, 1, 1)).at[1, 1].set(1.0), "bias": jnp.zeros(1)}}
+    conv = nn.Conv(1, (3, 3), strides=2)
+    twice = conv.apply(tap, conv.apply(tap, img))
+    k = np.arange(8)
+    at = jnp.asarray(np.stack(np.meshgrid(4 * k + 3, 4 * k + 3, indexing="xy"), -1).reshape(1, -1, 2), jnp.float32)
+    np.testing.assert_allclose(np.asarray(sample_features(twice, at, 4))[0, :, 0],
+                               np.asarray(img[0, 4 * k + 3][:, 4 * k + 3, 0]).reshape(-1), atol=1e-6)
+
+
+def test_untrained_head_fills_the_crop_with_its_mean_attenuation():
+    """Raw head outputs 0 voxelize to the crop's mean attenuation (mass K·ρ·(2π)^{3/2}σ³ over the
+    cube), the start that keeps softplus away from its flat end."""
+    from insideout_jax.biplanar.learned import LearnedConfig, statics
+    from insideout_jax.biplanar.nets import anchor_grid, head_to_splats
+    from insideout_jax.render.slices import make_voxel_grid, voxelize
+
+    vol, sp, org = _blob_volume()
+    cfg = BiplanarConfig(crop_mm=64.0, field_mm=96.0, n_detector=64)
+    crop = structure_crop(vol, sp, org, cfg=cfg, centre=(0.0, 0.0, 0.0))
+    lcfg = LearnedConfig(anchors_side=9)
+    st = statics(crop, cfg, lcfg, 1.0)
+    out = jnp.concatenate([jnp.asarray(anchor_grid(9)), jnp.zeros((9**3, 11))], -1)
+    s = head_to_splats(out, st.centre, st.half, st.density_unit)
+    field = np.asarray(voxelize(s, make_voxel_grid((32,) * 3, st.spacing, st.origin), backend="xla"))
+    # the mass in the cube: the grid's outer Gaussians (1.6 σ from the faces) lose part of theirs
+    assert 0.85 * crop.data.mean() < field.mean() < 1.0 * crop.data.mean()
+
+
+def test_report_states_how_the_learned_networks_were_trained(tmp_path):
+    from insideout_jax.biplanar.report import _learned_note
+
+    assert _learned_note(tmp_path, {"render_and_compare": {}}) == []
+    cfg = "LearnedConfig(rec_steps=2000, pixel_aligned=True, lambda_volume=5.0, seed=1000)"
+    (tmp_path / "training.json").write_text(json.dumps(dict(training_seconds=600.0, steps={"rec": 2000, "reg": 5},
+                                                             config=cfg)))
+    text = " ".join(_learned_note(tmp_path, {"radgs_learned": {}}))
+    assert "10.0 min of steps (rec 2000, reg 5)" in text
+    assert "adds 5 × the L1 distance" in text and "pixel-aligned" in text
+    (tmp_path / "training.json").write_text(json.dumps(dict(training_seconds=60.0, steps={"rec": 1}, config=cfg.replace(
+        "lambda_volume=5.0", "lambda_volume=0.0").replace("True", "False"))))
+    text = " ".join(_learned_note(tmp_path, {"radgs_learned": {}}))
+    assert "L1 distance" not in text and "pixel-aligned" not in text
+
+
+def test_each_training_stage_starts_a_fresh_adam_state(tmp_path):
+    """Adam's first step is lr · sign(gradient) when its state is fresh; RegM's first step after
+    RecM's stage must be that (a state carried over would correct one step's moments as if from
+    many: 0.1 / √0.001 ≈ 3.2 × lr)."""
+    import jax
+
+    from insideout_jax.biplanar.learned import LearnedConfig, init_params, make_samples, train_learned
+
+    vol, sp, org = _blob_volume()
+    cfg = BiplanarConfig(crop_mm=64.0, field_mm=96.0, n_detector=64, max_trans_mm=8.0, max_rot_deg=8.0)
+    crop = structure_crop(vol, sp, org, cfg=cfg, centre=(0.0, 0.0, 0.0))
+    lcfg = LearnedConfig(image=32, anchors_side=4, rec_steps=3, reg_steps=1, joint_steps=0, batch=1, lr=1e-3)
+    samples = make_samples(crop, cfg, lcfg, 2, seed=5, progress=False)
+    before = init_params(jax.random.key(lcfg.seed), lcfg, 32)["reg"]
+    after = train_learned(crop, samples, cfg, lcfg, tmp_path / "w.npz", progress=False)["reg"]
+    steps = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel() for a, b in
+                            zip(jax.tree_util.tree_leaves(after), jax.tree_util.tree_leaves(before), strict=True)])
+    assert 0.99e-3 < steps.max() < 1.01e-3

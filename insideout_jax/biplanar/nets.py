@@ -6,7 +6,10 @@
   space as the released code does), and the Gaussian head: K learnable anchors in the crop
   with a per-anchor embedding, one shared MLP → 11 numbers per Gaussian (Δxyz = 0.1·tanh, scales
   = sigmoid·(1 − 0.001) + 0.001, a normalised quaternion, density = softplus), mapped to
-  :class:`~insideout_jax.splats.RadSplats` in mm by :func:`head_to_splats`.
+  :class:`~insideout_jax.splats.RadSplats` in mm by :func:`head_to_splats`. Given the anchors'
+  pixel coordinates in both X-rays (``uv``), the head also reads each anchor's pixel-aligned
+  features: both X-rays and the encoders' four stage outputs sampled bilinearly at its
+  projections, through one 64-wide layer [D] (the released head sees only the global context).
 - :class:`RegNet` (RegM): concat(V_rec, V_CT) → strided 3-D convolutions → 6 numbers (ω in
   radians, t / half-size).
 """
@@ -30,16 +33,37 @@ def anchor_grid(per_side: int) -> np.ndarray:
 
 
 class XrayEncoder(nn.Module):
-    """[B, H, W, 1] → [B, H/16, W/16, C]: four stride-2 stages of two 3×3 convolutions."""
+    """[B, H, W, 1] → [B, H/16, W/16, C]: four stride-2 stages of two 3×3 convolutions; with
+    ``stages=True`` also every stage's output (strides 2, 4, 8, 16)."""
 
     widths: tuple = (16, 32, 64, 128)
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, stages: bool = False):
+        out = []
         for w in self.widths:
             x = nn.relu(nn.GroupNorm(num_groups=None, group_size=1)(nn.Conv(w, (3, 3), strides=2)(x)))
             x = nn.relu(nn.GroupNorm(num_groups=None, group_size=1)(nn.Conv(w, (3, 3))(x)))
-        return x
+            out.append(x)
+        return (x, out) if stages else x
+
+
+def sample_features(fmap, uv, stride: int):
+    """Bilinear samples of a feature map [B, h, w, C] at image pixel coordinates uv [B, K, 2]
+    (column, row; pixel centres at integers) of an image ``stride`` times larger → [B, K, C]
+    (zero outside the map). The map's pixel k is centred on image pixel stride·k + stride − 1:
+    a stride-2 "SAME" convolution of a 3×3 kernel on an even size pads one pixel after, so its
+    output k is centred on input 2k + 1, and the stages compose."""
+    from jax.scipy.ndimage import map_coordinates
+
+    rows = (uv[..., 1] - (stride - 1)) / stride
+    cols = (uv[..., 0] - (stride - 1)) / stride
+
+    def one(f, r, c):
+        return jax.vmap(lambda ch: map_coordinates(ch, [r, c], order=1, mode="constant", cval=0.0),
+                        in_axes=-1, out_axes=-1)(f)
+
+    return jax.vmap(one)(fmap, rows, cols)
 
 
 def _bap(att, feat):
@@ -59,10 +83,13 @@ class RecNet(nn.Module):
     context: int = 256
     embed: int = 32
     hidden: int = 128
+    local: int = 64
 
     @nn.compact
-    def __call__(self, xray_ap, xray_lat, cf_key=None):
-        feat = jnp.concatenate([XrayEncoder(name="enc_ap")(xray_ap), XrayEncoder(name="enc_lat")(xray_lat)], -1)
+    def __call__(self, xray_ap, xray_lat, cf_key=None, uv=None):
+        (f_ap, s_ap), (f_lat, s_lat) = (XrayEncoder(name="enc_ap")(xray_ap, True),
+                                        XrayEncoder(name="enc_lat")(xray_lat, True))
+        feat = jnp.concatenate([f_ap, f_lat], -1)
         att = nn.relu(nn.GroupNorm(num_groups=None, group_size=1)(nn.Conv(self.n_attention, (1, 1))(feat)))
         ctx_head = nn.Dense(self.context, name="context")
         ctx = nn.relu(ctx_head(_bap(att, feat)))
@@ -75,12 +102,18 @@ class RecNet(nn.Module):
         code = jnp.concatenate([jnp.sin(anchors[..., None] * freqs), jnp.cos(anchors[..., None] * freqs)],
                                -1).reshape(k, -1)
         mlp1, mlp2 = nn.Dense(self.hidden, name="head1"), nn.Dense(11, name="head2")
+        parts = []
+        if uv is not None:  # pixel-aligned features: each anchor's projections in both X-rays
+            for v, (img, maps) in enumerate(((xray_ap, s_ap), (xray_lat, s_lat))):
+                parts.append(sample_features(img, uv[:, v], 1))
+                parts += [sample_features(m, uv[:, v], 2 ** (i + 1)) for i, m in enumerate(maps)]
+            local = nn.relu(nn.Dense(self.local, name="local")(jnp.concatenate(parts, -1)))
 
         def head(c):
             b = c.shape[0]
-            x = jnp.concatenate([jnp.broadcast_to(c[:, None], (b, k, c.shape[-1])),
-                                 jnp.broadcast_to(code, (b,) + code.shape),
-                                 jnp.broadcast_to(emb, (b,) + emb.shape)], -1)
+            x = [jnp.broadcast_to(c[:, None], (b, k, c.shape[-1])), jnp.broadcast_to(code, (b,) + code.shape),
+                 jnp.broadcast_to(emb, (b,) + emb.shape)]
+            x = jnp.concatenate(x + ([local] if parts else []), -1)
             out = mlp2(nn.relu(mlp1(x)))
             return jnp.concatenate([jnp.broadcast_to(anchors, (b, k, 3)), out], -1)  # [B, K, 3 + 11]
 

@@ -74,6 +74,15 @@ def _learned_note(out: Path, methods: dict) -> list:
         t = json.loads(path.read_text())
         steps = ", ".join(f"{k} {v}" for k, v in t["steps"].items())
         line += f" Training: {t['training_seconds'] / 60:.1f} min of steps ({steps}) on this machine."
+        import re
+
+        vol = re.search(r"lambda_volume=([0-9.e+-]+)", t.get("config", ""))
+        if vol and float(vol.group(1)) > 0:
+            line += (f" RecM's loss adds {float(vol.group(1)):g} × the L1 distance of its voxelized field to each"
+                     " training pair's posed CT (3-D supervision, as the released code's Chamfer term to a fitted"
+                     " model; not in the paper's Eq. 2).")
+        if "pixel_aligned=True" in t.get("config", ""):
+            line += " Its Gaussian head reads pixel-aligned features at each anchor's projections (not in the paper)."
     return ["", line]
 
 
