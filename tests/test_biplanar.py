@@ -32,6 +32,13 @@ def _blob_volume(n=40, sp=2.0):
     return vol.astype(np.float32), (sp, sp, sp), tuple(-sp * c * np.ones(3))
 
 
+def _small_crop():
+    """(config, 32³ crop of the blob volume) at the learned networks' test sizes."""
+    vol, sp, org = _blob_volume()
+    cfg = BiplanarConfig(crop_mm=64.0, field_mm=96.0, n_detector=64, max_trans_mm=8.0, max_rot_deg=8.0)
+    return cfg, structure_crop(vol, sp, org, cfg=cfg, centre=(0.0, 0.0, 0.0))
+
+
 def test_drr_in_moved_views_equals_drr_of_the_moved_volume():
     vol, sp, org = _blob_volume()
     vol = ndi.gaussian_filter(vol, 1.0)  # smooth, so that resampling the volume costs little
@@ -127,9 +134,7 @@ def test_networks_shapes_and_a_few_training_steps_lower_the_loss(tmp_path):
     )
     from insideout_jax.biplanar.nets import RecNet, RegNet
 
-    vol, sp, org = _blob_volume()
-    cfg = BiplanarConfig(crop_mm=64.0, field_mm=96.0, n_detector=64, max_trans_mm=8.0, max_rot_deg=8.0)
-    crop = structure_crop(vol, sp, org, cfg=cfg, centre=(0.0, 0.0, 0.0))
+    cfg, crop = _small_crop()
     assert crop.data.shape == (32, 32, 32)
     # RecM and RegM alone (the joint step is their sum; compiling it too would double the test's time)
     lcfg = LearnedConfig(image=32, anchors_side=5, rec_steps=5, reg_steps=5, joint_steps=0, batch=1, lr=3e-3,
@@ -168,9 +173,7 @@ def test_pixel_aligned_features_sample_where_the_anchors_project():
     from insideout_jax.biplanar.nets import anchor_grid, sample_features
     from insideout_jax.xray_geometry import xray_project
 
-    vol, sp, org = _blob_volume()
-    cfg = BiplanarConfig(crop_mm=64.0, field_mm=96.0, n_detector=64, max_trans_mm=8.0, max_rot_deg=8.0)
-    crop = structure_crop(vol, sp, org, cfg=cfg, centre=(0.0, 0.0, 0.0))
+    cfg, crop = _small_crop()
     lcfg = LearnedConfig(image=32, anchors_side=4)
     case = make_case(crop, cfg, 3, 0)
     _, poses, _, t_s = case_sample(case, crop, cfg, lcfg)
@@ -245,9 +248,7 @@ def test_each_training_stage_starts_a_fresh_adam_state(tmp_path):
 
     from insideout_jax.biplanar.learned import LearnedConfig, init_params, make_samples, train_learned
 
-    vol, sp, org = _blob_volume()
-    cfg = BiplanarConfig(crop_mm=64.0, field_mm=96.0, n_detector=64, max_trans_mm=8.0, max_rot_deg=8.0)
-    crop = structure_crop(vol, sp, org, cfg=cfg, centre=(0.0, 0.0, 0.0))
+    cfg, crop = _small_crop()
     lcfg = LearnedConfig(image=32, anchors_side=4, rec_steps=3, reg_steps=1, joint_steps=0, batch=1, lr=1e-3)
     samples = make_samples(crop, cfg, lcfg, 2, seed=5, progress=False)
     before = init_params(jax.random.key(lcfg.seed), lcfg, 32)["reg"]

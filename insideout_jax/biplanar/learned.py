@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from insideout_jax.biplanar.cases import BiplanarConfig, Case, StructureCrop, make_case
-from insideout_jax.biplanar.nets import RecNet, RegNet, anchor_grid, head_to_splats
+from insideout_jax.biplanar.nets import RecNet, RegNet, anchor_grid, head_scale, head_to_splats
 from insideout_jax.io.checkpoint import load_checkpoint, save_checkpoint
 from insideout_jax.losses import ssim as ssim2d
 from insideout_jax.losses import tv_3d
@@ -304,7 +304,7 @@ def statics(crop: StructureCrop, cfg: BiplanarConfig, lcfg: LearnedConfig, x_sca
     crop's mean attenuation, K·ρ·(2π)^{3/2}σ³ = mean·(2h)³. Started from the crop's maximum
     instead, the first steps drive every density towards 0, where softplus has no gradient left."""
     mean = float(np.mean(np.clip(crop.data, 0, None))) or 1.0
-    sigma = crop.half_size * 0.25 * (0.5 * 0.999 + 0.001)
+    sigma = float(head_scale(0.0, crop.half_size))
     rho0 = mean * (2 * crop.half_size) ** 3 / (lcfg.anchors_side ** 3 * (2 * np.pi) ** 1.5 * sigma ** 3)
     return _Static(cfg, lcfg, tuple(float(c) for c in crop.centre), float(crop.half_size), tuple(crop.spacing_zyx),
                    tuple(crop.origin_xyz), int(crop.data.shape[0]), float(x_scale), float(crop.data.max()) or 1.0,

@@ -23,7 +23,7 @@ import numpy as np
 
 from insideout_jax.splats import RadSplats
 
-__all__ = ["XrayEncoder", "RecNet", "RegNet", "head_to_splats", "anchor_grid"]
+__all__ = ["XrayEncoder", "RecNet", "RegNet", "head_to_splats", "head_scale", "anchor_grid", "sample_features"]
 
 
 def anchor_grid(per_side: int) -> np.ndarray:
@@ -33,19 +33,19 @@ def anchor_grid(per_side: int) -> np.ndarray:
 
 
 class XrayEncoder(nn.Module):
-    """[B, H, W, 1] → [B, H/16, W/16, C]: four stride-2 stages of two 3×3 convolutions; with
-    ``stages=True`` also every stage's output (strides 2, 4, 8, 16)."""
+    """[B, H, W, 1] → ([B, H/16, W/16, C], every stage's output at strides 2, 4, 8, 16): four
+    stride-2 stages of two 3×3 convolutions."""
 
     widths: tuple = (16, 32, 64, 128)
 
     @nn.compact
-    def __call__(self, x, stages: bool = False):
+    def __call__(self, x):
         out = []
         for w in self.widths:
             x = nn.relu(nn.GroupNorm(num_groups=None, group_size=1)(nn.Conv(w, (3, 3), strides=2)(x)))
             x = nn.relu(nn.GroupNorm(num_groups=None, group_size=1)(nn.Conv(w, (3, 3))(x)))
             out.append(x)
-        return (x, out) if stages else x
+        return x, out
 
 
 def sample_features(fmap, uv, stride: int):
@@ -87,8 +87,7 @@ class RecNet(nn.Module):
 
     @nn.compact
     def __call__(self, xray_ap, xray_lat, cf_key=None, uv=None):
-        (f_ap, s_ap), (f_lat, s_lat) = (XrayEncoder(name="enc_ap")(xray_ap, True),
-                                        XrayEncoder(name="enc_lat")(xray_lat, True))
+        (f_ap, s_ap), (f_lat, s_lat) = XrayEncoder(name="enc_ap")(xray_ap), XrayEncoder(name="enc_lat")(xray_lat)
         feat = jnp.concatenate([f_ap, f_lat], -1)
         att = nn.relu(nn.GroupNorm(num_groups=None, group_size=1)(nn.Conv(self.n_attention, (1, 1))(feat)))
         ctx_head = nn.Dense(self.context, name="context")
@@ -126,12 +125,17 @@ class RecNet(nn.Module):
         return factual, head(effect_ctx)
 
 
+def head_scale(raw, half_size: float):
+    """A Gaussian's scale (mm) from the head's raw output: h·(sigmoid·0.999 + 0.001)·0.25."""
+    return half_size * 0.25 * (jax.nn.sigmoid(raw) * 0.999 + 0.001)
+
+
 def head_to_splats(out, centre, half_size: float, density_scale: float) -> RadSplats:
     """[K, 14] (anchor, raw 11) → RadSplats in mm: means c + h·(anchor + 0.1·tanh Δ), scales
     h·(sigmoid·0.999 + 0.001)·0.25, quaternions normalised, densities softplus·scale (1/mm)."""
     anchor, raw = out[:, :3], out[:, 3:]
     means = jnp.asarray(centre, jnp.float32) + half_size * (anchor + 0.1 * jnp.tanh(raw[:, :3]))
-    scales = half_size * 0.25 * (jax.nn.sigmoid(raw[:, 3:6]) * 0.999 + 0.001)
+    scales = head_scale(raw[:, 3:6], half_size)
     q = raw[:, 6:10] + jnp.array([1.0, 0.0, 0.0, 0.0])
     q = q / jnp.sqrt(jnp.sum(q * q, -1, keepdims=True) + 1e-12)
     rho = jax.nn.softplus(raw[:, 10]) * density_scale
