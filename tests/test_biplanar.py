@@ -1,6 +1,7 @@
 """The biplanar experiment's parts: posed DRRs against resampled volumes, the triangulated centroid
 against a known blob, the structure crop, and a one-case run of the whole experiment (resumed)."""
 
+import dataclasses
 import json
 
 import jax.numpy as jnp
@@ -162,6 +163,8 @@ def test_networks_shapes_and_a_few_training_steps_lower_the_loss(tmp_path):
     out = predict(params, make_case(crop, cfg, 99, 0), crop, cfg, lcfg, st)
     chex.assert_shape(out["pose"], (6,))
     assert np.all(np.isfinite(out["pose"]))
+    assert len(out["rounds"]) == lcfg.rounds == 2
+    np.testing.assert_array_equal(out["rounds"][-1], out["pose"])
 
 
 def test_pixel_aligned_features_sample_where_the_anchors_project():
@@ -233,7 +236,11 @@ def test_report_states_how_the_learned_networks_were_trained(tmp_path):
                                                              config=cfg)))
     text = " ".join(_learned_note(tmp_path, {"radgs_learned": {}}))
     assert "10.0 min of steps (rec 2000, reg 5)" in text
-    assert "adds 5 × the L1 distance" in text and "pixel-aligned" in text
+    assert "adds 5 × the L1 distance" in text and "pixel-aligned" in text and "rounds" not in text
+    two = cfg.replace("seed=", "rounds=2, refine_rot_deg=6.0, refine_trans_mm=4.0, seed=")
+    (tmp_path / "training.json").write_text(json.dumps(dict(training_seconds=600.0, steps={"rec": 1}, config=two)))
+    text = " ".join(_learned_note(tmp_path, {"radgs_learned": {}}))
+    assert "runs in 2 rounds" in text and "U(±6°) × U(±4 mm)" in text
     (tmp_path / "training.json").write_text(json.dumps(dict(training_seconds=60.0, steps={"rec": 1}, config=cfg.replace(
         "lambda_volume=5.0", "lambda_volume=0.0").replace("True", "False"))))
     text = " ".join(_learned_note(tmp_path, {"radgs_learned": {}}))
@@ -245,14 +252,53 @@ def test_each_training_stage_starts_a_fresh_adam_state(tmp_path):
     RecM's stage must be that (a state carried over would correct one step's moments as if from
     many: 0.1 / √0.001 ≈ 3.2 × lr)."""
     import jax
+    import optax
 
-    from insideout_jax.biplanar.learned import LearnedConfig, init_params, make_samples, train_learned
+    from insideout_jax.biplanar.learned import LearnedConfig, init_params, load_learned, make_samples, train_learned
+    from insideout_jax.io.checkpoint import save_checkpoint
 
     cfg, crop = _small_crop()
     lcfg = LearnedConfig(image=32, anchors_side=4, rec_steps=3, reg_steps=1, joint_steps=0, batch=1, lr=1e-3)
     samples = make_samples(crop, cfg, lcfg, 2, seed=5, progress=False)
     before = init_params(jax.random.key(lcfg.seed), lcfg, 32)["reg"]
-    after = train_learned(crop, samples, cfg, lcfg, tmp_path / "w.npz", progress=False)["reg"]
+    after_all = train_learned(crop, samples, cfg, lcfg, tmp_path / "w.npz", progress=False)
+    after = after_all["reg"]
     steps = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel() for a, b in
                             zip(jax.tree_util.tree_leaves(after), jax.tree_util.tree_leaves(before), strict=True)])
     assert 0.99e-3 < steps.max() < 1.01e-3
+    # the checkpoint is not resumed under another configuration
+    with pytest.raises(ValueError, match="another training configuration"):
+        train_learned(crop, samples, cfg, dataclasses.replace(lcfg, rec_steps=4), tmp_path / "w.npz", progress=False)
+    # weights trained for one round are refused for two (their later rounds never saw a moved frame)
+    one = dataclasses.replace(lcfg, rounds=1)
+    tree = {"params": after_all, "opt": optax.adam(lcfg.lr).init(after_all)}
+    save_checkpoint(tmp_path / "one.npz", tree, dict(step=4, config=repr(one), x_scale=1.0))
+    assert load_learned(tmp_path / "one.npz", crop, cfg, one)[1].lcfg.rounds == 1
+    with pytest.raises(ValueError, match="one.npz: trained for one round, asked for 2"):
+        load_learned(tmp_path / "one.npz", crop, cfg, lcfg)
+
+
+def test_refinement_frames_see_the_same_structure_through_moved_views():
+    """A refinement sample is its pair's X-rays in the C-arm frame moved by (T_res ∘ δ)⁻¹: the DRRs
+    of its posed CT through its moved views equal the pair's own (its posed CT through its views),
+    and differ from them through the unmoved views."""
+    from insideout_jax.biplanar.learned import LearnedConfig, make_samples, refinement_samples
+
+    cfg, crop = _small_crop()
+    lcfg = LearnedConfig(image=32, refine_rot_deg=6.0, refine_trans_mm=4.0)
+    samples = make_samples(crop, cfg, lcfg, 3, seed=5, progress=False)
+    ref = refinement_samples(samples, crop, lcfg)
+    np.testing.assert_array_equal(ref.xrays, samples.xrays)
+    g = make_case(crop, cfg, 5, 0).geometry
+
+    def drr(vol, poses):
+        return ct_volume_projections(vol, crop.spacing_zyx, crop.origin_xyz, g.replace(poses=jnp.asarray(poses)))
+
+    for i in range(3):
+        want = drr(samples.v_posed[i], samples.poses[i])
+        err = np.linalg.norm(drr(ref.v_posed[i], ref.poses[i]) - want) / np.linalg.norm(want)
+        unmoved = np.linalg.norm(drr(ref.v_posed[i], samples.poses[i]) - want) / np.linalg.norm(want)
+        assert err < 0.03 and unmoved > 5 * err, (i, err, unmoved)
+        # the structure is off the CT's pose by δ⁻¹: within U(±6°)³ × U(±4 mm)³
+        assert 0.0 < np.rad2deg(np.linalg.norm(ref.pose_res[i, :3])) <= 6.0 * np.sqrt(3) + 1e-3
+        assert 0.0 < np.linalg.norm(ref.pose_res[i, 3:]) <= 4.0 * np.sqrt(3) + 1e-3

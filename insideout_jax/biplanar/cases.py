@@ -27,7 +27,7 @@ from insideout_jax.registration.metrics import mtre
 from insideout_jax.registration.pose import invert_pose, pose_matrix, random_poses
 from insideout_jax.registration.warp import grid_points, sample_volume
 
-__all__ = ["BiplanarConfig", "StructureCrop", "Case", "structure_crop", "move_views", "make_case",
+__all__ = ["BiplanarConfig", "StructureCrop", "Case", "structure_crop", "move_view_poses", "move_views", "make_case",
            "field_grid", "centroid", "triangulate_centroid"]
 
 
@@ -151,14 +151,18 @@ def field_grid(cfg: BiplanarConfig, centre) -> tuple[tuple, tuple, tuple]:
     return (n, n, n), (cfg.field_voxel_mm,) * 3, org
 
 
+def move_view_poses(poses, rot, b, xp=np):
+    """View poses [..., 5, 3] (frame rows, isocentre, detector offsets) moved by the rigid map
+    x ↦ rot·x + b: frames rotated, isocentres mapped, offsets unchanged. ``xp``: numpy (float64
+    on the host) or jax.numpy (traced)."""
+    return xp.concatenate([poses[..., :3, :] @ rot.T, poses[..., 3:4, :] @ rot.T + b, poses[..., 4:, :]], axis=-2)
+
+
 def move_views(geometry: XrayGeometry, pose, centre) -> XrayGeometry:
-    """The posed geometry whose views are moved by the rigid map of ``pose`` about ``centre``:
-    frames rotated by R, isocentres mapped by T (offsets unchanged)."""
+    """The posed geometry whose views are moved by the rigid map of ``pose`` about ``centre``."""
     rot, b = (np.asarray(x, np.float64) for x in pose_matrix(jnp.asarray(pose, jnp.float32),
                                                             jnp.asarray(centre, jnp.float32)))
-    p = np.asarray(geometry.poses, np.float64).copy()
-    p[:, :3] = p[:, :3] @ rot.T
-    p[:, 3] = p[:, 3] @ rot.T + b
+    p = move_view_poses(np.asarray(geometry.poses, np.float64), rot, b)
     return geometry.replace(poses=jnp.asarray(p, jnp.float32))
 
 

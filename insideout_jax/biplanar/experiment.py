@@ -47,7 +47,8 @@ def _mean_std(x) -> dict:
 
 
 def summarise(records: list, methods) -> dict:
-    """Per method: mTRE, SR, CR (with the per-bin table), RT and reconstruction PSNR/SSIM."""
+    """Per method: mTRE, SR, CR (with the per-bin table), RT, reconstruction PSNR/SSIM and, for
+    methods that work in rounds, mTRE and SR after each round."""
     out = {}
     for m in methods:
         rs = sorted((r for r in records if r["method"] == m), key=lambda r: r["case"])
@@ -60,6 +61,10 @@ def summarise(records: list, methods) -> dict:
                       capture_range_mm=cr["capture_range_mm"], capture_range_censored=cr["censored"],
                       bins=cr["bins"],
                       seconds=_mean_std([r["seconds"] for r in rs]))
+        per_round = [r.get("mtre_rounds") or [] for r in rs]
+        if len({len(x) for x in per_round}) == 1 and len(per_round[0]) > 1:  # every case, every round
+            out[m]["rounds"] = [dict(mtre_mm=_mean_std(col), success_rate=success_rate(col))
+                                for col in zip(*per_round, strict=True)]
         if "recon_psnr" in rs[0]:
             out[m]["recon_psnr_db"] = _mean_std([r["recon_psnr"] for r in rs])
             out[m]["recon_ssim"] = _mean_std([r["recon_ssim"] for r in rs])

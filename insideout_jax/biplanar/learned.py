@@ -24,19 +24,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from insideout_jax.biplanar.cases import BiplanarConfig, Case, StructureCrop, make_case
+from insideout_jax.biplanar.cases import BiplanarConfig, Case, StructureCrop, make_case, move_view_poses
 from insideout_jax.biplanar.nets import RecNet, RegNet, anchor_grid, head_scale, head_to_splats
 from insideout_jax.io.checkpoint import load_checkpoint, save_checkpoint
 from insideout_jax.losses import ssim as ssim2d
 from insideout_jax.losses import tv_3d
-from insideout_jax.registration.pose import compose_poses, geodesic_distance, invert_pose
+from insideout_jax.registration.pose import compose_poses, geodesic_distance, invert_pose, pose_matrix, random_poses
 from insideout_jax.registration.similarity import ncc3d, ssim3d
 from insideout_jax.registration.warp import warp_volume
 from insideout_jax.render.slices import make_voxel_grid, voxelize
 from insideout_jax.render.xray import render_xray
 
-__all__ = ["LearnedConfig", "Samples", "make_samples", "init_params", "train_learned", "predict", "statics",
-           "load_learned"]
+__all__ = ["LearnedConfig", "Samples", "make_samples", "refinement_samples", "init_params", "train_learned",
+           "predict", "statics", "load_learned"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +58,11 @@ class LearnedConfig:
     alone leaves the two views' depth ambiguous). Measured on the Stanford head, RecM alone, its
     reconstructions of 30 held-out poses registered by one trained RegM (3 passes): mTRE 3.64 mm at
     λ 0 (2,000 steps), 2.74 / 2.39 mm at λ 1 / 5 (1,000 steps); NCC to the posed CT 0.87 / 0.95 /
-    0.96."""
+    0.96. ``rounds`` [D]: RecM → RegM applied that many times, each later round on the same two
+    X-rays with the views moved by the inverse of the estimate so far (the frame in which the
+    structure sits near its CT pose; images unchanged); for it the networks also train on a copy of
+    every pair in such a frame, the structure at δ⁻¹ with δ from U(±``refine_rot_deg``°) ×
+    U(±``refine_trans_mm``) (:func:`refinement_samples`)."""
 
     n_train: int = 400
     image: int = 64
@@ -67,6 +71,9 @@ class LearnedConfig:
     reg_steps: int = 1200
     joint_steps: int = 400
     reg_passes: int = 3
+    rounds: int = 2
+    refine_rot_deg: float = 6.0
+    refine_trans_mm: float = 4.0
     pixel_aligned: bool = True
     batch: int = 4
     lr: float = 1e-3
@@ -121,6 +128,29 @@ def make_samples(crop: StructureCrop, cfg: BiplanarConfig, lcfg: LearnedConfig, 
                         crop.origin_xyz)
         xs.append(x), ps.append(p), vs.append(np.asarray(v)), rs.append(r), ts.append(t)
     return Samples(*(np.stack(a).astype(np.float32) for a in (xs, ps, vs, rs, ts)))
+
+
+def refinement_samples(samples: Samples, crop: StructureCrop, lcfg: LearnedConfig) -> Samples:
+    """A copy of every sample in a refinement frame: the C-arm frame moved by A = (T_res ∘ δ)⁻¹, δ
+    drawn from U(±``refine_rot_deg``°) × U(±``refine_trans_mm``) (stream (seed, 1)), so the
+    structure sits at A ∘ T_res = δ⁻¹: the same X-rays, the views moved by A, the CT posed by δ⁻¹
+    and the residual pose δ⁻¹. It is what a later round of :func:`predict` sees when the estimate
+    so far is T_res ∘ δ."""
+    rng = np.random.default_rng([lcfg.seed, 1])
+    d = random_poses(rng, len(samples.xrays), max_rot_deg=lcfg.refine_rot_deg, max_trans_mm=lcfg.refine_trans_mm)
+    c = jnp.asarray(crop.centre, jnp.float32)
+    ct = jnp.asarray(crop.data)
+
+    def one(a):
+        res, poses, dl = a
+        rot, b = pose_matrix(invert_pose(compose_poses(res, dl)), c)
+        inv = invert_pose(dl)
+        return (move_view_poses(poses, rot, b, jnp), inv,
+                warp_volume(ct, inv, crop.centre, crop.spacing_zyx, crop.origin_xyz))
+
+    poses, res, vols = jax.jit(lambda *a: jax.lax.map(one, a))(
+        jnp.asarray(samples.pose_res), jnp.asarray(samples.poses), jnp.asarray(d, jnp.float32))
+    return Samples(samples.xrays, np.asarray(poses), np.asarray(vols), np.asarray(res), samples.t_start)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,11 +274,20 @@ def train_learned(crop: StructureCrop, samples: Samples, cfg: BiplanarConfig, lc
     the previous stage would start with moments of a few steps corrected as if from thousands,
     i.e. steps of up to 6.5 × the learning rate over its first hundred (on the TIGRE head, after
     2,000 RecM steps, RegM stayed at its initial loss, 1.1, through its 1,200 steps; trained alone
-    from the same start it reaches 0.30 in 200). Returns the parameters; the loss history and the
-    seconds spent in training steps (compilation included) are in the checkpoint's metadata."""
+    from the same start it reaches 0.30 in 200). With ``rounds`` > 1 the samples are doubled by
+    their :func:`refinement_samples`. Returns the parameters; the loss history and the seconds
+    spent in training steps (compilation included) are in the checkpoint's metadata.
+
+    Raises:
+      ValueError: when ``checkpoint`` holds a training of another configuration.
+    """
     from tqdm.auto import tqdm
 
     x_scale = float(np.percentile(samples.xrays, 99.5)) or 1.0
+    if lcfg.rounds > 1:
+        ref = refinement_samples(samples, crop, lcfg)
+        samples = Samples(*(np.concatenate([getattr(samples, f.name), getattr(ref, f.name)])
+                            for f in dataclasses.fields(Samples)))
     st = statics(crop, cfg, lcfg, x_scale)
     ct = jnp.asarray(crop.data)
     opt = optax.adam(lcfg.lr)
@@ -259,6 +298,9 @@ def train_learned(crop: StructureCrop, samples: Samples, cfg: BiplanarConfig, lc
     ck = Path(checkpoint)
     if ck.is_file():
         tree, meta = load_checkpoint(ck, {"params": params, "opt": opt.init(params)})
+        if meta.get("config") != repr(lcfg):
+            raise ValueError(f"{ck}: a checkpoint of another training configuration ({meta.get('config')}), not"
+                             f" {lcfg!r}; delete it to train anew")
         params = jax.tree_util.tree_map(jnp.asarray, tree["params"])
         opt_state = jax.tree_util.tree_map(jnp.asarray, tree["opt"])
     else:
@@ -315,7 +357,8 @@ def load_learned(path: str | Path, crop: StructureCrop, cfg: BiplanarConfig, lcf
     """(parameters, statics) of a finished training checkpoint.
 
     Raises:
-      ValueError: naming the file, when it is missing or its training has not finished.
+      ValueError: naming the file, when it is missing, its training has not finished, or it was
+        trained for one round and ``lcfg`` asks for more.
     """
     path = Path(path)
     if not path.is_file():
@@ -325,6 +368,13 @@ def load_learned(path: str | Path, crop: StructureCrop, cfg: BiplanarConfig, lcf
     like = init_params(jax.random.key(0), lcfg, crop.data.shape[0])
     tree, meta = load_checkpoint(path, {"params": like, "opt": opt.init(like)})
     total = lcfg.rec_steps + lcfg.reg_steps + lcfg.joint_steps
+    import re
+
+    trained = re.search(r"rounds=(\d+)", meta.get("config", ""))
+    trained = int(trained.group(1)) if trained else 1
+    if lcfg.rounds > 1 and trained == 1:
+        raise ValueError(f"{path}: trained for one round, asked for {lcfg.rounds}; later rounds need networks"
+                         " trained on refinement frames: delete it and rerun the training command (or pass rounds=1)")
     if int(meta["step"]) < total:
         raise ValueError(f"{path}: training stopped at step {meta['step']} of {total}; rerun the training"
                          " command to resume it")
@@ -334,31 +384,42 @@ def load_learned(path: str | Path, crop: StructureCrop, cfg: BiplanarConfig, lcf
 
 def predict(params, case: Case, crop: StructureCrop, cfg: BiplanarConfig, lcfg: LearnedConfig,
             st: _Static) -> dict:
-    """One forward pass of RecM → voxelize → RegM (``reg_passes`` times, each on the reconstruction
-    moved back by the estimate so far) for a case: pose, reconstruction, seconds."""
+    """Forward passes of RecM → voxelize → RegM (``reg_passes`` times, each on the reconstruction
+    moved back by the estimate so far), in ``rounds`` rounds (each later one with the views moved by
+    the inverse of the estimate so far) for a case: pose, the first round's reconstruction (the C-arm
+    frame, from the X-rays alone), the pose after each round, seconds."""
     t0 = time.perf_counter()
     x, poses, _, t_s = case_sample(case, crop, cfg, lcfg)
-    pose_res, vol = _predict_jit(st)(params, jnp.asarray(x), jnp.asarray(poses), jnp.asarray(crop.data))
-    pose = np.asarray(pose_res, np.float64)
-    pose[3:] += t_s
+    res, vol = _predict_jit(st)(params, jnp.asarray(x), jnp.asarray(poses), jnp.asarray(crop.data))
+    rounds = np.asarray(res, np.float64)
+    rounds[:, 3:] += t_s
     vol = np.asarray(vol)
-    return dict(pose=pose, volume_crop=vol, seconds=time.perf_counter() - t0)
+    return dict(pose=rounds[-1], rounds=list(rounds), volume_crop=vol, seconds=time.perf_counter() - t0)
 
 
 @functools.lru_cache(maxsize=4)
 def _predict_jit(st: _Static):
-    def run(params, x, poses, ct):
-        inp = x / st.x_scale
+    def recon(params, inp, poses):
         net = RecNet(n_anchors_side=st.lcfg.anchors_side)
         fact, _ = net.apply(params["rec"], inp[None, 0, ..., None], inp[None, 1, ..., None], None,
                             _anchor_uv(st, poses[None]))
         s = head_to_splats(fact[0], st.centre, st.half, st.density_unit)
-        vol = voxelize(s, make_voxel_grid((st.shape,) * 3, st.spacing, st.origin), backend="xla")
-        est = jnp.zeros(6)
-        for _ in range(st.lcfg.reg_passes):
-            back = warp_volume(vol, invert_pose(est), st.centre, st.spacing, st.origin)
-            raw = RegNet().apply(params["reg"], back[None], ct[None])[0]
-            est = compose_poses(est, jnp.concatenate([raw[:3], raw[3:] * st.half]))
-        return est, vol
+        return voxelize(s, make_voxel_grid((st.shape,) * 3, st.spacing, st.origin), backend="xla")
+
+    def run(params, x, poses, ct):
+        inp = x / st.x_scale
+        total, first, totals = jnp.zeros(6), None, []
+        for _ in range(st.lcfg.rounds):
+            rot, b = pose_matrix(invert_pose(total), jnp.asarray(st.centre, jnp.float32))
+            vol = recon(params, inp, move_view_poses(poses, rot, b, jnp))
+            first = vol if first is None else first
+            est = jnp.zeros(6)
+            for _ in range(st.lcfg.reg_passes):
+                back = warp_volume(vol, invert_pose(est), st.centre, st.spacing, st.origin)
+                raw = RegNet().apply(params["reg"], back[None], ct[None])[0]
+                est = compose_poses(est, jnp.concatenate([raw[:3], raw[3:] * st.half]))
+            total = compose_poses(total, est)
+            totals.append(total)
+        return jnp.stack(totals), first
 
     return jax.jit(run)

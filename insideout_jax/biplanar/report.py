@@ -83,6 +83,12 @@ def _learned_note(out: Path, methods: dict) -> list:
                      " model; not in the paper's Eq. 2).")
         if "pixel_aligned=True" in t.get("config", ""):
             line += " Its Gaussian head reads pixel-aligned features at each anchor's projections (not in the paper)."
+        rounds = re.search(r"rounds=(\d+), refine_rot_deg=([0-9.]+), refine_trans_mm=([0-9.]+)", t.get("config", ""))
+        if rounds and int(rounds.group(1)) > 1:
+            line += (f" RecM → RegM runs in {rounds.group(1)} rounds, each later one on the same X-rays with the views"
+                     " moved by the inverse of the estimate so far; for it the networks also train on a copy of every"
+                     f" pair in such a frame, off the true pose by U(±{float(rounds.group(2)):g}°) ×"
+                     f" U(±{float(rounds.group(3)):g} mm) (not in the paper).")
     return ["", line]
 
 
@@ -164,6 +170,11 @@ def write_biplanar_report(out: Path, metrics: dict, crop, case, results, cfg: Bi
               " RT: wall time per case on this machine (2 CPU cores), pre-operative"
               " model excluded (fitted once per CT).", ""]
     lines += _comparison(ms)
+    rounds = [f"{METHOD_LABELS[m].split(' (')[0]} " + " → ".join(
+        f"{r['mtre_mm']['mean']:.2f} mm / {100 * r['success_rate']:.0f} %" for r in ms[m]["rounds"])
+        for m in ms if ms[m].get("rounds")]
+    if rounds:
+        lines += ["", "Mean mTRE / SR after each round: " + "; ".join(rounds) + "."]
     lines += _learned_note(out, ms)
     names = list(ms)
     lines += ["", "### Success rate per bin of start mTRE", "",
