@@ -1,7 +1,7 @@
 """Train RadGS-Reg's networks for one CT (patient-specific, stage P3); resumable.
 
     python -m insideout_jax.biplanar train --ct VOLUME --spacing DZ DY DX --quantity HU --offset 1000 --flip-z
-    python -m insideout_jax.biplanar train --object skull [--samples 400]
+    python -m insideout_jax.biplanar train --object skull [--samples 400] [--rounds 2]
 
 Writes ``outputs/biplanar/<name>/``: ``samples.npz`` (the DRR pairs, from another seed stream than
 the experiment's cases) and ``learned.npz`` (the weights, checkpointed; a rerun resumes), which
@@ -32,11 +32,16 @@ def main(argv=None) -> int:
     t = sub.add_parser("train", help="train RecM and RegM on DRR pairs of the CT")
     add_ct_arguments(t)
     t.add_argument("--samples", type=int, default=LearnedConfig.n_train)
+    t.add_argument("--rounds", type=int, default=LearnedConfig.rounds,
+                   help="RecM → RegM rounds at inference; > 1 also trains on refinement frames (LearnedConfig)")
     a = p.parse_args(argv)
+    if a.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {a.rounds}")
     repo = Path.cwd()
     try:
         name, vol, sp, org, out = attenuation_from_args(a, repo)
-        cfg, lcfg = BiplanarConfig(), dataclasses.replace(LearnedConfig(), n_train=a.samples)
+        cfg = BiplanarConfig()
+        lcfg = dataclasses.replace(LearnedConfig(), n_train=a.samples, rounds=a.rounds)
         crop = structure_crop(vol, sp, org, cfg=cfg, centre=a.centre)
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
