@@ -69,8 +69,8 @@ class LearnedConfig:
     On the TIGRE head the copies cost the first round more than the second recovers: 2.39 / 47 %
     → 3.95 / 0 % after one round and 2.91 / 17 % after two (RecM's loss over its last 100 steps
     0.40 → 0.50: its RecM, whose loss is 3 × Stanford's, is short of steps for twice the pairs);
-    on the skull the second round loses too (4.38 / 33 % → 4.77 / 20 %). Hence one round by
-    default; the training command's ``--rounds 2`` trains for two, and
+    on the skull they gain (one round, no copies: 5.30 / 13 %; with them 4.38 / 33 % after one
+    round, 4.77 / 20 % after two). Hence one round by default; the training command's ``--rounds 2`` trains for two, and
     :func:`load_learned` runs as many rounds as the weights were trained for."""
 
     n_train: int = 400
