@@ -301,3 +301,13 @@ def test_refinement_frames_see_the_same_structure_through_moved_views():
         # the structure is off the CT's pose by δ⁻¹: within U(±6°)³ × U(±4 mm)³
         assert 0.0 < np.rad2deg(np.linalg.norm(ref.pose_res[i, :3])) <= 6.0 * np.sqrt(3) + 1e-3
         assert 0.0 < np.linalg.norm(ref.pose_res[i, 3:]) <= 4.0 * np.sqrt(3) + 1e-3
+
+
+def test_a_run_without_the_learned_method_keeps_its_records():
+    from insideout_jax.biplanar.experiment import fresh_records
+
+    recs = [dict(method="radgs_learned", case=0, weights=1.0), dict(method="fdk_then_3d", case=0),
+            dict(method="radgs_learned", case=1, weights=2.0)]
+    assert fresh_records(recs, ["fdk_then_3d"], None) == recs
+    assert fresh_records(recs, ["fdk_then_3d", "radgs_learned"], 2.0) == recs[1:]
+    assert fresh_records(recs, ["radgs_learned"], 3.0) == [recs[1]]

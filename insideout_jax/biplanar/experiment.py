@@ -20,7 +20,7 @@ from insideout_jax.io.jsonfile import write_json_atomic
 from insideout_jax.pipeline.store import load_splats, save_splats
 from insideout_jax.registration.metrics import capture_range, mtre, success_rate
 
-__all__ = ["run_biplanar", "summarise"]
+__all__ = ["run_biplanar", "summarise", "fresh_records"]
 
 
 def _case_record(case, crop, name, res, cfg) -> dict:
@@ -39,6 +39,15 @@ def _case_record(case, crop, name, res, cfg) -> dict:
     if res.get("rounds"):
         rec["mtre_rounds"] = [float(mtre(p, case.pose, crop.centre, crop.targets)) for p in res["rounds"]]
     return rec
+
+
+def fresh_records(records: list, methods, stamp) -> list:
+    """The saved records a run keeps: all, except the learned method's made with other weights
+    (``stamp``: the weights' modification time) when this run scores the learned method; a run
+    without it keeps its records as they are."""
+    if "radgs_learned" not in methods:
+        return list(records)
+    return [r for r in records if r["method"] != "radgs_learned" or r.get("weights") == stamp]
 
 
 def _mean_std(x) -> dict:
@@ -127,7 +136,7 @@ def run_biplanar(volume, spacing_zyx, origin_xyz, out, *, name: str, n_cases: in
     rec_path = out / "cases.json"
     settings = dict(name=name, seed=int(seed), config=dataclasses.asdict(cfg), centre=crop.centre.tolist(),
                     methods_config=repr(mcfg), record_format=2)
-    stamp = (out / "learned.npz").stat().st_mtime if learned is not None else None
+    stamp = (out / "learned.npz").stat().st_mtime if (out / "learned.npz").is_file() else None
     records = []
     if rec_path.is_file():
         saved = json.loads(rec_path.read_text())
@@ -135,8 +144,7 @@ def run_biplanar(volume, spacing_zyx, origin_xyz, out, *, name: str, n_cases: in
             records = saved["records"]
         else:
             say(f"[biplanar] {rec_path} was made with other settings: starting afresh")
-    # records of the learned method made with other weights are stale (the others stay)
-    records = [r for r in records if r["method"] != "radgs_learned" or r.get("weights") == stamp]
+    records = fresh_records(records, methods, stamp)
     done = {(r["method"], r["case"]) for r in records}
     cases_fig = []
     for k in tqdm(range(int(n_cases)), desc="biplanar cases", disable=not progress):
