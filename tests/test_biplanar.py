@@ -247,6 +247,19 @@ def test_report_states_how_the_learned_networks_were_trained(tmp_path):
     assert "L1 distance" not in text and "pixel-aligned" not in text
 
 
+def test_a_training_configuration_is_read_back_from_its_repr():
+    from insideout_jax.biplanar.learned import LearnedConfig, trained_config
+
+    lcfg = LearnedConfig(rounds=2, lambda_volume=0.5, pixel_aligned=False)
+    assert trained_config(repr(lcfg)) == dataclasses.asdict(lcfg)
+    old = trained_config(repr(lcfg).replace("rounds=2, ", ""))  # an older training states no rounds
+    assert "rounds" not in old and old["lambda_volume"] == 0.5 and old["pixel_aligned"] is False
+    for text in ("", "not a repr (", "Other(rounds=2)", "{'rounds': 2}"):
+        assert trained_config(text) == {}
+    with pytest.raises(ValueError):
+        trained_config("LearnedConfig(rounds=os.system('x'))")  # never evaluated: literals only
+
+
 def test_each_training_stage_starts_a_fresh_adam_state(tmp_path):
     """Adam's first step is lr · sign(gradient) when its state is fresh; RegM's first step after
     RecM's stage must be that (a state carried over would correct one step's moments as if from

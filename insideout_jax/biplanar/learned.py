@@ -36,7 +36,7 @@ from insideout_jax.render.slices import make_voxel_grid, voxelize
 from insideout_jax.render.xray import render_xray
 
 __all__ = ["LearnedConfig", "Samples", "make_samples", "refinement_samples", "init_params", "train_learned",
-           "predict", "statics", "load_learned"]
+           "predict", "statics", "load_learned", "trained_config"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +70,9 @@ class LearnedConfig:
     → 3.95 / 0 % after one round and 2.91 / 17 % after two (RecM's loss over its last 100 steps
     0.40 → 0.50: its RecM, whose loss is 3 × Stanford's, is short of steps for twice the pairs);
     on the skull they gain (one round, no copies: 5.30 / 13 %; with them 4.38 / 33 % after one
-    round, 4.77 / 20 % after two). Hence one round by default; the training command's ``--rounds 2`` trains for two, and
-    :func:`load_learned` runs as many rounds as the weights were trained for."""
+    round, 4.77 / 20 % after two). Hence one round by default; the training command's
+    ``--rounds 2`` trains for two, and :func:`load_learned` runs as many rounds as the weights were
+    trained for."""
 
     n_train: int = 400
     image: int = 64
@@ -362,6 +363,21 @@ def statics(crop: StructureCrop, cfg: BiplanarConfig, lcfg: LearnedConfig, x_sca
                    float(rho0 / np.log(2.0)))
 
 
+def trained_config(text: str) -> dict:
+    """The fields a training configuration's repr (``training.json`` / checkpoint metadata: the text
+    of ``repr(LearnedConfig(...))``) states, as a dict; fields it lacks (older trainings) are absent,
+    so that callers choose what such a training meant. Text that is not such a repr gives {}."""
+    import ast
+
+    try:
+        call = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError:
+        return {}
+    if not (isinstance(call, ast.Call) and getattr(call.func, "id", None) == "LearnedConfig"):
+        return {}
+    return {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg is not None}
+
+
 def load_learned(path: str | Path, crop: StructureCrop, cfg: BiplanarConfig, lcfg: LearnedConfig) -> tuple:
     """(parameters, statics) of a finished training checkpoint; the statics' config runs as many
     rounds as the weights were trained for (the ``rounds`` of the training configuration: later
@@ -378,10 +394,7 @@ def load_learned(path: str | Path, crop: StructureCrop, cfg: BiplanarConfig, lcf
     like = init_params(jax.random.key(0), lcfg, crop.data.shape[0])
     tree, meta = load_checkpoint(path, {"params": like, "opt": opt.init(like)})
     total = lcfg.rec_steps + lcfg.reg_steps + lcfg.joint_steps
-    import re
-
-    trained = re.search(r"rounds=(\d+)", meta.get("config", ""))
-    lcfg = dataclasses.replace(lcfg, rounds=int(trained.group(1)) if trained else 1)
+    lcfg = dataclasses.replace(lcfg, rounds=int(trained_config(meta.get("config", "")).get("rounds", 1)))
     if int(meta["step"]) < total:
         raise ValueError(f"{path}: training stopped at step {meta['step']} of {total}; rerun the training"
                          " command to resume it")

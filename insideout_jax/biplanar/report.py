@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from insideout_jax.biplanar.cases import BiplanarConfig, field_grid
+from insideout_jax.biplanar.learned import trained_config
 from insideout_jax.biplanar.methods import registered_ct
 from insideout_jax.io.checkpoint import atomic_write_bytes
 
@@ -74,21 +75,18 @@ def _learned_note(out: Path, methods: dict) -> list:
         t = json.loads(path.read_text())
         steps = ", ".join(f"{k} {v}" for k, v in t["steps"].items())
         line += f" Training: {t['training_seconds'] / 60:.1f} min of steps ({steps}) on this machine."
-        import re
-
-        vol = re.search(r"lambda_volume=([0-9.e+-]+)", t.get("config", ""))
-        if vol and float(vol.group(1)) > 0:
-            line += (f" RecM's loss adds {float(vol.group(1)):g} × the L1 distance of its voxelized field to each"
+        c = trained_config(t.get("config", ""))
+        if c.get("lambda_volume", 0) > 0:
+            line += (f" RecM's loss adds {c['lambda_volume']:g} × the L1 distance of its voxelized field to each"
                      " training pair's posed CT (3-D supervision, as the released code's Chamfer term to a fitted"
                      " model; not in the paper's Eq. 2).")
-        if "pixel_aligned=True" in t.get("config", ""):
+        if c.get("pixel_aligned"):
             line += " Its Gaussian head reads pixel-aligned features at each anchor's projections (not in the paper)."
-        rounds = re.search(r"rounds=(\d+), refine_rot_deg=([0-9.]+), refine_trans_mm=([0-9.]+)", t.get("config", ""))
-        if rounds and int(rounds.group(1)) > 1:
-            line += (f" RecM → RegM runs in {rounds.group(1)} rounds, each later one on the same X-rays with the views"
+        if c.get("rounds", 1) > 1:
+            line += (f" RecM → RegM runs in {c['rounds']} rounds, each later one on the same X-rays with the views"
                      " moved by the inverse of the estimate so far; for it the networks also train on a copy of every"
-                     f" pair in such a frame, off the true pose by U(±{float(rounds.group(2)):g}°) ×"
-                     f" U(±{float(rounds.group(3)):g} mm) (not in the paper).")
+                     f" pair in such a frame, off the true pose by U(±{c['refine_rot_deg']:g}°) ×"
+                     f" U(±{c['refine_trans_mm']:g} mm) (not in the paper).")
     return ["", line]
 
 
