@@ -288,6 +288,17 @@ def test_each_training_stage_starts_a_fresh_adam_state(tmp_path):
                            (repr(lcfg).replace("rounds=1, ", ""), 1)):
         save_checkpoint(tmp_path / "c.npz", tree, dict(step=4, config=config, x_scale=1.0))
         assert load_learned(tmp_path / "c.npz", crop, cfg, dataclasses.replace(lcfg, rounds=3))[1].lcfg.rounds == rounds
+    # finished means the steps of the checkpoint's own training, not of the caller's configuration
+    save_checkpoint(tmp_path / "c.npz", tree, dict(step=4, config=repr(dataclasses.replace(lcfg, rec_steps=9)),
+                                                   x_scale=1.0))
+    with pytest.raises(ValueError, match="stopped at step 4 of 10"):
+        load_learned(tmp_path / "c.npz", crop, cfg, lcfg)
+    from insideout_jax.biplanar.__main__ import main
+
+    for flag in ("--rounds", "--samples", "--rec-steps"):
+        with pytest.raises(SystemExit) as e:
+            main(["train", "--object", "skull", flag, "0"])
+        assert e.value.code == 2
 
 
 def test_refinement_frames_see_the_same_structure_through_moved_views():

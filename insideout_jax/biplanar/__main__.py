@@ -1,7 +1,7 @@
 """Train RadGS-Reg's networks for one CT (patient-specific, stage P3); resumable.
 
     python -m insideout_jax.biplanar train --ct VOLUME --spacing DZ DY DX --quantity HU --offset 1000 --flip-z
-    python -m insideout_jax.biplanar train --object skull [--samples 400] [--rounds 2]
+    python -m insideout_jax.biplanar train --object skull [--samples 400] [--rounds 2] [--rec-steps 2000]
 
 Writes ``outputs/biplanar/<name>/``: ``samples.npz`` (the DRR pairs, from another seed stream than
 the experiment's cases) and ``learned.npz`` (the weights, checkpointed; a rerun resumes), which
@@ -34,14 +34,17 @@ def main(argv=None) -> int:
     t.add_argument("--samples", type=int, default=LearnedConfig.n_train)
     t.add_argument("--rounds", type=int, default=LearnedConfig.rounds,
                    help="RecM → RegM rounds at inference; > 1 also trains on refinement frames (LearnedConfig)")
+    t.add_argument("--rec-steps", type=int, default=LearnedConfig.rec_steps,
+                   help="RecM's training steps (its own stage, before RegM's and the joint one)")
     a = p.parse_args(argv)
-    if a.rounds < 1:
-        p.error(f"--rounds must be at least 1, got {a.rounds}")
+    for name, least in (("rounds", 1), ("samples", 1), ("rec_steps", 1)):
+        if getattr(a, name) < least:
+            p.error(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(a, name)}")
     repo = Path.cwd()
     try:
         name, vol, sp, org, out = attenuation_from_args(a, repo)
         cfg = BiplanarConfig()
-        lcfg = dataclasses.replace(LearnedConfig(), n_train=a.samples, rounds=a.rounds)
+        lcfg = dataclasses.replace(LearnedConfig(), n_train=a.samples, rounds=a.rounds, rec_steps=a.rec_steps)
         crop = structure_crop(vol, sp, org, cfg=cfg, centre=a.centre)
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()

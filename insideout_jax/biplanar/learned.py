@@ -379,7 +379,8 @@ def trained_config(text: str) -> dict:
 
 
 def load_learned(path: str | Path, crop: StructureCrop, cfg: BiplanarConfig, lcfg: LearnedConfig) -> tuple:
-    """(parameters, statics) of a finished training checkpoint; the statics' config runs as many
+    """(parameters, statics) of a finished training checkpoint (all the steps its own training
+    configuration planned, whatever ``lcfg``'s step counts); the statics' config runs as many
     rounds as the weights were trained for (the ``rounds`` of the training configuration: later
     rounds need networks that saw refinement frames, and weights that did are meant for them).
 
@@ -393,8 +394,9 @@ def load_learned(path: str | Path, crop: StructureCrop, cfg: BiplanarConfig, lcf
     opt = optax.adam(lcfg.lr)
     like = init_params(jax.random.key(0), lcfg, crop.data.shape[0])
     tree, meta = load_checkpoint(path, {"params": like, "opt": opt.init(like)})
-    total = lcfg.rec_steps + lcfg.reg_steps + lcfg.joint_steps
-    lcfg = dataclasses.replace(lcfg, rounds=int(trained_config(meta.get("config", "")).get("rounds", 1)))
+    trained = trained_config(meta.get("config", ""))
+    total = sum(int(trained.get(k, getattr(lcfg, k))) for k in ("rec_steps", "reg_steps", "joint_steps"))
+    lcfg = dataclasses.replace(lcfg, rounds=int(trained.get("rounds", 1)))
     if int(meta["step"]) < total:
         raise ValueError(f"{path}: training stopped at step {meta['step']} of {total}; rerun the training"
                          " command to resume it")
