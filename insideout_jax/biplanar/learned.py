@@ -14,6 +14,8 @@ against V_rec, + 0.02·geodesic(T_res, T̂) in mm; joint: L_reg + L_rec.
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import dataclasses
 import functools
 import time
@@ -70,11 +72,8 @@ class LearnedConfig:
     → 3.95 / 0 % after one round and 2.91 / 17 % after two (RecM's loss over its last 100 steps
     0.40 → 0.50: its RecM, whose loss is 3 × Stanford's, is short of steps for twice the pairs);
     on the skull they gain (one round, no copies: 5.30 / 13 %; with them 4.38 / 33 % after one
-    round, 4.77 / 20 % after two). Hence one round by default; the training command's
-    ``--rounds 2`` trains for two, and :func:`load_learned` runs as many rounds as the weights were
-    trained for. For two rounds on the Stanford head more pairs help more than more RecM steps:
-    400 pairs / 4,000 steps 2.28 mm / 60 %; 800 / 4,000 1.83 / 87 %; 1,600 / 4,000 1.68 / 80 %
-    (``--samples``, ``--rec-steps``; about 20 minutes of steps each)."""
+    round, 4.77 / 20 % after two). Hence one round by default; ``train --rounds 2`` trains for two,
+    and :func:`load_learned` runs as many as the weights were trained for (DESIGN.md: pairs, steps)."""
 
     n_train: int = 400
     image: int = 64
@@ -366,18 +365,20 @@ def statics(crop: StructureCrop, cfg: BiplanarConfig, lcfg: LearnedConfig, x_sca
 
 
 def trained_config(text: str) -> dict:
-    """The fields a training configuration's repr (``training.json`` / checkpoint metadata: the text
-    of ``repr(LearnedConfig(...))``) states, as a dict; fields it lacks (older trainings) are absent,
-    so that callers choose what such a training meant. Text that is not such a repr gives {}."""
-    import ast
-
+    """The fields a training configuration's repr (``training.json`` / checkpoint metadata) states;
+    fields it lacks (older trainings) or whose value is not a literal (nothing is evaluated) are
+    absent, so that callers choose what such a training meant. Not such a repr: {}."""
     try:
         call = ast.parse(text.strip(), mode="eval").body
     except SyntaxError:
         return {}
     if not (isinstance(call, ast.Call) and getattr(call.func, "id", None) == "LearnedConfig"):
         return {}
-    return {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg is not None}
+    out = {}
+    for k in call.keywords:
+        with contextlib.suppress(ValueError):
+            out[k.arg] = ast.literal_eval(k.value)
+    return out
 
 
 def load_learned(path: str | Path, crop: StructureCrop, cfg: BiplanarConfig, lcfg: LearnedConfig) -> tuple:

@@ -85,8 +85,8 @@ def _learned_note(out: Path, methods: dict) -> list:
         if c.get("rounds", 1) > 1:
             line += (f" RecM → RegM runs in {c['rounds']} rounds, each later one on the same X-rays with the views"
                      " moved by the inverse of the estimate so far; for it the networks also train on a copy of every"
-                     f" pair in such a frame, off the true pose by U(±{c['refine_rot_deg']:g}°) ×"
-                     f" U(±{c['refine_trans_mm']:g} mm) (not in the paper).")
+                     f" pair in such a frame, off the true pose by U(±{c.get('refine_rot_deg', float('nan')):g}°) ×"
+                     f" U(±{c.get('refine_trans_mm', float('nan')):g} mm) (not in the paper).")
     return ["", line]
 
 
